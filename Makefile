@@ -1,0 +1,33 @@
+# eXBL Studio. `make run` sets up .venv (once) and starts the app; `make test` runs the tests.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+PORT ?= 8501
+
+.PHONY: run test demo demo-quick bench lint format clean
+
+.venv/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+run: .venv/.installed
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+demo: .venv/.installed
+	$(PY) -m exbl_core demo
+
+demo-quick: .venv/.installed
+	$(PY) -m exbl_core demo --quick
+
+test: .venv/.installed
+	$(PY) -m pytest -q
+
+lint: .venv/.installed
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: .venv/.installed
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,315 @@
+"""The workflow's steps on a run folder: data, train, pick, refine, evaluate, figures.
+
+The command-line interface and the app both call these functions, so a run made in
+one can be continued in the other. Each step reads what it needs from the run folder
+and writes its results back atomically.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from exbl_core import runs
+from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
+from exbl_core.figures import figure3, figure_png, table1_csv, table1_markdown, table1_rows
+from exbl_core.gradcam import predict_with_cams
+from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
+from exbl_core.model import build_model
+from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split
+from exbl_core.training import EventCallback, FitResult, TrainConfig, compute_exemplars, fit
+
+EVAL_SPLITS = ("val", "test", "shortcut_test")
+AUTO_PICK_RULE = "automatic: the correctly classified training image with the highest AP is good, the one with the lowest AP is bad"
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """A data set folder in the COVID-19 Radiography Database layout, and how to split it."""
+
+    path: str
+    size: int = 224
+    train: int = 800  # per class
+    val: int = 300
+    test: int = 200
+    seed: int = 0
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Data and training settings that belong together."""
+
+    data: SyntheticConfig
+    train: TrainConfig
+    refine: TrainConfig
+
+
+# The demo is tuned to show a learned shortcut within minutes on 2 CPU cores: from
+# random weights the paper's learning rate of 1e-4 is too slow, so the unrefined model
+# trains at 1e-3. Refinement keeps the paper's settings.
+DEMO = Preset(SyntheticConfig(), TrainConfig(epochs=14, lr=1e-3), TrainConfig(epochs=4))
+QUICK = Preset(
+    SyntheticConfig(size=96, n_train=40, n_val=20, n_test=25),
+    TrainConfig(epochs=3, lr=1e-3),
+    TrainConfig(epochs=1),
+)
+PAPER_TRAIN, PAPER_REFINE = TrainConfig(epochs=60), TrainConfig(epochs=100)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def new_run(
+    out: str | Path,
+    data: SyntheticConfig | FolderSpec,
+    train: TrainConfig,
+    refine: TrainConfig,
+    overwrite: bool = False,
+) -> runs.Run:
+    """Create a run folder with config.json and split.json; checks a data folder first."""
+    if isinstance(data, FolderSpec):
+        pairs, skipped = scan_dataset(data.path, skip_bad=data.skip_bad)
+        split = {"source": "folder", "skipped": skipped, **make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)}
+        data_cfg = {"source": "folder", **asdict(data)}
+    else:
+        split = None
+        data_cfg = {"source": "synthetic", **data.to_dict()}
+    config = {
+        "data": data_cfg,
+        "train": train.to_dict(),
+        "refine": refine.to_dict(),
+        "cam_class": {"display": "predicted", "loss": "true label"},
+    }
+    run = runs.create_run(out, config, overwrite=overwrite)
+    if split is None:
+        split = {"source": "synthetic", **{s: _synthetic_summary(run, s) for s in SPLITS}}
+    runs.write_json(run.file(runs.SPLIT), split)
+    return run
+
+
+def _synthetic_summary(run: runs.Run, split: str) -> dict:
+    s = load_split(run, split)
+    return {"labels": s.labels.tolist(), "child": s.child.tolist()}
+
+
+def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
+    cfg = dict(run.config()["data"])
+    source = cfg.pop("source")
+    return SyntheticConfig(**cfg) if source == "synthetic" else FolderSpec(**cfg)
+
+
+def split_names(run: runs.Run) -> tuple[str, ...]:
+    """The splits this run has: shortcut_test exists only for synthetic data."""
+    return SPLITS if isinstance(data_config(run), SyntheticConfig) else ("train", "val", "test")
+
+
+def load_split(run: runs.Run, split: str) -> Split:
+    """One split of the run's data: regenerated (synthetic) or read as split.json lists it."""
+    spec = data_config(run)
+    if isinstance(spec, SyntheticConfig):
+        return generate_split(split, spec)
+    if split not in ("train", "val", "test"):
+        raise DataError(f"split {split!r} exists only for synthetic data")
+    entries = [tuple(e) for e in runs.read_json(run.file(runs.SPLIT))[split]]
+    return load_entries(spec.path, entries, spec.size, skip_bad=spec.skip_bad)
+
+
+def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str, Split]:
+    return {s: load_split(run, s) for s in (splits or split_names(run))}
+
+
+def train_config(run: runs.Run, phase: str) -> TrainConfig:
+    return TrainConfig(**run.config()[phase])
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | None = None) -> torch.nn.Module:
+    """The run's unrefined or refined model, in eval mode, on ``device``."""
+    name = {"unrefined": runs.UNREFINED, "refined": runs.REFINED}[which]
+    if not run.has(name):
+        raise runs.RunError(f"{run.path}: no {which} model yet ({name} is missing)")
+    model = build_model(num_classes=len(CLASSES), freeze=False)
+    runs.load_checkpoint(run.file(name), model)
+    return model.to(device or torch.device("cpu")).eval()
+
+
+def _checkpoint_writer(run: runs.Run, name: str, phase: str, image_size: int):
+    def write(state: dict, epoch: int, record: dict) -> None:
+        runs.save_checkpoint(run.file(name), state, {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"]})
+
+    return write
+
+
+def _recorder(run: runs.Run, on_event: EventCallback | None) -> EventCallback:
+    def record(event: dict) -> None:
+        if event["type"] != "batch_end":
+            run.append_history(event)
+        if on_event is not None:
+            on_event(event)
+
+    return record
+
+
+def train_step(
+    run: runs.Run,
+    data: dict[str, Split],
+    device: torch.device,
+    on_event: EventCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> FitResult:
+    """Train the unrefined model; unrefined.pt is rewritten at every new best epoch."""
+    cfg = train_config(run, "train")
+    torch.manual_seed(cfg.seed)
+    model = build_model(num_classes=len(CLASSES)).to(device)
+    size = int(data["train"].images.shape[-1])
+    return fit(
+        model, data["train"], data["val"], cfg, None, _recorder(run, on_event), cancel,
+        _checkpoint_writer(run, runs.UNREFINED, "unrefined", size), device, phase="unrefined",
+    )
+
+
+def training_scores(model: torch.nn.Module, split: Split, tau: float = 5.0) -> dict[str, torch.Tensor]:
+    """Predictions, CAMs and per-image AP for a split: what picking and browsing need."""
+    probs, cams = predict_with_cams(model, split.float_images())
+    return {"probs": probs, "preds": probs.argmax(1), "cams": cams, "ap": activation_precision_scores(cams, split.masks, tau)}
+
+
+def auto_pick(scores: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[int, int]:
+    """Highest- and lowest-AP images among the correctly classified ones."""
+    correct = scores["preds"] == labels
+    if int(correct.sum()) < 2:
+        raise ValueError("fewer than two correctly classified training images: train the model longer before picking")
+    ap = scores["ap"]
+    good = int(torch.where(correct, ap, torch.full_like(ap, -1.0)).argmax())
+    bad = int(torch.where(correct, ap, torch.full_like(ap, 2.0)).argmin())
+    if good == bad:
+        raise ValueError("every correctly classified image has the same AP; pick the good and bad explanation by hand")
+    return good, bad
+
+
+def validate_pick(good: int, bad: int, n: int) -> None:
+    """Refuse a pick that cannot define a triplet."""
+    for role, i in (("good", good), ("bad", bad)):
+        if not 0 <= i < n:
+            raise ValueError(f"{role} index {i} is out of range: the training split has images 0 to {n - 1}")
+    if good == bad:
+        raise ValueError(f"image {good} was picked as both the good and the bad explanation; pick two different images")
+
+
+def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good: int | None = None, bad: int | None = None) -> dict:
+    """Choose the exemplars (automatically unless given) and write exemplars.json and .png."""
+    train = data["train"]
+    if (good is None) != (bad is None):
+        raise ValueError("give both --good and --bad, or neither for the automatic pick")
+    if good is not None:
+        validate_pick(good, bad, len(train))
+    model = load_model(run, "unrefined", device)
+    scores = training_scores(model, train, train_config(run, "refine").tau)
+    rule = "user" if good is not None else AUTO_PICK_RULE
+    if good is None:
+        good, bad = auto_pick(scores, train.labels)
+    pick = {"rule": rule, "split": "train"}
+    for role, i in (("good", good), ("bad", bad)):
+        pick[role] = {
+            "index": i,
+            "name": train.names[i],
+            "class": CLASSES[int(train.labels[i])],
+            "predicted": CLASSES[int(scores["preds"][i])],
+            "ap": float(scores["ap"][i]),
+        }
+    runs.write_json(run.file(runs.EXEMPLARS), pick)
+    idx = torch.tensor([good, bad])
+    labels = [f"good #{good} {pick['good']['class']} AP {pick['good']['ap']:.2f}", f"bad #{bad} {pick['bad']['class']} AP {pick['bad']['ap']:.2f}"]
+    cams = scores["cams"][idx]
+    runs.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(figure3(train.float_images(idx), cams, cams, labels)))
+    return pick
+
+
+def refine_step(
+    run: runs.Run,
+    data: dict[str, Split],
+    device: torch.device,
+    on_event: EventCallback | None = None,
+    cancel: threading.Event | None = None,
+    overrides: dict | None = None,
+) -> FitResult:
+    """eXBL refinement from the unrefined model; refined.pt is rewritten at every new best epoch.
+
+    ``overrides`` (epochs, lambda_expl, lr, patience, ...) are saved into config.json first.
+    """
+    if not run.has(runs.EXEMPLARS):
+        raise runs.RunError(f"{run.path}: pick a good and a bad explanation first ({runs.EXEMPLARS} is missing)")
+    cfg = replace(train_config(run, "refine"), **(overrides or {}))
+    if overrides:
+        config = run.config()
+        config["refine"] = cfg.to_dict()
+        runs.write_json(run.file(runs.CONFIG), config)
+    pick = runs.read_json(run.file(runs.EXEMPLARS))
+    train = data["train"]
+    good, bad = pick["good"]["index"], pick["bad"]["index"]
+    validate_pick(good, bad, len(train))
+    model = load_model(run, "unrefined", device)
+    x = train.float_images(torch.tensor([good, bad]))
+    ex = compute_exemplars(model, (x[0], int(train.labels[good])), (x[1], int(train.labels[bad])))
+    torch.manual_seed(cfg.seed)
+    size = int(train.images.shape[-1])
+    return fit(
+        model, train, data["val"], cfg, ex, _recorder(run, on_event), cancel,
+        _checkpoint_writer(run, runs.REFINED, "refined", size), device, phase="refine",
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -> dict:
+    """metrics.json: every metric for both models on val, test and (synthetic) shortcut_test."""
+    tau = train_config(run, "refine").tau
+    metrics: dict = {}
+    for which in ("unrefined", "refined"):
+        if not run.has(runs.UNREFINED if which == "unrefined" else runs.REFINED):
+            continue
+        model = load_model(run, which, device)
+        metrics[which] = {}
+        for split in (s for s in EVAL_SPLITS if s in data):
+            s = data[split]
+            probs, cams = predict_with_cams(model, s.float_images())
+            metrics[which][split] = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau)
+        if "shortcut_test" in metrics[which]:
+            metrics[which]["shortcut_gap"] = shortcut_gap(metrics[which]["test"], metrics[which]["shortcut_test"])
+    if run.has(runs.EXEMPLARS):
+        pick = runs.read_json(run.file(runs.EXEMPLARS))
+        metrics["exemplars"] = {"good": pick["good"]["index"], "bad": pick["bad"]["index"], "rule": pick["rule"]}
+    runs.write_json(run.file(runs.METRICS), metrics)
+    return metrics
+
+
+def default_figure_rows(split: Split, n: int = 4) -> list[int]:
+    """The first ``n`` Viral Pneumonia images: the class the shortcut hides behind."""
+    return torch.nonzero(split.labels == VIRAL_PNEUMONIA)[:n, 0].tolist()
+
+
+def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, rows: list[int] | None = None) -> list[dict]:
+    """figure3.png (Viral Pneumonia test images, before and after) and Table 1 as CSV and Markdown."""
+    test = data["test"]
+    rows = rows if rows is not None else default_figure_rows(test)
+    idx = torch.tensor(rows, dtype=torch.long)
+    x = test.float_images(idx)
+    before = predict_with_cams(load_model(run, "unrefined", device), x)
+    after = predict_with_cams(load_model(run, "refined", device), x)
+    labels = [
+        f"{test.names[i]}\ntrue {CLASSES[int(test.labels[i])]}\nunref: {CLASSES[int(before[0][r].argmax())]}\neXBL: {CLASSES[int(after[0][r].argmax())]}"
+        for r, i in enumerate(rows)
+    ]
+    runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, before[1], after[1], labels)))
+    metrics = runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else evaluate_step(run, data, device)
+    table = table1_rows(metrics)
+    runs.atomic_write_text(run.file(runs.TABLE1_CSV), table1_csv(table))
+    runs.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table))
+    return table

@@ -1,0 +1,214 @@
+"""A run folder on disk: config, split, checkpoints, exemplars, history, metrics, figures.
+
+Every write goes to a temporary file in the same folder and is then renamed over the
+target with ``os.replace``, so a crash or a full disk never leaves a half-written
+checkpoint or JSON file behind: the previous version stays intact. Checkpoints carry
+their architecture, classes and format version, and are loaded with
+``weights_only=True``: a file from another model, another version or a pickle that
+runs code gets a clear error, never a silent mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exbl_core.data import CLASSES
+from exbl_core.model import ARCH
+
+RUN_FORMAT = "exbl-run"
+CHECKPOINT_FORMAT = "exbl-checkpoint"
+FORMAT_VERSION = 1
+
+CONFIG = "config.json"
+SPLIT = "split.json"
+UNREFINED = "unrefined.pt"
+REFINED = "refined.pt"
+EXEMPLARS = "exemplars.json"
+EXEMPLARS_PNG = "exemplars.png"
+HISTORY = "history.jsonl"
+METRICS = "metrics.json"
+FIGURE3 = "figure3.png"
+TABLE1_CSV = "table1.csv"
+TABLE1_MD = "table1.md"
+
+
+class RunError(ValueError):
+    """A run folder that is missing, incomplete or written by an incompatible version."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is unreadable or belongs to another model."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RunError(f"{path}: file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def save_checkpoint(path: str | Path, state_dict: dict, meta: dict) -> None:
+    """Save weights with the metadata ``load_checkpoint`` checks, atomically."""
+    import io
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": FORMAT_VERSION,
+        "arch": ARCH,
+        "classes": list(CLASSES),
+        **meta,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
+    """Load weights into ``model`` after checking format, architecture and classes.
+
+    Returns the checkpoint's metadata (everything but the weights).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, or a pickle that would run code
+        reason = "it holds objects other than tensors, which are never unpickled" if "weights_only" in str(exc) else str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({reason})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an eXBL Studio checkpoint")
+    if payload.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {payload.get('version')}, this tool reads version {FORMAT_VERSION}")
+    if payload.get("arch") != ARCH:
+        raise CheckpointError(f"{path}: checkpoint is for architecture {payload.get('arch')!r}, expected {ARCH!r}")
+    classes = payload.get("classes")
+    out_features = model.classifier[-1].out_features if hasattr(model, "classifier") else None
+    if classes is None or (out_features is not None and len(classes) != out_features):
+        raise CheckpointError(f"{path}: checkpoint has {len(classes or [])} classes, the model has {out_features}")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from exc
+    return {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder. Creating the object touches nothing; ``open_run`` checks the folder."""
+
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return self.file(name).is_file()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def config(self) -> dict:
+        return read_json(self.file(CONFIG))
+
+    def append_history(self, event: dict) -> None:
+        """One event per line. An append is not atomic, so readers skip a torn last line."""
+        with open(self.file(HISTORY), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event) + "\n")
+
+    def history(self) -> list[dict]:
+        if not self.has(HISTORY):
+            return []
+        events = []
+        for line in self.file(HISTORY).read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return events
+
+    def stage(self) -> str:
+        """How far the run has come: new, trained, picked, refined or evaluated."""
+        if self.has(METRICS) and self.has(REFINED):
+            return "evaluated"
+        for name, stage in ((REFINED, "refined"), (EXEMPLARS, "picked"), (UNREFINED, "trained")):
+            if self.has(name):
+                return stage
+        return "new"
+
+
+def create_run(path: str | Path, config: dict, overwrite: bool = False) -> Run:
+    """Make a run folder and write its config.json (with format and version stamped in)."""
+    run = Run(Path(path))
+    if run.has(CONFIG) and not overwrite:
+        raise RunError(f"{run.path}: a run already exists here; choose another --out or remove it")
+    run.path.mkdir(parents=True, exist_ok=True)
+    for stale in (UNREFINED, REFINED, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD, SPLIT):
+        run.file(stale).unlink(missing_ok=True)
+    write_json(run.file(CONFIG), {"format": RUN_FORMAT, "version": FORMAT_VERSION, "arch": ARCH, "classes": list(CLASSES), **config})
+    return run
+
+
+def open_run(path: str | Path) -> Run:
+    """Open an existing run folder, refusing one written by another version or model."""
+    run = Run(Path(path))
+    if not run.path.is_dir():
+        raise RunError(f"{run.path}: run folder does not exist")
+    if not run.has(CONFIG):
+        raise RunError(f"{run.path}: not a run folder (no {CONFIG})")
+    cfg = run.config()
+    if cfg.get("format") != RUN_FORMAT or cfg.get("version") != FORMAT_VERSION:
+        raise RunError(f"{run.path}: run written by an incompatible version (format {cfg.get('format')!r} v{cfg.get('version')}); start a new run")
+    if cfg.get("arch") != ARCH or cfg.get("classes") != list(CLASSES):
+        raise RunError(f"{run.path}: run is for another model ({cfg.get('arch')!r}, classes {cfg.get('classes')})")
+    return run
+
+
+def list_runs(root: str | Path) -> list[Run]:
+    """Run folders under ``root`` that this version can open, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = []
+    for p in root.iterdir():
+        try:
+            runs.append(open_run(p))
+        except RunError:
+            continue
+    return sorted(runs, key=lambda r: r.file(CONFIG).stat().st_mtime, reverse=True)
