@@ -19,7 +19,7 @@ from exbl_core.figures import figure3, figure_png, table1_csv, table1_markdown, 
 from exbl_core.gradcam import predict_with_cams
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model
-from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split
+from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, split_design
 from exbl_core.training import EventCallback, FitResult, TrainConfig, compute_exemplars, fit
 
 EVAL_SPLITS = ("val", "test", "shortcut_test")
@@ -86,14 +86,14 @@ def new_run(
     }
     run = runs.create_run(out, config, overwrite=overwrite)
     if split is None:
-        split = {"source": "synthetic", **{s: _synthetic_summary(run, s) for s in SPLITS}}
+        split = {"source": "synthetic", **{s: _synthetic_summary(data, s) for s in SPLITS}}
     runs.write_json(run.file(runs.SPLIT), split)
     return run
 
 
-def _synthetic_summary(run: runs.Run, split: str) -> dict:
-    s = load_split(run, split)
-    return {"labels": s.labels.tolist(), "child": s.child.tolist()}
+def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
+    labels, child = split_design(split, cfg)
+    return {"labels": labels.tolist(), "child": child.tolist()}
 
 
 def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:

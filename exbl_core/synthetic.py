@@ -133,11 +133,11 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
         for side in (-1, 1):
             for _ in range(rng.integers(2, 4)):
                 centres.append((side * rng.uniform(0.42, 0.56), rng.uniform(0.12, 0.45)))
-        img = img + 0.3 * cfg.pathology_strength * np.clip(_blobs(u, v, rng, centres, 0.07, lung), 0, 1)
+        img = img + 0.45 * cfg.pathology_strength * np.clip(_blobs(u, v, rng, centres, 0.07, lung), 0, 1)
     elif name == "Lung_Opacity":
         side = rng.choice([-1, 1])
         centre = [(side * rng.uniform(0.25, 0.45), rng.uniform(-0.3, 0.35))]
-        img = img + 0.42 * cfg.pathology_strength * np.clip(1.6 * _blobs(u, v, rng, centre, 0.1, lung), 0, 1)
+        img = img + 0.6 * cfg.pathology_strength * np.clip(1.6 * _blobs(u, v, rng, centre, 0.1, lung), 0, 1)
     elif name == "Viral Pneumonia":
         # Perihilar interstitial texture: fine streaks fanning out from the hila.
         ang = np.arctan2(v - 0.0, np.abs(u) - 0.12)
@@ -172,17 +172,30 @@ def _child_flags(labels: np.ndarray, split: str, cfg: SyntheticConfig, rng: np.r
     return rng.random(len(labels)) < p
 
 
-def generate_split(split: str, cfg: SyntheticConfig = SyntheticConfig()) -> Split:
-    """Generate one split; the same config and split name always give the same images."""
+def _per_class(split: str, cfg: SyntheticConfig) -> int:
     if split not in SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; choose one of {', '.join(SPLITS)}")
-    per_class = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "shortcut_test": cfg.n_test}[split]
-    if per_class < 1:
-        raise ValueError(f"synthetic split {split!r} needs at least one image per class, got {per_class}")
-    rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
-    labels = np.repeat(np.arange(len(CLASSES)), per_class)
+    n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "shortcut_test": cfg.n_test}[split]
+    if n < 1:
+        raise ValueError(f"synthetic split {split!r} needs at least one image per class, got {n}")
+    return n
+
+
+def split_design(split: str, cfg: SyntheticConfig = SyntheticConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and confounder flags of a split, without rendering a single image.
+
+    They come from their own random stream, so a run can record its split cheaply.
+    """
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 0])
+    labels = np.repeat(np.arange(len(CLASSES)), _per_class(split, cfg))
     rng.shuffle(labels)
-    child = _child_flags(labels, split, cfg, rng)
+    return labels, _child_flags(labels, split, cfg, rng)
+
+
+def generate_split(split: str, cfg: SyntheticConfig = SyntheticConfig()) -> Split:
+    """Generate one split; the same config and split name always give the same images."""
+    labels, child = split_design(split, cfg)
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 1])
     images = np.empty((len(labels), cfg.size, cfg.size), np.uint8)
     masks = np.empty((len(labels), cfg.size, cfg.size), bool)
     for i, (label, is_child) in enumerate(zip(labels, child)):
