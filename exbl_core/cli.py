@@ -68,7 +68,7 @@ def _print_pick(pick: dict) -> None:
 def _print_results(run: runs.Run, metrics: dict) -> None:
     _say("\nTable 1\n" + table1_markdown(table1_rows(metrics)))
     for which in ("unrefined", "refined"):
-        gap = metrics.get(which, {}).get("shortcut_gap")
+        gap = metrics.get("shortcut_gap", {}).get(which)
         if gap:
             _say(
                 f"Shortcut gap, {which}: test accuracy minus shortcut-test accuracy = {gap['accuracy_gap']:+.3f}; "

@@ -282,7 +282,7 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
             probs, cams = predict_with_cams(model, s.float_images())
             metrics[which][split] = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau)
         if "shortcut_test" in metrics[which]:
-            metrics[which]["shortcut_gap"] = shortcut_gap(metrics[which]["test"], metrics[which]["shortcut_test"])
+            metrics.setdefault("shortcut_gap", {})[which] = shortcut_gap(metrics[which]["test"], metrics[which]["shortcut_test"])
     if run.has(runs.EXEMPLARS):
         pick = runs.read_json(run.file(runs.EXEMPLARS))
         metrics["exemplars"] = {"good": pick["good"]["index"], "bad": pick["bad"]["index"], "rule": pick["rule"]}
