@@ -124,7 +124,9 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
     img = img + 0.06 * (rib_wave > 0.55) * torso * (np.abs(u) < 0.78)
 
     mask = lung_field > 0.5
-    lung = lung_field
+    # Lesions fade with the soft lung field but stop at the mask's edge, so that no pathology
+    # pixel ever lies outside the lung mask that Activation Precision scores against.
+    lung = lung_field * mask
 
     # Pathology: only inside the lungs.
     name = CLASSES[label]
@@ -186,8 +188,9 @@ def split_design(split: str, cfg: SyntheticConfig = SyntheticConfig()) -> tuple[
 
     They come from their own random stream, so a run can record its split cheaply.
     """
+    per_class = _per_class(split, cfg)  # first: it names the valid splits for an unknown one
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 0])
-    labels = np.repeat(np.arange(len(CLASSES)), _per_class(split, cfg))
+    labels = np.repeat(np.arange(len(CLASSES)), per_class)
     rng.shuffle(labels)
     return labels, _child_flags(labels, split, cfg, rng)
 

@@ -1,0 +1,175 @@
+"""Shared fixtures: tiny synthetic data, a briefly trained model, data sets on disk in the
+COVID-19 Radiography Database layout, and one quick CLI demo run per test session.
+
+Everything here is small on purpose: the whole suite must run in minutes on 2 CPU
+cores with no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from exbl_core.data import CLASSES, Split
+from exbl_core.model import XrayMobileNetV2, build_model
+from exbl_core.synthetic import SyntheticConfig, generate
+
+# One intra-op thread: on a shared 2-core machine, torch's default of one thread per
+# core oversubscribes the CPU and made a training step 30-60x slower in our measurements.
+torch.set_num_threads(int(os.environ.get("EXBL_TEST_THREADS", "1")))
+
+TINY = SyntheticConfig(size=64, n_train=8, n_val=4, n_test=4, seed=3)
+# Smaller still for training loops: MobileNetV2 reduces 32 px to one 1x1 feature map.
+MICRO = SyntheticConfig(size=32, n_train=4, n_val=2, n_test=2, seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> dict[str, Split]:
+    """All four synthetic splits at 64x64: 32 training images, 16 in each other split."""
+    return generate(TINY)
+
+
+@pytest.fixture(scope="session")
+def micro_data() -> dict[str, Split]:
+    """All four synthetic splits at 32x32, for tests that train."""
+    return generate(MICRO)
+
+
+@pytest.fixture(scope="session")
+def trained_model(tiny_data: dict[str, Split]) -> XrayMobileNetV2:
+    """A model trained for a few Adam steps, so that its GradCAMs are not those of random weights.
+
+    The analytic GradCAM must agree with autograd on a *trained* checkpoint, whose
+    ReLU pattern and head weights are no longer symmetric around zero.
+    """
+    torch.manual_seed(0)
+    model = build_model(num_classes=len(CLASSES), pretrained=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = tiny_data["train"]
+    x, y = train.float_images(), train.labels
+    model.train()
+    for _ in range(6):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- image files
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 or uint16 array ([H,W] gray or [H,W,C] colour) as a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def lung_mask(height: int, width: int) -> np.ndarray:
+    """Two elliptical lungs as a uint8 image (255 inside, 0 outside), like the database's masks."""
+    v, u = np.mgrid[0:height, 0:width]
+    u = u / width * 2 - 1
+    v = v / height * 2 - 1
+    left = ((u + 0.4) / 0.3) ** 2 + (v / 0.6) ** 2 < 1
+    right = ((u - 0.4) / 0.3) ** 2 + (v / 0.6) ** 2 < 1
+    return ((left | right) * 255).astype(np.uint8)
+
+
+def chest_image(size: int, seed: int) -> np.ndarray:
+    """A cheap grayscale 'radiograph': a gradient plus noise, uint8."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(40, 200, size, dtype=np.float32)[None, :].repeat(size, 0)
+    return np.clip(base + rng.normal(0, 10, (size, size)), 0, 255).astype(np.uint8)
+
+
+def huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black 8-bit grayscale PNG of any size, written row by row in a few MB.
+
+    A decompression bomb in miniature: tiny on disk, ``width * height`` bytes decoded.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    comp = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then black pixels
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+DatabaseFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_database(tmp_path: Path) -> DatabaseFactory:
+    """Build a small data set in exactly the COVID-19 Radiography Database layout.
+
+    ``root/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/{images,masks}/<Class>-<i>.png``
+    with 299x299 images (every third one RGB) and 256x256 masks (every other one
+    3-channel), plus the metadata files that sit beside the class folders.
+    """
+
+    def make(per_class: int = 3, name: str = "COVID-19_Radiography_Dataset") -> Path:
+        root = tmp_path / name
+        mask = lung_mask(256, 256)
+        for c, cls in enumerate(CLASSES):
+            for i in range(1, per_class + 1):
+                stem = f"{cls}-{i}"
+                img = chest_image(299, seed=100 * c + i)
+                if i % 3 == 0:
+                    img = np.stack([img, img, img], axis=-1)
+                save_png(root / cls / "images" / f"{stem}.png", img)
+                save_png(root / cls / "masks" / f"{stem}.png", np.stack([mask] * 3, -1) if i % 2 == 0 else mask)
+            (root / f"{cls}.metadata.xlsx").write_bytes(b"PK\x03\x04 not really a spreadsheet")
+        (root / "README.md.txt").write_text("COVID-19 Radiography Database (fixture)\n")
+        return root
+
+    return make
+
+
+# --------------------------------------------------------------------------- the quick demo
+
+
+@dataclass
+class DemoRun:
+    """The result of ``python -m exbl_core demo --quick``: exit code, output and run folder."""
+
+    path: Path
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """Run the quick demo once per session through the CLI's ``main`` (about half a minute)."""
+    from exbl_core import cli
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["demo", "--quick", "--out", str(out)])
+    return DemoRun(out, code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def demo_copy(demo_run: DemoRun, tmp_path: Path) -> Path:
+    """A private copy of the demo run folder that a test may change."""
+    assert demo_run.exit_code == 0, demo_run.stderr[-2000:]
+    return Path(shutil.copytree(demo_run.path, tmp_path / "run"))
