@@ -8,6 +8,7 @@ as grayscale uint8 in [0, 255]; the model normalises for itself, so that
 
 from __future__ import annotations
 
+import glob
 import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,7 @@ class Split:
 
     def class_counts(self) -> dict[str, int]:
         counts = torch.bincount(self.labels, minlength=len(CLASSES)).tolist()
-        return dict(zip(CLASSES, counts))
+        return dict(zip(CLASSES, counts, strict=True))
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,12 @@ def _read_dicom(path: Path) -> np.ndarray:
 
     try:
         ds = pydicom.dcmread(path)
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        if rows * cols > MAX_IMAGE_PIXELS:  # checked from the header, before decoding anything
+            raise DataError(f"{path}: image is {cols}x{rows}, larger than the {MAX_IMAGE_PIXELS:,}-pixel limit; refusing to decode it")
         pixels = ds.pixel_array.astype(np.float32)
+    except DataError:
+        raise
     except (AttributeError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: DICOM file has no readable pixel data ({exc})") from exc
     except Exception as exc:  # pydicom raises many types for broken files
@@ -235,7 +241,8 @@ def load_entries(
         label, rel = entry
         image_path = root / rel
         cls_dir = image_path.parent.parent
-        masks = [p for p in (cls_dir / "masks").glob(f"{image_path.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        # Escaped: a name such as "scan [1].png" must not be read as a glob pattern.
+        masks = [p for p in (cls_dir / "masks").glob(f"{glob.escape(image_path.stem)}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
         try:
             if not masks:
                 raise DataError(f"{image_path}: no lung mask with the same name in {cls_dir / 'masks'}")
