@@ -84,7 +84,7 @@ def build_model(
         source = str(weights_path)
     elif pretrained:
         if imagenet_weights_available():
-            state = MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+            state = MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
             source = "torchvision ImageNet weights"
         else:
             log.warning("ImageNet weights are not in the local torch hub cache; starting from random weights.")

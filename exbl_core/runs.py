@@ -10,8 +10,10 @@ runs code gets a clear error, never a silent mix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +49,33 @@ class CheckpointError(ValueError):
     """A checkpoint that is unreadable or belongs to another model."""
 
 
+class WriteError(RunError):
+    """A run file could not be written (disk full, read-only, no permission); its previous version is intact."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
+
+    Any OS failure (a full disk, a read-only folder) becomes a ``WriteError`` naming the
+    file; the temporary file is removed and the previous version of ``path`` is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise WriteError(f"{path}: could not be written ({exc.strerror or exc}); its previous version, if any, is unchanged") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -106,11 +121,12 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, or a pickle that would run code
-        reason = "it holds objects other than tensors, which are never unpickled" if "weights_only" in str(exc) else str(exc).splitlines()[0]
-        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({reason})") from exc
+        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an eXBL Studio checkpoint")
     if payload.get("version") != FORMAT_VERSION:
@@ -118,14 +134,35 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     if payload.get("arch") != ARCH:
         raise CheckpointError(f"{path}: checkpoint is for architecture {payload.get('arch')!r}, expected {ARCH!r}")
     classes = payload.get("classes")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint holds no weights")
     out_features = model.classifier[-1].out_features if hasattr(model, "classifier") else None
-    if classes is None or (out_features is not None and len(classes) != out_features):
-        raise CheckpointError(f"{path}: checkpoint has {len(classes or [])} classes, the model has {out_features}")
+    head = state.get(f"classifier.{len(model.classifier) - 1}.weight") if out_features is not None else None
+    n_classes = head.shape[0] if isinstance(head, torch.Tensor) else len(classes or [])
+    if classes is None or (out_features is not None and (len(classes) != out_features or n_classes != out_features)):
+        raise CheckpointError(f"{path}: checkpoint has {n_classes} classes, the model has {out_features}")
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from exc
+        # torch puts the useful part (missing, unexpected or mis-sized keys) after the first line.
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
+        raise CheckpointError(f"{path}: weights do not fit this model, so it is from another architecture ({detail})") from exc
     return {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file, instead of torch's page of advice."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a pickled {found.group(1)}, which could run code; it was refused and nothing in it ran"
+    if "WeightsUnpickler" in text or "Unsupported operand" in text:
+        return "not a PyTorch checkpoint, or one holding objects other than tensors; refused without running anything"
+    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
+        return "the file is truncated or corrupted"
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -149,8 +186,11 @@ class Run:
 
     def append_history(self, event: dict) -> None:
         """One event per line. An append is not atomic, so readers skip a torn last line."""
-        with open(self.file(HISTORY), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event) + "\n")
+        try:
+            with open(self.file(HISTORY), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(event) + "\n")
+        except OSError as exc:
+            raise WriteError(f"{self.file(HISTORY)}: could not be appended to ({exc.strerror or exc})") from exc
 
     def history(self) -> list[dict]:
         if not self.has(HISTORY):
@@ -194,7 +234,9 @@ def open_run(path: str | Path) -> Run:
         raise RunError(f"{run.path}: not a run folder (no {CONFIG})")
     cfg = run.config()
     if cfg.get("format") != RUN_FORMAT or cfg.get("version") != FORMAT_VERSION:
-        raise RunError(f"{run.path}: run written by an incompatible version (format {cfg.get('format')!r} v{cfg.get('version')}); start a new run")
+        raise RunError(
+            f"{run.path}: run written by an incompatible version (format {cfg.get('format')!r} v{cfg.get('version')}); start a new run"
+        )
     if cfg.get("arch") != ARCH or cfg.get("classes") != list(CLASSES):
         raise RunError(f"{run.path}: run is for another model ({cfg.get('arch')!r}, classes {cfg.get('classes')})")
     return run
