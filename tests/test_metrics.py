@@ -1,0 +1,119 @@
+"""Metrics (DESIGN.md §7) against hand-built CAMs and masks whose answers are known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exbl_core.data import CLASSES
+from exbl_core.metrics import (
+    activation_precision,
+    activation_precision_scores,
+    classification_report,
+    confusion_matrix,
+    count_empty_cams,
+    evaluate_predictions,
+    shortcut_gap,
+)
+
+
+def _cam_with_top(positions: list[tuple[int, int]], size: int = 10) -> torch.Tensor:
+    """A [size,size] CAM whose highest values sit at ``positions`` (in decreasing order)."""
+    cam = torch.linspace(0.0, 0.1, size * size).view(size, size)  # low, distinct background
+    for rank, (i, j) in enumerate(positions):
+        cam[i, j] = 1.0 - 0.01 * rank
+    return cam
+
+
+def test_ap_is_the_share_of_the_top_5_percent_inside_the_mask():
+    # 10x10 CAM, tau 5 -> k = 5 pixels; 3 of them inside the mask -> AP 0.6.
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[:, :5] = True
+    cam = _cam_with_top([(0, 0), (1, 1), (2, 2), (0, 9), (1, 9)])
+    assert activation_precision_scores(cam[None], mask[None]).tolist() == pytest.approx([0.6])
+
+
+def test_ap_of_a_batch_is_the_mean_of_its_images():
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[:, :5] = True
+    inside = _cam_with_top([(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)])
+    mixed = _cam_with_top([(0, 0), (1, 1), (2, 2), (0, 9), (1, 9)])
+    cams, masks = torch.stack([inside, mixed]), torch.stack([mask, mask])
+    assert activation_precision_scores(cams, masks).tolist() == pytest.approx([1.0, 0.6])
+    assert activation_precision(cams, masks) == pytest.approx(0.8)
+
+
+def test_k_is_rounded_up():
+    # 8x8 = 64 pixels at tau 5 -> k = ceil(3.2) = 4; one of the top 4 inside -> 0.25.
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, 0] = True
+    cam = _cam_with_top([(0, 0), (7, 7), (7, 6), (7, 5), (0, 1)], size=8)
+    assert activation_precision(cam[None], mask[None]) == pytest.approx(0.25)
+
+
+def test_tau_sets_the_share_of_pixels_kept():
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[0, :2] = True
+    cam = _cam_with_top([(0, 0), (0, 1), (9, 9), (9, 8)])
+    assert activation_precision(cam[None], mask[None], tau=2.0) == pytest.approx(1.0)
+    assert activation_precision(cam[None], mask[None], tau=4.0) == pytest.approx(0.5)
+
+
+def test_empty_cam_scores_zero_and_is_counted():
+    cams = torch.stack([torch.zeros(10, 10), _cam_with_top([(0, 0)])])
+    masks = torch.ones(2, 10, 10, dtype=torch.bool)
+    assert activation_precision_scores(cams, masks).tolist() == [0.0, 1.0]
+    assert count_empty_cams(cams) == 1
+
+
+def test_mask_of_another_size_is_resized_with_nearest_neighbour():
+    small = torch.tensor([[True, False], [False, False]])  # top-left quarter
+    cam = torch.zeros(10, 10)
+    cam[:5, :5] = torch.linspace(0.5, 1.0, 25).view(5, 5)  # all the top-5 pixels in that quarter
+    assert activation_precision(cam[None], small[None]) == pytest.approx(1.0)
+    cam2 = torch.zeros(10, 10)
+    cam2[5:, 5:] = torch.linspace(0.5, 1.0, 25).view(5, 5)
+    assert activation_precision(cam2[None], small[None]) == pytest.approx(0.0)
+
+
+def test_bad_tau_and_mismatched_batches_are_refused():
+    with pytest.raises(ValueError, match="tau"):
+        activation_precision(torch.rand(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool), tau=0)
+    with pytest.raises(ValueError, match="2 CAMs but 1 masks"):
+        activation_precision(torch.rand(2, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+    labels = torch.tensor([0, 0, 1, 2, 3, 3])
+    preds = torch.tensor([0, 1, 1, 2, 3, 0])
+    cm = confusion_matrix(labels, preds)
+    assert cm.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]]
+
+
+def test_report_gives_accuracy_and_per_class_recall():
+    labels = torch.tensor([0, 0, 1, 2, 3, 3])
+    preds = torch.tensor([0, 1, 1, 2, 3, 0])
+    report = classification_report(labels, preds)
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["recall"] == pytest.approx(dict(zip(CLASSES, [0.5, 1.0, 1.0, 0.5], strict=True)))
+
+
+def test_recall_of_an_absent_class_is_zero_not_nan():
+    report = classification_report(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert report["recall"]["Viral Pneumonia"] == 0.0
+
+
+def test_evaluate_predictions_has_every_field_as_plain_numbers():
+    cams = torch.stack([torch.zeros(10, 10), _cam_with_top([(0, 0)])])
+    out = evaluate_predictions(torch.tensor([0, 3]), torch.tensor([0, 1]), cams, torch.ones(2, 10, 10, dtype=torch.bool))
+    assert out["accuracy"] == 0.5 and out["n"] == 2 and out["n_empty_cams"] == 1
+    assert out["activation_precision"] == pytest.approx(0.5)
+    assert isinstance(out["confusion"], list)
+
+
+def test_shortcut_gap_is_confounded_minus_shortcut_test_accuracy():
+    confounded = {"accuracy": 0.9, "recall": {"Viral Pneumonia": 0.95}}
+    decorrelated = {"accuracy": 0.6, "recall": {"Viral Pneumonia": 0.5}}
+    gap = shortcut_gap(confounded, decorrelated)
+    assert gap["accuracy_gap"] == pytest.approx(0.3)
+    assert gap["vp_recall_confounded"] == 0.95 and gap["vp_recall_shortcut_test"] == 0.5
