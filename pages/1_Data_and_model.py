@@ -1,0 +1,151 @@
+"""Data and model: choose synthetic phantoms or a data set folder, look at it, train or open a run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import streamlit as st
+
+from exbl_core import pipeline, runs
+from exbl_core.data import CLASSES, DataError
+from exbl_core.synthetic import SyntheticConfig
+from studio import cache, live, pages, state, tasks, views
+from studio.jobs import get_runner
+
+SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
+PRESETS = {"Demo (a few minutes)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
+SIZES = (64, 96, 128, 160, 224, 299)
+
+pages.setup("Data and model")
+
+
+def synthetic_settings() -> tuple[SyntheticConfig, pipeline.Preset]:
+    """The phantom's few settings a user may want to change; the rest keep the preset's values."""
+    name = st.radio("Preset", list(PRESETS), horizontal=True)
+    preset = PRESETS[name]
+    c1, c2, c3, c4 = st.columns(4)
+    n_train = c1.number_input("Training images per class", 2, 2000, preset.data.n_train, key=f"n_train-{name}")
+    size = c2.selectbox("Image size (pixels)", SIZES, index=SIZES.index(preset.data.size), key=f"size-{name}")
+    strength = c3.slider(
+        "Confounder strength",
+        0.0,
+        1.0,
+        preset.data.confounder_strength,
+        0.05,
+        key=f"strength-{name}",
+        help="Share of Viral Pneumonia training images showing a child: 1.0 ties the class to children completely.",
+    )
+    seed = c4.number_input("Seed", 0, 10_000, preset.data.seed, key=f"seed-{name}")
+    return replace(preset.data, n_train=int(n_train), size=int(size), confounder_strength=float(strength), seed=int(seed)), preset
+
+
+def folder_settings() -> pipeline.FolderSpec:
+    st.caption(
+        "The COVID-19 Radiography Database layout: one folder per class (COVID, Lung_Opacity, Normal, Viral Pneumonia), "
+        "each with images/ and masks/ holding files of the same names."
+    )
+    path = st.text_input("Folder", placeholder="/data/COVID-19_Radiography_Dataset")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    size = c1.selectbox("Image size (pixels)", SIZES, index=SIZES.index(224))
+    train = c2.number_input("Training images per class", 1, 10_000, 800)
+    val = c3.number_input("Validation per class", 1, 10_000, 300)
+    test = c4.number_input("Test per class", 1, 10_000, 200)
+    seed = c5.number_input("Split seed", 0, 10_000, 0)
+    skip_bad = st.checkbox("Skip unreadable images and list them, instead of stopping at the first one")
+    return pipeline.FolderSpec(path.strip(), int(size), int(train), int(val), int(test), int(seed), skip_bad)
+
+
+def new_run_form() -> None:
+    source = st.radio("Data", [SYNTHETIC, FOLDER], horizontal=True)
+    if source == SYNTHETIC:
+        spec, preset = synthetic_settings()
+    else:
+        spec, preset = folder_settings(), pipeline.DEMO
+    c1, c2 = st.columns(2)
+    epochs = c1.number_input("Training epochs (early stopping may end sooner)", 1, 200, preset.train.epochs)
+    st.session_state.setdefault("run_name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = c2.text_input("Run name (a folder under runs/)", key="run_name")
+    if st.button("Create the run", type="primary", icon=":material/add:"):
+        if isinstance(spec, pipeline.FolderSpec) and not spec.path:
+            st.error("Type the data set folder's path first.")
+            return
+        try:
+            with st.spinner("Checking the data and writing the split…"):
+                run = pipeline.new_run(cache.runs_dir() / name.strip(), spec, replace(preset.train, epochs=int(epochs)), preset.refine)
+        except (DataError, runs.RunError, ValueError, OSError) as exc:
+            st.error(f"Could not create the run: {exc}")
+            return
+        state.select_run(run)
+        st.session_state.pop("run_name")
+        st.rerun()
+
+
+def open_run_form() -> None:
+    saved = runs.list_runs(cache.runs_dir())
+    if not saved:
+        st.caption(f"No saved runs in `{cache.runs_dir()}` yet.")
+        return
+    labels = {f"{r.name} ({r.stage()})": r for r in saved}
+    choice = st.selectbox("Saved runs, newest first", list(labels))
+    if st.button("Open this run", icon=":material/folder_open:"):
+        state.select_run(labels[choice])
+        st.rerun()
+
+
+def data_summary(run: runs.Run) -> None:
+    """Counts per class and split, and a sample grid with the lung masks outlined."""
+    try:
+        data = cache.data(run)
+    except DataError as exc:
+        st.error(f"This run's data cannot be read: {exc}")
+        return
+    table = {split: list(s.class_counts().values()) for split, s in data.items()}
+    train = data["train"]
+    if train.child is not None:
+        table["train: child"] = [int(train.child[train.labels == c].sum()) for c in range(len(CLASSES))]
+    st.dataframe({"class": list(CLASSES), **table}, hide_index=True)
+    skipped = runs.read_json(run.file(runs.SPLIT)).get("skipped", [])
+    if skipped:
+        st.warning(f"{len(skipped)} files were skipped: " + "; ".join(skipped[:5]) + (" …" if len(skipped) > 5 else ""))
+    samples = [i for c in range(len(CLASSES)) for i in (train.labels == c).nonzero()[:2, 0].tolist()]
+    st.caption("Training samples. The cyan line outlines the lung mask: Activation Precision counts GradCAM's top pixels inside it.")
+    cols = st.columns(len(samples) or 1)
+    images = train.float_images()[:, 0].numpy()
+    for col, i in zip(cols, samples, strict=True):
+        child = train.child is not None and bool(train.child[i])
+        col.image(
+            views.with_outline(images[i], train.masks[i].numpy()), caption=f"{CLASSES[int(train.labels[i])]}{' · child' if child else ''}"
+        )
+
+
+tab_new, tab_open = st.tabs(["Start a new run", "Open a saved run"])
+with tab_new:
+    new_run_form()
+with tab_open:
+    open_run_form()
+
+st.divider()
+run = state.current_run()
+if run is None:
+    st.info("No run yet: choose the data above and press **Create the run**, or open a saved run.")
+    st.stop()
+
+st.subheader(f"Run '{run.name}'")
+data_summary(run)
+
+st.subheader("Unrefined model")
+job = get_runner().job
+training_here = job is not None and job.running and job.run_path == str(run.path)
+if not training_here:
+    label = "Train again (replaces the model and any refinement)" if run.has(runs.UNREFINED) else "Train the unrefined model"
+    epochs = pipeline.train_config(run, "train").epochs
+    st.caption(f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept.")
+    if st.button(label, type="secondary" if run.has(runs.UNREFINED) else "primary", icon=":material/model_training:") and not live.busy():
+        for stale in (runs.REFINED, runs.EXEMPLARS, runs.METRICS):
+            run.file(stale).unlink(missing_ok=True)
+        state.forget_pair(run)
+        live.start("train", run, tasks.train_work(run, cache.data(run), cache.device()))
+live.job_panel(run, ("train", "demo"), phase="unrefined")
+if run.has(runs.UNREFINED) and not training_here:
+    st.page_link(pages.EXPLORE, label="Next: explore its explanations and mark a good and a bad one", icon=":material/arrow_forward:")

@@ -1,0 +1,160 @@
+"""Explore: browse images with their GradCAM, mark one good and one bad explanation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import streamlit as st
+import torch
+
+from exbl_core import pipeline, runs
+from exbl_core.data import CLASSES
+from exbl_core.figures import overlay
+from studio import cache, pages, state, views
+
+PER_PAGE = 16
+COLUMNS = 4
+ANY = "Any"
+SPLITS = {"Training images (pick the pair here)": "train", "Test images": "test"}
+
+pages.setup("Explore")
+
+run = state.current_run()
+if run is None:
+    views.empty_state("No run yet: choose the data on Data and model.", pages.DATA, "Data and model")
+    st.stop()
+if not run.has(runs.UNREFINED):
+    views.empty_state("No model yet: train one on Data and model.", pages.DATA, "Data and model")
+    st.stop()
+
+
+def filters(split, scores) -> np.ndarray:
+    """The sidebar's filters and sort order, applied to the split: the indices to show."""
+    sb = st.sidebar
+    labels, preds = split.labels.numpy(), scores["preds"]
+    keep = np.ones(len(labels), bool)
+    cls = sb.selectbox("True class", [ANY, *CLASSES])
+    if cls != ANY:
+        keep &= labels == CLASSES.index(cls)
+    pred = sb.selectbox("Predicted class", [ANY, *CLASSES])
+    if pred != ANY:
+        keep &= preds == CLASSES.index(pred)
+    result = sb.selectbox("Prediction", [ANY, "Correct", "Wrong"])
+    if result != ANY:
+        keep &= (labels == preds) == (result == "Correct")
+    if split.child is not None:
+        conf = sb.selectbox(
+            "Confounder", [ANY, "Child (growth plates)", "Adult"], help="Synthetic data only: which images carry the planted shortcut."
+        )
+        if conf != ANY:
+            keep &= split.child.numpy() == conf.startswith("Child")
+    order = sb.selectbox("Sort", ["AP, lowest first", "AP, highest first", "Image number"])
+    idx = np.nonzero(keep)[0]
+    if order != "Image number":
+        idx = idx[np.argsort(scores["ap"][idx], kind="stable")]
+        if order == "AP, highest first":
+            idx = idx[::-1]
+    return idx
+
+
+def on_mark(role: str, index: int) -> None:
+    st.session_state["mark_message"] = state.mark(run, role, index)
+
+
+def on_suggest(scores: dict, labels: torch.Tensor) -> None:
+    try:
+        good, bad = pipeline.auto_pick({k: torch.from_numpy(v) for k, v in scores.items()}, labels)
+    except ValueError as exc:
+        st.session_state["mark_message"] = str(exc)
+        return
+    state.set_pair(run, good, bad)
+    st.session_state["mark_message"] = None
+    st.session_state["suggested"] = (
+        f"Suggested: good #{good} (highest AP), bad #{bad} (lowest AP), among correctly classified training images."
+    )
+
+
+def caption(split, scores, i: int) -> str:
+    true, pred = CLASSES[int(split.labels[i])], CLASSES[int(scores["preds"][i])]
+    mark = "✓" if true == pred else "✗"
+    child = " · child" if split.child is not None and bool(split.child[i]) else ""
+    return f"#{i} {true} → {pred} {mark} · AP {scores['ap'][i]:.2f}{child}"
+
+
+def big_view(split, scores, i: int) -> None:
+    """One image large: input, CAM and overlay, with opacity and colour map to play with."""
+    with st.container(border=True):
+        c0, c1, c2 = st.columns([2, 2, 1])
+        c0.markdown(f"**Image {caption(split, scores, i)}**")
+        alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05)
+        cmap = c2.selectbox("Colour map", views.COLORMAPS)
+        image, cam, mask = split.float_images(i)[0].numpy(), scores["cams"][i], split.masks[i].numpy()
+        a, b, c = st.columns(3)
+        a.image(views.with_outline(image, mask), caption="Input, lungs outlined", width="stretch")
+        b.image(views.cam_rgb(cam, cmap), caption=f"GradCAM for '{CLASSES[int(scores['preds'][i])]}'", width="stretch")
+        c.image(overlay(image, cam, alpha, cmap), caption="Overlay", width="stretch")
+        if st.button("Close the large view", icon=":material/close:"):
+            st.session_state.pop("view")
+            st.rerun()
+
+
+split_name = SPLITS[st.sidebar.radio("Images", list(SPLITS))]
+split = cache.split(run, split_name)
+scores = cache.scores(run, "unrefined", split_name)
+picking = split_name == "train"
+pair = state.pair(run)
+
+with st.container(border=True):
+    c1, c2, c3 = st.columns([3, 2, 2])
+    shown = [f"**{role}**: " + ("none yet" if pair[role] is None else f"#{pair[role]}") for role in state.ROLES]
+    c1.markdown("Your pair · " + " · ".join(shown))
+    if picking:
+        train_labels = split.labels
+        c2.button("Suggest a pair by AP", icon=":material/auto_awesome:", on_click=on_suggest, args=(scores, train_labels))
+    if pair["good"] is not None and pair["bad"] is not None:
+        c3.page_link(pages.REFINE, label="Next: refine with this pair", icon=":material/arrow_forward:")
+    if st.session_state.get("mark_message"):
+        st.warning(st.session_state["mark_message"])
+    elif st.session_state.get("suggested"):
+        st.success(st.session_state.pop("suggested"))
+    if picking:
+        st.caption(
+            "Press **Good** under an image whose GradCAM sits on the lungs, and **Bad** under one that looks elsewhere "
+            "(the shoulders, the text markers). Press again to unmark."
+        )
+    else:
+        st.caption("The pair comes from the training images, which refinement trains on; test images stay unseen. Switch in the sidebar.")
+
+view = st.session_state.get("view")
+if view is not None and view[0] == split_name:
+    big_view(split, scores, view[1])
+
+idx = filters(split, scores)
+if len(idx) == 0:
+    st.info("No image matches these filters: loosen them in the sidebar.")
+    st.stop()
+n_pages = math.ceil(len(idx) / PER_PAGE)
+st.caption(f"{len(idx)} of {len(split)} images. Left: input; right: GradCAM of the predicted class over it.")
+page = st.pagination(n_pages, key=f"page-{split_name}") if n_pages > 1 else 1
+images = split.float_images()[:, 0].numpy()
+cols = st.columns(COLUMNS)
+for k, i in enumerate(idx[(page - 1) * PER_PAGE : page * PER_PAGE].tolist()):
+    role = next((r for r in state.ROLES if pair[r] == i and picking), None)
+    frame = {"good": views.GOOD_RGB, "bad": views.BAD_RGB, None: None}[role]
+    with cols[k % COLUMNS].container(border=True):
+        st.image(views.pair_tile(images[i], scores["cams"][i], frame), caption=caption(split, scores, i), width="stretch")
+        b1, b2, b3 = st.columns(3)
+        if picking:
+            b1.button(
+                "Good",
+                key=f"good-{i}",
+                type="primary" if role == "good" else "secondary",
+                on_click=on_mark,
+                args=("good", i),
+                width="stretch",
+            )
+            b2.button(
+                "Bad", key=f"bad-{i}", type="primary" if role == "bad" else "secondary", on_click=on_mark, args=("bad", i), width="stretch"
+            )
+        b3.button("Zoom", key=f"zoom-{i}", on_click=st.session_state.__setitem__, args=("view", (split_name, i)), width="stretch")

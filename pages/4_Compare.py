@@ -1,0 +1,95 @@
+"""Compare: Figure 3 before and after, Table 1 with deltas, the shortcut test, and downloads."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from exbl_core import pipeline, runs
+from exbl_core.data import CLASSES
+from exbl_core.figures import table1_csv, table1_rows
+from studio import cache, live, pages, state, tasks, views
+from studio.jobs import get_runner
+
+pages.setup("Compare")
+
+run = state.current_run()
+if run is None:
+    views.empty_state("No run yet: choose the data on Data and model.", pages.DATA, "Data and model")
+    st.stop()
+if not run.has(runs.REFINED):
+    if not run.has(runs.UNREFINED):
+        views.empty_state("No model yet: train one on Data and model.", pages.DATA, "Data and model")
+    else:
+        views.empty_state("No refined model yet: start eXBL refinement on Refine.", pages.REFINE, "Refine")
+    st.stop()
+
+job = get_runner().job
+busy_here = job is not None and job.running and job.run_path == str(run.path)
+stale = not run.has(runs.METRICS) or run.file(runs.METRICS).stat().st_mtime < run.file(runs.REFINED).stat().st_mtime
+if stale and not busy_here:
+    st.info("The metrics are older than the refined model (or missing), for example after a cancelled refinement.")
+    if st.button("Evaluate both models", type="primary", icon=":material/calculate:") and not live.busy():
+        live.start("evaluate", run, tasks.evaluate_work(run, cache.data(run), cache.device()))
+live.job_panel(run, ("evaluate", "refine", "demo"))
+
+st.subheader("Before and after (the paper's Figure 3)")
+test = cache.split(run, "test")
+options = list(range(len(test)))
+chosen = st.multiselect(
+    "Test images",
+    options,
+    default=pipeline.default_figure_rows(test),
+    format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
+    help="Viral Pneumonia by default: the class the shortcut hides behind.",
+)
+figure = None
+if chosen:
+    figure = cache.figure3_png(run, chosen)
+    st.image(figure, width="stretch")
+else:
+    st.info("Choose one or more test images above to see them before and after.")
+
+if busy_here or stale:
+    st.stop()
+metrics = runs.read_json(run.file(runs.METRICS))
+rows = table1_rows(metrics)
+st.subheader("Table 1")
+st.dataframe(
+    [{"metric": r["metric"], "split": r["split"], "unrefined": r["unrefined"], "eXBL": r["exbl"], "Δ": r["delta"]} for r in rows],
+    hide_index=True,
+    column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("unrefined", "eXBL")}
+    | {"Δ": st.column_config.NumberColumn(format="%+.3f")},
+)
+
+gaps = metrics.get("shortcut_gap", {})
+if "unrefined" in gaps and "refined" in gaps:
+    st.subheader("Shortcut test")
+    st.caption(
+        "The shortcut test split shows children in every class. A model that still uses the shortcut loses accuracy there "
+        "and calls children Viral Pneumonia. AP alone can look fixed while the shortcut is still used: read both."
+    )
+    cards = (("Accuracy, confounded test", "test"), ("Accuracy, shortcut test", "shortcut_test"), ("Shortcut gap", None))
+    for col, (title, key) in zip(st.columns(3), cards, strict=True):
+        before = metrics["unrefined"][key]["accuracy"] if key else gaps["unrefined"]["accuracy_gap"]
+        after = metrics["refined"][key]["accuracy"] if key else gaps["refined"]["accuracy_gap"]
+        col.metric(
+            title, f"{after:.3f}", f"{after - before:+.3f} vs {before:.3f} unrefined", delta_color="inverse" if key is None else "normal"
+        )
+    vp = {w: (g["vp_recall_confounded"], g["vp_recall_shortcut_test"]) for w, g in gaps.items()}
+    st.caption(
+        f"Viral Pneumonia recall, confounded → shortcut test: unrefined {vp['unrefined'][0]:.2f} → {vp['unrefined'][1]:.2f}; "
+        f"eXBL {vp['refined'][0]:.2f} → {vp['refined'][1]:.2f}."
+    )
+
+st.subheader("Downloads")
+d1, d2, d3 = st.columns(3)
+if figure is not None:
+    d1.download_button("Figure 3 (PNG)", figure, file_name=f"{run.name}-figure3.png", mime="image/png", icon=":material/image:")
+d2.download_button("Table 1 (CSV)", table1_csv(rows), file_name=f"{run.name}-table1.csv", mime="text/csv", icon=":material/table:")
+d3.download_button(
+    "Refined checkpoint",
+    run.file(runs.REFINED).read_bytes(),
+    file_name=f"{run.name}-refined.pt",
+    mime="application/octet-stream",
+    icon=":material/download:",
+)

@@ -1,0 +1,106 @@
+"""Cached data, models and per-model predictions, so a page rerun costs milliseconds.
+
+Keys are the run folder and the modification time of the file the value comes from:
+a retrained checkpoint or a new config has a new mtime, so stale entries are never
+served. ``st.cache_resource`` rather than ``st.cache_data`` is used because these
+values are large (200 CAMs at 128x128 are 13 MB) and read-only: ``cache_data`` would
+copy them on every rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from exbl_core import pipeline, runs
+from exbl_core.data import CLASSES, Split
+from exbl_core.figures import figure3, figure_png
+from exbl_core.training import choose_device
+
+RUNS_DIR_ENV = "EXBL_RUNS_DIR"
+
+
+def runs_dir() -> Path:
+    """Where run folders live: $EXBL_RUNS_DIR (tests use a temporary folder) or ./runs."""
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+
+
+@st.cache_resource
+def device() -> torch.device:
+    """Chosen once per process (cuda, then mps, then cpu)."""
+    return choose_device()
+
+
+def _mtime(run: runs.Run, name: str) -> float:
+    return run.file(name).stat().st_mtime if run.has(name) else 0.0
+
+
+def _data_key(run: runs.Run) -> str:
+    """The run's data settings: refinement settings saved into config.json must not reload data."""
+    return json.dumps(run.config()["data"], sort_keys=True)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading images…")
+def _split(run_path: str, split: str, data_key: str) -> Split:
+    return pipeline.load_split(runs.Run(Path(run_path)), split)
+
+
+def split(run: runs.Run, name: str) -> Split:
+    """One split of the run's data (synthetic splits are regenerated once, then cached)."""
+    return _split(str(run.path), name, _data_key(run))
+
+
+def data(run: runs.Run) -> dict[str, Split]:
+    """Every split the run has, as the pipeline's steps expect them."""
+    return {name: split(run, name) for name in pipeline.split_names(run)}
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _model(run_path: str, which: str, mtime: float) -> torch.nn.Module:
+    return pipeline.load_model(runs.Run(Path(run_path)), which, device())
+
+
+def checkpoint_name(which: str) -> str:
+    return {"unrefined": runs.UNREFINED, "refined": runs.REFINED}[which]
+
+
+def model(run: runs.Run, which: str) -> torch.nn.Module:
+    return _model(str(run.path), which, _mtime(run, checkpoint_name(which)))
+
+
+@st.cache_resource(max_entries=12, show_spinner="Computing predictions and GradCAM…")
+def _scores(run_path: str, which: str, split_name: str, mtime: float, data_key: str, tau: float) -> dict[str, np.ndarray]:
+    s = _split(run_path, split_name, data_key)
+    out = pipeline.training_scores(_model(run_path, which, mtime), s, tau)
+    return {k: v.detach().cpu().numpy() for k, v in out.items()}
+
+
+def scores(run: runs.Run, which: str, split_name: str) -> dict[str, np.ndarray]:
+    """probs, preds, cams and ap of one model on one split, computed in one batched pass and cached."""
+    tau = pipeline.train_config(run, "refine").tau
+    return _scores(str(run.path), which, split_name, _mtime(run, checkpoint_name(which)), _data_key(run), tau)
+
+
+@st.cache_data(max_entries=16, show_spinner="Drawing Figure 3…")
+def _figure3_png(run_path: str, rows: tuple[int, ...], mtimes: tuple[float, float], data_key: str, tau: float) -> bytes:
+    test = _split(run_path, "test", data_key)
+    before = _scores(run_path, "unrefined", "test", mtimes[0], data_key, tau)
+    after = _scores(run_path, "refined", "test", mtimes[1], data_key, tau)
+    idx = list(rows)
+    labels = [
+        f"#{i} true {CLASSES[int(test.labels[i])]}\nunref: {CLASSES[int(before['preds'][i])]}\neXBL: {CLASSES[int(after['preds'][i])]}"
+        for i in idx
+    ]
+    cams_before, cams_after = torch.from_numpy(before["cams"][idx]), torch.from_numpy(after["cams"][idx])
+    return figure_png(figure3(test.float_images(torch.tensor(idx)), cams_before, cams_after, labels))
+
+
+def figure3_png(run: runs.Run, rows: list[int]) -> bytes:
+    """The paper's Figure 3 for the chosen test images, before and after, as PNG bytes (cached)."""
+    mtimes = (_mtime(run, runs.UNREFINED), _mtime(run, runs.REFINED))
+    return _figure3_png(str(run.path), tuple(rows), mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)

@@ -1,0 +1,203 @@
+"""The app's pages, driven by Streamlit's AppTest on tiny synthetic runs.
+
+Each test names one behaviour a user relies on. Training runs are tiny (64x64, a few
+images, one epoch) so that the whole file takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from exbl_core import pipeline, runs
+from exbl_core.synthetic import SyntheticConfig
+from exbl_core.training import TrainConfig
+from studio.cache import RUNS_DIR_ENV
+from studio.jobs import get_runner
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+PAGES = {"explore": "pages/2_Explore.py", "refine": "pages/3_Refine.py", "compare": "pages/4_Compare.py"}
+TINY_DATA = SyntheticConfig(size=64, n_train=3, n_val=2, n_test=3)
+TINY_TRAIN = TrainConfig(epochs=1, lr=1e-3, batch_size=8)
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty runs folder for the app, and no job left running afterwards."""
+    monkeypatch.setenv(RUNS_DIR_ENV, str(tmp_path))
+    yield tmp_path
+    get_runner().cancel()
+    assert get_runner().wait(60)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run taken through every step once; tests copy it so they never share state."""
+    run = pipeline.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_TRAIN)
+    data = pipeline.load_data(run)
+    device = pipeline.torch.device("cpu")
+    pipeline.train_step(run, data, device)
+    pipeline.pick_step(run, data, device, good=0, bad=1)
+    pipeline.refine_step(run, data, device)
+    pipeline.evaluate_step(run, data, device)
+    return run.path
+
+
+def copy_run(source: Path, runs_dir: Path, keep: tuple[str, ...]) -> runs.Run:
+    """A copy of ``source`` holding only ``keep`` on top of its config and split."""
+    target = runs_dir / "tiny"
+    target.mkdir()
+    for name in (runs.CONFIG, runs.SPLIT, *keep):
+        shutil.copy2(source / name, target / name)
+    return runs.open_run(target)
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    return at.switch_page(page).run() if page != "app.py" else at
+
+
+def infos(at: AppTest) -> str:
+    return " ".join(str(e.value) for e in at.info)
+
+
+def links(at: AppTest) -> list[str]:
+    """The pages the page links point to, by their URL names (such as "Data_and_model")."""
+    return [link.proto.page for link in at.get("page_link")]
+
+
+def test_home_without_runs_says_what_to_do_and_links_to_data(runs_dir: Path) -> None:
+    at = open_page("app.py")
+    assert not at.exception
+    assert "No run yet" in infos(at)
+    assert "Data_and_model" in links(at)
+    assert [b.label for b in at.button] == ["Run the demo"]
+
+
+@pytest.mark.parametrize("page", PAGES.values())
+def test_pages_without_a_model_say_train_one_and_link_to_data(runs_dir: Path, finished_run: Path, page: str) -> None:
+    copy_run(finished_run, runs_dir, keep=())
+    at = open_page(page)
+    assert not at.exception
+    assert "No model yet: train one on Data and model" in infos(at)
+    assert "Data_and_model" in links(at)
+
+
+def test_refine_without_a_pair_links_to_explore(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    at = open_page(PAGES["refine"])
+    assert "No pair yet" in infos(at)
+    assert "Explore" in links(at)
+
+
+def test_compare_without_a_refined_model_links_to_refine(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS))
+    at = open_page(PAGES["compare"])
+    assert "No refined model yet" in infos(at)
+    assert "Refine" in links(at)
+
+
+def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Path) -> None:
+    at = open_page("pages/1_Data_and_model.py")
+    at.radio[1].set_value("Quick (tiny, under a minute)").run()
+    at.number_input(key="n_train-Quick (tiny, under a minute)").set_value(2)
+    at.selectbox(key="size-Quick (tiny, under a minute)").set_value(64)
+    at.number_input[1].set_value(1)  # training epochs
+    at.text_input(key="run_name").set_value("mine")
+    at.button[0].click().run()
+    assert not at.exception
+    assert (runs_dir / "mine" / runs.CONFIG).is_file()
+    assert at.subheader[0].value == "Run 'mine'"
+    assert len(at.dataframe) == 1 and len(at.image) >= 1
+    train = next(b for b in at.button if b.label == "Train the unrefined model")
+    train.click().run()
+    assert get_runner().job.kind == "train"
+    assert get_runner().wait(120)
+    assert get_runner().job.status == "done", get_runner().job.error
+    assert (runs_dir / "mine" / runs.UNREFINED).is_file()
+
+
+def test_a_bad_folder_shows_a_clear_message_not_a_traceback(runs_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-dataset"
+    (bad / "Cats").mkdir(parents=True)
+    at = open_page("pages/1_Data_and_model.py")
+    at.radio[0].set_value("A data set folder").run()
+    at.text_input[0].set_value(str(bad))
+    next(b for b in at.button if b.label == "Create the run").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "Could not create the run" in at.error[0].value and "Cats" in at.error[0].value
+
+
+def mark(at: AppTest, role: str, index: int) -> AppTest:
+    return at.button(key=f"{role}-{index}").click().run()
+
+
+def test_marking_good_and_bad_shows_the_pair_and_links_to_refine(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    at = mark(mark(open_page(PAGES["explore"]), "good", 2), "bad", 5)
+    assert not at.exception
+    assert at.button(key="good-2").proto.type == "primary" and at.button(key="bad-5").proto.type == "primary"
+    assert "**good**: #2" in at.markdown[0].value and "**bad**: #5" in at.markdown[0].value
+    assert "Refine" in links(at)
+
+
+def test_a_mark_can_be_changed(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    at = mark(mark(open_page(PAGES["explore"]), "good", 2), "good", 3)
+    assert at.button(key="good-3").proto.type == "primary" and at.button(key="good-2").proto.type == "secondary"
+
+
+def test_the_same_image_cannot_be_both_good_and_bad(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    at = mark(mark(open_page(PAGES["explore"]), "good", 4), "bad", 4)
+    assert not at.exception
+    assert "already marked good" in at.warning[0].value
+    assert at.button(key="bad-4").proto.type == "secondary"
+    assert "**bad**: none yet" in at.markdown[0].value
+
+
+def refine_page_with_pair(runs_dir: Path, finished_run: Path) -> AppTest:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    at = mark(mark(open_page(PAGES["explore"]), "good", 0), "bad", 1)
+    return at.switch_page(PAGES["refine"]).run()
+
+
+def test_refinement_starts_in_the_background_and_cancels_quickly(runs_dir: Path, finished_run: Path) -> None:
+    at = refine_page_with_pair(runs_dir, finished_run)
+    at.number_input[0].set_value(200)  # epochs: far more than the test will wait for
+    at.number_input[3].set_value(50)  # patience
+    next(b for b in at.button if b.label == "Start refinement").click().run()
+    job = get_runner().job
+    assert job.kind == "refine" and job.running
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    started = time.monotonic()
+    assert get_runner().wait(30)
+    assert job.status == "cancelled", job.error
+    assert time.monotonic() - started < 2.0
+    assert (runs_dir / "tiny" / runs.EXEMPLARS).is_file()
+
+
+def test_a_second_start_is_refused_while_a_job_runs(runs_dir: Path, finished_run: Path) -> None:
+    at = refine_page_with_pair(runs_dir, finished_run)
+    release = threading.Event()
+    blocker = get_runner().start("train", "elsewhere", lambda emit, cancel: "done" if release.wait(30) else "cancelled")
+    try:
+        next(b for b in at.button if b.label == "Start refinement").click().run()
+        assert get_runner().job is blocker
+        assert "Another job is already running" in at.warning[0].value
+    finally:
+        release.set()
+
+
+def test_compare_shows_figure_table_shortcut_test_and_downloads(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.REFINED, runs.METRICS))
+    at = open_page(PAGES["compare"])
+    assert not at.exception
+    assert [s.value for s in at.subheader] == ["Before and after (the paper's Figure 3)", "Table 1", "Shortcut test", "Downloads"]
+    assert len(at.image) == 1 and len(at.metric) == 3
+    assert [b.label for b in at.get("download_button")] == ["Figure 3 (PNG)", "Table 1 (CSV)", "Refined checkpoint"]
