@@ -1,0 +1,106 @@
+"""Training-step cost: cross-entropy only, eXBL on the analytic path, eXBL through create_graph autograd.
+
+Each step is a full optimiser step (forward, loss, backward, Adam) on one batch, in
+training mode, from the trained checkpoint. The analytic eXBL step is exactly what
+``training.fit`` runs (``training._batch_losses`` with exemplars). The autograd
+variant builds the CAMs with ``gradcam(..., method="autograd", create_graph=True)``;
+a forward hook on the model captures the logits of that same forward pass for the
+cross-entropy, so it also costs one forward pass (calling the model a second time
+for the logits would charge it for an extra forward and sample another dropout mask).
+
+    python -m bench.train_step --sizes 224 128 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.common import Section, compare, ensure_trained_run, load_trained, synthetic_batch, table
+from exbl_core.gradcam import gradcam
+from exbl_core.losses import exbl_loss, explanation
+from exbl_core.training import Exemplars, TrainConfig, _batch_losses, compute_exemplars
+
+METHODS = ("ce", "exbl-analytic", "exbl-autograd")
+LABELS = {
+    "ce": "CE only",
+    "exbl-analytic": "eXBL, analytic CAM (what `fit` runs)",
+    "exbl-autograd": "eXBL, autograd `create_graph=True`",
+}
+
+
+def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ex: Exemplars, cfg: TrainConfig) -> dict[str, Callable[[], float]]:
+    """One zero-argument callable per kind of step; each does a full Adam step and returns the loss."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+
+    def step(loss: torch.Tensor) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def ce() -> float:
+        return step(_batch_losses(model, x, y, cfg, None)["loss"])
+
+    def exbl_analytic() -> float:
+        return step(_batch_losses(model, x, y, cfg, ex)["loss"])
+
+    def exbl_autograd() -> float:
+        captured: list[torch.Tensor] = []
+        handle = model.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            cams = gradcam(model, x, y, method="autograd", create_graph=True)
+        finally:
+            handle.remove()
+        loss = F.cross_entropy(captured[-1], y) + cfg.lambda_expl * exbl_loss(
+            explanation(x, cams), ex.c_good, ex.c_bad, cfg.margin, cfg.distance
+        )
+        return step(loss)
+
+    return {"ce": ce, "exbl-analytic": exbl_analytic, "exbl-autograd": exbl_autograd}
+
+
+def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, repeats: int = 7) -> Section:
+    rows, targets_met, data = [], [], {}
+    cfg = TrainConfig()
+    for size in sizes:
+        model = load_trained(run_dir)
+        x, y, _ = synthetic_batch(size, batch, split="train")
+        ex = compute_exemplars(model, (x[0], int(y[0])), (x[1], int(y[1])))
+        model.train()
+        t = compare(make_steps(model, x, y, ex, cfg), repeats)
+        data[size] = {m: t.median(m) for m in METHODS}
+        for m in METHODS:
+            rows.append([size, LABELS[m], f"{t.median(m):.3f}", f"{t.ratio(m, 'ce'):.2f}"])
+        if size == 224:
+            r = t.ratio("exbl-analytic", "ce")
+            targets_met.append(("eXBL step at 224 <= 1.15x CE step", f"{r:.2f}x", r <= 1.15))
+    md = [
+        f"Batch {batch}, training mode, Adam, trained checkpoint; medians over {repeats} repeats with alternating order.",
+        "Time ratios are medians of the per-repeat ratios to the CE step measured in the same repeat (lower is cheaper).",
+        "",
+        table(["size", "step", "median s / step", "time vs CE"], rows),
+    ]
+    return Section("2. Training-step cost", "\n".join(md), targets_met, data)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, help="run folder with unrefined.pt (default: a cached quick demo)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    section = run(ensure_trained_run(args.run), tuple(args.sizes), args.batch, args.repeats)
+    print(section.render())
+    for target, measured, met in section.targets:
+        print(f"{'MET ' if met else 'MISS'} {target}: {measured}")
+
+
+if __name__ == "__main__":
+    main()
