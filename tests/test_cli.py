@@ -149,3 +149,10 @@ def test_train_command_creates_a_new_run_folder(tmp_path, capsys):
     assert (out / "unrefined.pt").is_file() and (out / "split.json").is_file()
     assert runs.open_run(out).stage() == "trained"
     assert runs.read_json(out / "config.json")["data"]["size"] == 32
+
+
+def test_demo_on_a_data_set_smaller_than_the_paper_split_exits_2_with_the_numbers(make_database, tmp_path, capsys):
+    root = make_database(per_class=2)
+    code, _, err = _main(capsys, "demo", "--data", str(root), "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert "'COVID' has 2 usable images, fewer than the" in err

@@ -183,3 +183,13 @@ def test_dicom_layout_loads_through_scan_split_and_load_entries(tmp_path):
     assert data.masks.any()
     assert data.images.float().std() > 20  # scaled into the 8-bit range, not crushed to one gray level
     assert torch.equal(data.images[0], data.images[3])  # the same file in every class loads identically
+
+
+def test_12_bit_dicom_is_scaled_by_4095(tmp_path):
+    path = _dicom_copy(tmp_path / "12bit.dcm", photometric="MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    twelve = (ds.pixel_array >> 3).astype(np.uint16)  # 15 bits stored -> 12
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = twelve.tobytes()
+    ds.save_as(path)
+    np.testing.assert_allclose(read_gray(path), twelve / 4095.0, atol=1e-6)

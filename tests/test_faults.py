@@ -488,3 +488,13 @@ def test_sigkill_while_checkpoints_are_written_leaves_a_loadable_checkpoint(tmp_
     meta = runs.load_checkpoint(path, model4)
     assert meta["epoch"] >= 1
     assert torch.all(model4.classifier[-1].bias == float(meta["epoch"])), "weights and metadata come from the same write"
+
+
+def test_split_where_no_image_is_readable_is_refused_even_with_skip_bad(make_database):
+    root = make_database(per_class=1)
+    for cls in CLASSES:
+        (root / cls / "images" / f"{cls}-1.png").write_bytes(b"")
+    pairs, _ = scan_dataset(root)
+    entries = make_split(pairs, SplitSizes(train=1, val=0, test=0), seed=0)["train"]
+    with pytest.raises(DataError, match="none of the 4 images in this split could be read"):
+        load_entries(root, entries, size=32, skip_bad=True)
