@@ -29,5 +29,14 @@ lint: .venv/.installed
 format: .venv/.installed
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
+# Benchmarks: peers (pytorch-grad-cam, Captum) go into .venv from requirements-bench.txt; the
+# runtime never needs them. BENCH_ARGS=--skip-demo leaves out the default demo (minutes).
+.venv/.bench-installed: .venv/.installed requirements-bench.txt
+	$(PIP) install -q -r requirements-bench.txt
+	touch $@
+
+bench: .venv/.bench-installed
+	$(PY) -m bench.run_all $(BENCH_ARGS)
+
 clean:
 	rm -rf runs .pytest_cache .ruff_cache test-artifacts
