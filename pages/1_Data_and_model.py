@@ -119,14 +119,14 @@ def data_summary(run: runs.Run) -> None:
         )
 
 
-tab_new, tab_open = st.tabs(["Start a new run", "Open a saved run"])
-with tab_new:
-    new_run_form()
-with tab_open:
-    open_run_form()
-
-st.divider()
 run = state.current_run()
+with st.expander("Start a new run, or open a saved one", expanded=run is None):
+    tab_new, tab_open = st.tabs(["Start a new run", "Open a saved run"])
+    with tab_new:
+        new_run_form()
+    with tab_open:
+        open_run_form()
+
 if run is None:
     st.info("No run yet: choose the data above and press **Create the run**, or open a saved run.")
     st.stop()

@@ -30,7 +30,8 @@ if stale and not busy_here:
     st.info("The metrics are older than the refined model (or missing), for example after a cancelled refinement.")
     if st.button("Evaluate both models", type="primary", icon=":material/calculate:") and not live.busy():
         live.start("evaluate", run, tasks.evaluate_work(run, cache.data(run), cache.device()))
-live.job_panel(run, ("evaluate", "refine", "demo"))
+if stale or busy_here:
+    live.job_panel(run, ("evaluate", "refine", "demo"))
 
 st.subheader("Before and after (the paper's Figure 3)")
 test = cache.split(run, "test")

@@ -31,13 +31,14 @@ def busy() -> bool:
     return True
 
 
-def start(kind: str, run: runs.Run, work: Work) -> bool:
-    """Start a job, or say why not (another one started in the meantime)."""
+def start(kind: str, run: runs.Run, work: Work) -> None:
+    """Start a job and redraw the page, or say why not (another one started in the meantime)."""
     job = get_runner().start(kind, str(run.path), work)
     if job is None:
-        return not busy()
+        busy()
+        return
     st.session_state["watching"] = job.started
-    return True
+    st.rerun()  # redraw the page in its running state: no Start button, live panel polling
 
 
 def _status_line(job: Job) -> tuple[str, float | None]:
@@ -75,7 +76,8 @@ def _outcome(job: Job) -> None:
 def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None) -> None:
     """Progress and curves for ``run``: live while a job of ``kinds`` runs on it, else from its history.
 
-    ``phase`` picks the curves ("unrefined" or "refine"); None follows whatever phase runs now.
+    ``phase`` picks the curves ("unrefined" or "refine"); None follows whatever phase the
+    job runs now, and shows nothing when no job of ``kinds`` has run on ``run``.
     """
     runner = get_runner()
 
@@ -98,7 +100,7 @@ def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None) -
         elif mine(job) and st.session_state.get("watching") == job.started:
             del st.session_state["watching"]
             st.rerun()
-        events = list(job.events) if mine(job) else run.history()
+        events = list(job.events) if mine(job) else run.history() if phase else []
         shown = phase or _latest_phase(events)
         attempt = views.run_attempt(events, shown) if shown else []
         if any(e["type"] in ("batch_end", "epoch_end") for e in attempt):

@@ -1,0 +1,131 @@
+"""The whole workflow in a real browser: Debian's chromium, driven by Playwright.
+
+Starts ``streamlit run app.py`` on a free localhost port with an empty runs folder and
+clicks through it on the Quick settings: create the data, train, mark a good and a bad
+explanation, refine until the live chart has points, then compare. A screenshot of
+every page goes to test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TRAINING_TIMEOUT_MS = 240_000  # Quick settings on a busy 2-core machine
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh app server on localhost with its own runs folder; stopped after the test."""
+    port = free_port()
+    env = {**os.environ, "EXBL_RUNS_DIR": str(tmp_path / "runs")}
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below, after the server
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("the app server did not start:\n" + (tmp_path / "streamlit.log").read_text())
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+def test_whole_workflow_in_chromium(app_url: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        main = page.get_by_test_id("stMain")
+
+        def shot(name: str) -> None:
+            page.wait_for_timeout(500)  # let images and charts finish drawing
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+        page.goto(app_url)
+        expect(main.get_by_text("No run yet")).to_be_visible(timeout=60_000)
+        shot("1-home-empty")
+
+        main.get_by_role("link", name="Data and model").click()
+        page.get_by_text("Quick (tiny, under a minute)").click()
+        main.get_by_role("button", name="Create the run").click()
+        expect(main.get_by_text("Training samples.")).to_be_visible(timeout=60_000)
+        main.get_by_role("button", name="Train the unrefined model").click()
+        next_link = main.get_by_role("link", name="Next: explore its explanations and mark a good and a bad one")
+        expect(next_link).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+        shot("2-data-and-model")
+
+        next_link.click()
+        main.get_by_role("button", name="Good").nth(0).click()
+        expect(main.get_by_text("good: #")).to_be_visible(timeout=30_000)
+        main.get_by_role("button", name="Bad").nth(1).click()
+        refine_link = main.get_by_role("link", name="Next: refine with this pair")
+        expect(refine_link).to_be_visible(timeout=30_000)
+        main.get_by_role("button", name="Zoom").nth(0).click()
+        expect(main.get_by_text("Overlay opacity")).to_be_visible(timeout=30_000)
+        shot("3-explore")
+
+        refine_link.click()
+        main.get_by_role("button", name="Start refinement").click()
+        expect(main.locator(".js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=TRAINING_TIMEOUT_MS)
+        shot("4-refine-live")
+        compare_link = main.get_by_role("link", name="Next: compare before and after")
+        expect(compare_link).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+        shot("5-refine-done")
+
+        compare_link.click()
+        expect(main.get_by_role("heading", name="Table 1")).to_be_visible(timeout=60_000)
+        expect(main.get_by_role("button", name="Table 1 (CSV)")).to_be_visible()
+        shot("6-compare")
+
+        page.goto(app_url)
+        expect(main.get_by_text("Before and after: done")).to_be_visible(timeout=30_000)
+        shot("7-home-done")
+        browser.close()
