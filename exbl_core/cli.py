@@ -84,7 +84,8 @@ def _refine_overrides(args: argparse.Namespace) -> dict:
 
 def _data_spec(args: argparse.Namespace, preset: pipeline.Preset):
     if args.data:
-        return pipeline.FolderSpec(path=str(args.data), size=args.size or 224, seed=args.seed, skip_bad=args.skip_bad)
+        train, val, test = args.per_class
+        return pipeline.FolderSpec(str(args.data), args.size or 224, train, val, test, args.seed, args.skip_bad)
     data = preset.data if args.size is None else replace(preset.data, size=args.size)
     return replace(data, seed=args.seed)
 
@@ -157,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=int, help="image size in pixels (default: 128 synthetic, 224 real)")
         p.add_argument("--seed", type=int, default=0, help="seed for data, split and training (default: 0)")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and images without masks, and list them")
+        p.add_argument(
+            "--per-class",
+            type=int,
+            nargs=3,
+            default=(800, 300, 200),
+            metavar=("TRAIN", "VAL", "TEST"),
+            help="with --data: images per class in each split (default: the paper's 800 300 200)",
+        )
 
     def pick_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--good", type=int, help="training-image index of the good explanation (default: automatic, highest AP)")

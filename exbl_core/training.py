@@ -240,7 +240,7 @@ def fit(
                 y = train.labels[idx].to(device)
                 out = _batch_losses(model, x, y, cfg, ex)
                 if not torch.isfinite(out["loss"]):
-                    raise TrainingError(f"{phase} training: the loss became {float(out['loss'])} in epoch {epoch}, batch {b + 1}")
+                    raise TrainingError(f"{phase} training: the loss became {float(out['loss'].detach())} in epoch {epoch}, batch {b + 1}")
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 opt.step()
