@@ -7,7 +7,6 @@ PORT ?= 8501
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
