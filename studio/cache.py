@@ -104,3 +104,9 @@ def figure3_png(run: runs.Run, rows: list[int]) -> bytes:
     """The paper's Figure 3 for the chosen test images, before and after, as PNG bytes (cached)."""
     mtimes = (_mtime(run, runs.UNREFINED), _mtime(run, runs.REFINED))
     return _figure3_png(str(run.path), tuple(rows), mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)
+
+
+def warm(run: runs.Run, which: str, splits: tuple[str, ...]) -> None:
+    """Fill the caches from the background worker, so the next page opens without waiting for GradCAM."""
+    for name in splits:
+        scores(run, which, name)

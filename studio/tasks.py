@@ -13,12 +13,17 @@ import torch
 
 from exbl_core import pipeline, runs
 from exbl_core.data import Split
+from studio import cache
 from studio.jobs import Emit, Work
 
 
 def _train(run: runs.Run, data: dict[str, Split], device: torch.device, emit: Emit, cancel: threading.Event) -> str:
     emit({"type": "start", "phase": "unrefined", "epochs": pipeline.train_config(run, "train").epochs})
-    return pipeline.train_step(run, data, device, emit, cancel).status
+    status = pipeline.train_step(run, data, device, emit, cancel).status
+    if status == "done":
+        emit({"type": "step", "step": "warm", "message": "Computing GradCAM for Explore…"})
+        cache.warm(run, "unrefined", ("train", "test"))
+    return status
 
 
 def _refine(run: runs.Run, data: dict[str, Split], device: torch.device, emit: Emit, cancel: threading.Event, overrides: dict) -> str:
@@ -30,6 +35,7 @@ def _evaluate(run: runs.Run, data: dict[str, Split], device: torch.device, emit:
     emit({"type": "step", "step": "evaluate", "message": "Evaluating both models on every split…"})
     pipeline.evaluate_step(run, data, device)
     pipeline.figure_step(run, data, device)
+    cache.warm(run, "refined", ("test",))
     return "done"
 
 
