@@ -21,6 +21,11 @@ from bench import activation_precision, end_to_end, gradcam_inference, scaling, 
 from bench.common import DEFAULT_RUN, ROOT, Section, load_average, machine, table
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
+THREADS_NOTE = """Why `--threads 1` on a shared machine: with torch's default of one thread per core, each of the
+network's ~150 parallel regions ends in an OpenMP barrier, and when another job holds one of the two cores
+the barrier waits for a scheduler time slice. We saw a batch of 4 at 64 px take 1.4 s in one call and
+0.03 s in the next. With one thread there is no barrier, and interference only stretches time in
+proportion. The demos in section 4 run as separate processes with torch's default threads."""
 
 
 def peer_versions() -> str:
@@ -47,6 +52,8 @@ def render(sections: list[Section], argv: list[str], load_before: str, load_afte
         "The machine was shared with other jobs while measuring, so absolute times are noisy; "
         "every comparison is a ratio of methods timed side by side in the same repeats.",
         "",
+        THREADS_NOTE,
+        "",
         "## Targets",
         "",
         table(["target", "measured", "met"], [[t, v, "yes" if ok else "**no**"] for t, v, ok in targets]),
@@ -61,6 +68,11 @@ def main() -> None:
     p.add_argument("--skip-demo", action="store_true", help="skip the default demo (minutes); the quick demo still runs")
     p.add_argument("--repeats", type=int, default=7, help="alternating repeats for the timing comparisons")
     p.add_argument("--quick", action="store_true", help="few repeats, small scaling sizes, no default demo: a smoke run")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for the in-process benchmarks (default: torch's). On a shared machine 1 avoids OpenMP barrier stalls",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown results")
     argv = sys.argv[1:]
     args = p.parse_args()
@@ -69,6 +81,8 @@ def main() -> None:
     load_before = load_average()
     print(f"Load average before: {load_before}", flush=True)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sections: list[Section] = []
     steps = [
         ("end to end: quick demo (its checkpoint is the trained model below)", lambda: end_to_end.run(skip_default=True)),
