@@ -11,7 +11,6 @@ from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES, DataError
 from exbl_core.synthetic import SyntheticConfig
 from studio import cache, live, pages, state, tasks, views
-from studio.jobs import get_runner
 
 SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
 PRESETS = {"Demo (a few minutes)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
@@ -135,8 +134,8 @@ st.subheader(f"Run '{run.name}'")
 data_summary(run)
 
 st.subheader("Unrefined model")
-job = get_runner().job
-training_here = job is not None and job.running and job.run_path == str(run.path)
+training_here = live.job_on(run) is not None
+live.note_other_job(run, ("train", "demo"))
 if not training_here:
     label = "Train again (replaces the model and any refinement)" if run.has(runs.UNREFINED) else "Train the unrefined model"
     epochs = pipeline.train_config(run, "train").epochs

@@ -8,7 +8,6 @@ from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
 from exbl_core.losses import DISTANCES
 from studio import cache, live, pages, state, tasks, views
-from studio.jobs import get_runner
 
 pages.setup("Refine")
 
@@ -38,8 +37,8 @@ for col, role, color in zip(cols, state.ROLES, (views.GOOD_RGB, views.BAD_RGB), 
     )
 st.page_link(pages.EXPLORE, label="Change the pair on Explore", icon=":material/swap_horiz:")
 
-job = get_runner().job
-refining_here = job is not None and job.running and job.run_path == str(run.path)
+refining_here = live.job_on(run) is not None
+live.note_other_job(run, ("refine", "demo"))
 cfg = pipeline.train_config(run, "refine")
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)

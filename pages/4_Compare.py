@@ -8,7 +8,6 @@ from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
 from exbl_core.figures import table1_csv, table1_rows
 from studio import cache, live, pages, state, tasks, views
-from studio.jobs import get_runner
 
 pages.setup("Compare")
 
@@ -23,8 +22,7 @@ if not run.has(runs.REFINED):
         views.empty_state("No refined model yet: start eXBL refinement on Refine.", pages.REFINE, "Refine")
     st.stop()
 
-job = get_runner().job
-busy_here = job is not None and job.running and job.run_path == str(run.path)
+busy_here = live.job_on(run) is not None
 stale = not run.has(runs.METRICS) or run.file(runs.METRICS).stat().st_mtime < run.file(runs.REFINED).stat().st_mtime
 if stale and not busy_here:
     st.info("The metrics are older than the refined model (or missing), for example after a cancelled refinement.")

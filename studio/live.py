@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from exbl_core import runs
-from studio import views
+from studio import pages, views
 from studio.jobs import Job, Work, get_runner
 
 POLL_SECONDS = 1.0
@@ -39,6 +39,23 @@ def start(kind: str, run: runs.Run, work: Work) -> None:
         return
     st.session_state["watching"] = job.started
     st.rerun()  # redraw the page in its running state: no Start button, live panel polling
+
+
+JOB_PAGES = {"train": pages.DATA, "refine": pages.REFINE, "evaluate": pages.COMPARE, "demo": pages.HOME}
+
+
+def job_on(run: runs.Run) -> Job | None:
+    """The running job working on ``run``, if any: pages hide their Start buttons meanwhile."""
+    job = get_runner().job
+    return job if job is not None and job.running and job.run_path == str(run.path) else None
+
+
+def note_other_job(run: runs.Run, kinds: tuple[str, ...]) -> None:
+    """Say so, with a link, when a job this page does not show (say, training) is busy with the run."""
+    job = job_on(run)
+    if job is not None and job.kind not in kinds:
+        st.info(f"A {job.kind} job is running on this run; this page's Start button comes back when it has finished.")
+        st.page_link(JOB_PAGES[job.kind], label=f"Watch the {job.kind} job", icon=":material/visibility:")
 
 
 def _status_line(job: Job) -> tuple[str, float | None]:

@@ -194,6 +194,19 @@ def test_a_second_start_is_refused_while_a_job_runs(runs_dir: Path, finished_run
         release.set()
 
 
+def test_while_training_runs_refine_says_so_and_links_to_it(runs_dir: Path, finished_run: Path) -> None:
+    at = refine_page_with_pair(runs_dir, finished_run)
+    release = threading.Event()
+    get_runner().start("train", str(runs_dir / "tiny"), lambda emit, cancel: "done" if release.wait(30) else "cancelled")
+    try:
+        at.run()
+        assert "A train job is running on this run" in infos(at)
+        assert "Data_and_model" in links(at)
+        assert "Start refinement" not in [b.label for b in at.button]
+    finally:
+        release.set()
+
+
 def test_compare_shows_figure_table_shortcut_test_and_downloads(runs_dir: Path, finished_run: Path) -> None:
     copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.REFINED, runs.METRICS))
     at = open_page(PAGES["compare"])
