@@ -30,25 +30,6 @@ if stale and not busy_here:
         live.start("evaluate", run, tasks.evaluate_work(run, cache.data(run), cache.device()))
 if stale or busy_here:
     live.job_panel(run, ("evaluate", "refine", "demo"))
-
-st.subheader("Before and after (the paper's Figure 3)")
-test = cache.split(run, "test")
-options = list(range(len(test)))
-chosen = st.multiselect(
-    "Test images",
-    options,
-    default=pipeline.default_figure_rows(test),
-    format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
-    help="Viral Pneumonia by default: the class the shortcut hides behind.",
-)
-figure = None
-if chosen:
-    figure = cache.figure3_png(run, chosen)
-    st.image(figure, width="stretch")
-else:
-    st.info("Choose one or more test images above to see them before and after.")
-
-if busy_here or stale:
     st.stop()
 metrics = runs.read_json(run.file(runs.METRICS))
 rows = table1_rows(metrics)
@@ -79,6 +60,23 @@ if "unrefined" in gaps and "refined" in gaps:
         f"Viral Pneumonia recall, confounded → shortcut test: unrefined {vp['unrefined'][0]:.2f} → {vp['unrefined'][1]:.2f}; "
         f"eXBL {vp['refined'][0]:.2f} → {vp['refined'][1]:.2f}."
     )
+
+st.subheader("Before and after (the paper's Figure 3)")
+test = cache.split(run, "test")
+options = list(range(len(test)))
+chosen = st.multiselect(
+    "Test images",
+    options,
+    default=pipeline.default_figure_rows(test),
+    format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
+    help="Viral Pneumonia by default: the class the shortcut hides behind.",
+)
+figure = None
+if chosen:
+    figure = cache.figure3_png(run, chosen)
+    st.image(figure, width="stretch")
+else:
+    st.info("Choose one or more test images above to see them before and after.")
 
 st.subheader("Downloads")
 d1, d2, d3 = st.columns(3)

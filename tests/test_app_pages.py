@@ -211,6 +211,6 @@ def test_compare_shows_figure_table_shortcut_test_and_downloads(runs_dir: Path, 
     copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.REFINED, runs.METRICS))
     at = open_page(PAGES["compare"])
     assert not at.exception
-    assert [s.value for s in at.subheader] == ["Before and after (the paper's Figure 3)", "Table 1", "Shortcut test", "Downloads"]
+    assert [s.value for s in at.subheader] == ["Table 1", "Shortcut test", "Before and after (the paper's Figure 3)", "Downloads"]
     assert len(at.image) == 1 and len(at.metric) == 3
     assert [b.label for b in at.get("download_button")] == ["Figure 3 (PNG)", "Table 1 (CSV)", "Refined checkpoint"]

@@ -82,12 +82,12 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
         main = page.get_by_test_id("stMain")
 
         def shot(name: str) -> None:
             page.wait_for_timeout(500)  # let images and charts finish drawing
-            page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))  # Streamlit scrolls inside the page: a tall viewport shows more
 
         page.goto(app_url)
         expect(main.get_by_text("No run yet")).to_be_visible(timeout=60_000)
