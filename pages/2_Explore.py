@@ -13,8 +13,8 @@ from exbl_core.data import CLASSES
 from exbl_core.figures import overlay
 from studio import cache, pages, state, views
 
-PER_PAGE = 16
-COLUMNS = 4
+PER_PAGE = 12
+COLUMNS = 3
 ANY = "Any"
 SPLITS = {"Training images (pick the pair here)": "train", "Test images": "test"}
 
@@ -144,17 +144,8 @@ for k, i in enumerate(idx[(page - 1) * PER_PAGE : page * PER_PAGE].tolist()):
     frame = {"good": views.GOOD_RGB, "bad": views.BAD_RGB, None: None}[role]
     with cols[k % COLUMNS].container(border=True):
         st.image(views.pair_tile(images[i], scores["cams"][i], frame), caption=caption(split, scores, i), width="stretch")
-        b1, b2, b3 = st.columns(3)
+        row = st.container(horizontal=True, gap="small")
         if picking:
-            b1.button(
-                "Good",
-                key=f"good-{i}",
-                type="primary" if role == "good" else "secondary",
-                on_click=on_mark,
-                args=("good", i),
-                width="stretch",
-            )
-            b2.button(
-                "Bad", key=f"bad-{i}", type="primary" if role == "bad" else "secondary", on_click=on_mark, args=("bad", i), width="stretch"
-            )
-        b3.button("Zoom", key=f"zoom-{i}", on_click=st.session_state.__setitem__, args=("view", (split_name, i)), width="stretch")
+            for r in state.ROLES:
+                row.button(r.capitalize(), key=f"{r}-{i}", type="primary" if role == r else "secondary", on_click=on_mark, args=(r, i))
+        row.button("Zoom", key=f"zoom-{i}", on_click=st.session_state.__setitem__, args=("view", (split_name, i)))
