@@ -81,8 +81,9 @@ def curves(events: list[dict]) -> go.Figure:
             x=x, y=[e["loss"] for e in batches], name="batch loss", mode="lines", line={"width": 1, "color": "#bbbbbb"}, row=1, col=1
         )
     ex = [e["epoch"] for e in epochs]
+    refining = any("expl" in e for e in epochs)  # without the eXBL term, total and CE are the same line
     for key, name in (("loss", "total"), ("ce", "CE"), ("expl", "explanation")):
-        if any(key in e for e in epochs):
+        if key == "ce" or refining:
             fig.add_scatter(x=ex, y=[e.get(key) for e in epochs], name=name, mode="lines+markers", row=1, col=1)
     for key, name in (("val_accuracy", "val accuracy"), ("val_ap", "val AP")):
         fig.add_scatter(x=ex, y=[e[key] for e in epochs], name=name, mode="lines+markers", row=1, col=2)
