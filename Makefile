@@ -29,7 +29,9 @@ format: .venv/.installed
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
 # Benchmarks: peers (pytorch-grad-cam, Captum) go into .venv from requirements-bench.txt; the
-# runtime never needs them. BENCH_ARGS=--skip-demo leaves out the default demo (minutes).
+# runtime never needs them. One torch thread keeps timings stable on a shared machine (see
+# bench/RESULTS.md); BENCH_ARGS="--threads 1 --skip-demo" leaves out the default demo (minutes).
+BENCH_ARGS ?= --threads 1
 .venv/.bench-installed: .venv/.installed requirements-bench.txt
 	$(PIP) install -q -r requirements-bench.txt
 	touch $@
