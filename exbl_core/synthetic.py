@@ -146,7 +146,7 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
         rad = np.hypot(np.abs(u) - 0.12, v)
         streaks = 0.5 + 0.5 * np.sin(ang * rng.uniform(18, 24) + rng.uniform(0, 2 * np.pi))
         envelope = np.exp(-((rad - 0.2) ** 2) / (2 * 0.13**2))
-        img = img + 0.16 * cfg.viral_strength * streaks * envelope * lung
+        img = img + 0.056 * cfg.viral_strength * streaks * envelope * lung
 
     if child:
         # Child anatomy: an unfused epiphysis, a dark growth-plate gap under a bright cap.
