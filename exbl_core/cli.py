@@ -78,8 +78,8 @@ def _print_results(run: runs.Run, metrics: dict) -> None:
 
 
 def _refine_overrides(args: argparse.Namespace) -> dict:
-    names = {"epochs": "epochs", "lr": "lr", "lambda_expl": "lambda_expl", "margin": "margin", "distance": "distance", "patience": "patience"}
-    return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
+    fields = ("epochs", "lr", "lambda_expl", "margin", "distance", "patience")
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
 def _data_spec(args: argparse.Namespace, preset: pipeline.Preset):

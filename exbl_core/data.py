@@ -111,8 +111,7 @@ def _read_raster(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
                     raise DataError(
-                        f"{path}: image is {im.width}x{im.height}, larger than the "
-                        f"{MAX_IMAGE_PIXELS:,}-pixel limit; refusing to decode it"
+                        f"{path}: image is {im.width}x{im.height}, larger than the {MAX_IMAGE_PIXELS:,}-pixel limit; refusing to decode it"
                     )
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -231,9 +230,7 @@ def make_split(pairs: dict[str, list[tuple[Path, Path]]], sizes: SplitSizes, see
     return out
 
 
-def load_entries(
-    root: str | Path, entries: list[tuple[int, str]], size: int, skip_bad: bool = False, workers: int = 4
-) -> Split:
+def load_entries(root: str | Path, entries: list[tuple[int, str]], size: int, skip_bad: bool = False, workers: int = 4) -> Split:
     """Load a list of ``(label, relative image path)`` into a Split at ``size`` x ``size``."""
     root = Path(root)
 

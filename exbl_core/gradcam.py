@@ -82,9 +82,7 @@ def analytic_cams(model: nn.Module, state: HeadPass, targets: torch.Tensor, size
     return finish_cam(torch.einsum("bk,bkhw->bhw", alpha, state.feats), size)
 
 
-def logits_and_cams(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_and_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [B,C] and analytic GradCAMs [B,H,W] from one forward pass.
 
     ``targets=None`` explains the predicted class.
@@ -95,9 +93,7 @@ def logits_and_cams(
     return state.logits, analytic_cams(model, state, targets, images.shape[-2:])
 
 
-def _autograd_cams(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: nn.Module, create_graph: bool
-) -> torch.Tensor:
+def _autograd_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: nn.Module, create_graph: bool) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:

@@ -57,14 +57,12 @@ def classification_report(labels: torch.Tensor, preds: torch.Tensor) -> dict:
     support = cm.sum(1).clamp(min=1)
     return {
         "accuracy": float((labels == preds).float().mean()),
-        "recall": {c: float(r) for c, r in zip(CLASSES, cm.diag() / support)},
+        "recall": {c: float(r) for c, r in zip(CLASSES, cm.diag() / support, strict=False)},
         "confusion": cm.tolist(),
     }
 
 
-def evaluate_predictions(
-    labels: torch.Tensor, preds: torch.Tensor, cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0
-) -> dict:
+def evaluate_predictions(labels: torch.Tensor, preds: torch.Tensor, cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0) -> dict:
     """Every metric of one split: classification plus AP and the number of empty CAMs."""
     report = classification_report(labels, preds)
     report["activation_precision"] = activation_precision(cams, masks, tau)

@@ -144,7 +144,9 @@ def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | N
 
 def _checkpoint_writer(run: runs.Run, name: str, phase: str, image_size: int):
     def write(state: dict, epoch: int, record: dict) -> None:
-        runs.save_checkpoint(run.file(name), state, {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"]})
+        runs.save_checkpoint(
+            run.file(name), state, {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"]}
+        )
 
     return write
 
@@ -172,8 +174,16 @@ def train_step(
     model = build_model(num_classes=len(CLASSES)).to(device)
     size = int(data["train"].images.shape[-1])
     return fit(
-        model, data["train"], data["val"], cfg, None, _recorder(run, on_event), cancel,
-        _checkpoint_writer(run, runs.UNREFINED, "unrefined", size), device, phase="unrefined",
+        model,
+        data["train"],
+        data["val"],
+        cfg,
+        None,
+        _recorder(run, on_event),
+        cancel,
+        _checkpoint_writer(run, runs.UNREFINED, "unrefined", size),
+        device,
+        phase="unrefined",
     )
 
 
@@ -239,7 +249,10 @@ def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good:
         }
     runs.write_json(run.file(runs.EXEMPLARS), pick)
     idx = torch.tensor([good, bad])
-    labels = [f"good #{good} {pick['good']['class']} AP {pick['good']['ap']:.2f}", f"bad #{bad} {pick['bad']['class']} AP {pick['bad']['ap']:.2f}"]
+    labels = [
+        f"good #{good} {pick['good']['class']} AP {pick['good']['ap']:.2f}",
+        f"bad #{bad} {pick['bad']['class']} AP {pick['bad']['ap']:.2f}",
+    ]
     cams = scores["cams"][idx]
     runs.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(figure3(train.float_images(idx), cams, cams, labels)))
     return pick
@@ -274,8 +287,16 @@ def refine_step(
     torch.manual_seed(cfg.seed)
     size = int(train.images.shape[-1])
     return fit(
-        model, train, data["val"], cfg, ex, _recorder(run, on_event), cancel,
-        _checkpoint_writer(run, runs.REFINED, "refined", size), device, phase="refine",
+        model,
+        train,
+        data["val"],
+        cfg,
+        ex,
+        _recorder(run, on_event),
+        cancel,
+        _checkpoint_writer(run, runs.REFINED, "refined", size),
+        device,
+        phase="refine",
     )
 
 
@@ -318,7 +339,8 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
     before = predict_with_cams(load_model(run, "unrefined", device), x)
     after = predict_with_cams(load_model(run, "refined", device), x)
     labels = [
-        f"{test.names[i]}\ntrue {CLASSES[int(test.labels[i])]}\nunref: {CLASSES[int(before[0][r].argmax())]}\neXBL: {CLASSES[int(after[0][r].argmax())]}"
+        f"{test.names[i]}\ntrue {CLASSES[int(test.labels[i])]}\n"
+        f"unref: {CLASSES[int(before[0][r].argmax())]}\neXBL: {CLASSES[int(after[0][r].argmax())]}"
         for r, i in enumerate(rows)
     ]
     runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, before[1], after[1], labels)))

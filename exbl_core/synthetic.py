@@ -201,7 +201,7 @@ def generate_split(split: str, cfg: SyntheticConfig = SyntheticConfig()) -> Spli
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 1])
     images = np.empty((len(labels), cfg.size, cfg.size), np.uint8)
     masks = np.empty((len(labels), cfg.size, cfg.size), bool)
-    for i, (label, is_child) in enumerate(zip(labels, child)):
+    for i, (label, is_child) in enumerate(zip(labels, child, strict=False)):
         img, mask = render_phantom(int(label), bool(is_child), rng, cfg)
         images[i] = np.round(img * 255)
         masks[i] = mask

@@ -13,8 +13,8 @@ import copy
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,7 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
     count = min(len(split), limit)
     for start in range(0, count, batch_size):
         model.features(model.prepare(split.float_images(slice(start, min(start + batch_size, count))).to(device)))
-    for m, (momentum, training) in zip(norms, saved):
+    for m, (momentum, training) in zip(norms, saved, strict=False):
         m.momentum = momentum
         m.train(training)
 
