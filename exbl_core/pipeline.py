@@ -171,7 +171,9 @@ def train_step(
     """Train the unrefined model; unrefined.pt is rewritten at every new best epoch."""
     cfg = train_config(run, "train")
     torch.manual_seed(cfg.seed)
-    model = build_model(num_classes=len(CLASSES)).to(device)
+    # Real radiographs start from ImageNet weights when they are cached locally, as in the
+    # paper; the synthetic demo always starts from random weights, so it runs the same everywhere.
+    model = build_model(num_classes=len(CLASSES), pretrained=isinstance(data_config(run), FolderSpec)).to(device)
     size = int(data["train"].images.shape[-1])
     return fit(
         model,
