@@ -214,3 +214,18 @@ def test_compare_shows_figure_table_shortcut_test_and_downloads(runs_dir: Path, 
     assert [s.value for s in at.subheader] == ["Table 1", "Shortcut test", "Before and after (the paper's Figure 3)", "Downloads"]
     assert len(at.image) == 1 and len(at.metric) == 3
     assert [b.label for b in at.get("download_button")] == ["Figure 3 (PNG)", "Table 1 (CSV)", "Refined checkpoint"]
+
+
+def test_two_sessions_starting_at_once_the_second_gets_the_running_job_not_another(runs_dir: Path, finished_run: Path) -> None:
+    first = refine_page_with_pair(runs_dir, finished_run)
+    second = mark(mark(open_page(PAGES["explore"]), "good", 0), "bad", 1).switch_page(PAGES["refine"]).run()
+    first.number_input[0].set_value(200)  # epochs: far more than the test will wait for
+    first.number_input[3].set_value(50)  # patience
+    next(b for b in first.button if b.label == "Start refinement").click().run()
+    job = get_runner().job
+    assert job.running
+    next(b for b in second.button if b.label == "Start refinement").click().run()
+    assert get_runner().job is job
+    assert not second.exception
+    labels = [b.label for b in second.button]
+    assert "Start refinement" not in labels and "Cancel" in labels
