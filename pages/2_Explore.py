@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline
 from exbl_core.data import CLASSES
 from exbl_core.figures import overlay
 from studio import cache, pages, state, views
@@ -20,13 +20,7 @@ SPLITS = {"Training images (pick the pair here)": "train", "Test images": "test"
 
 pages.setup("Explore")
 
-run = state.current_run()
-if run is None:
-    views.empty_state("No run yet: choose the data on Data and model.", pages.DATA, "Data and model")
-    st.stop()
-if not run.has(runs.UNREFINED):
-    views.empty_state("No model yet: train one on Data and model.", pages.DATA, "Data and model")
-    st.stop()
+run = pages.trained_run()
 
 
 def filters(split, scores) -> np.ndarray:

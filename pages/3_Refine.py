@@ -11,13 +11,7 @@ from studio import cache, live, pages, state, tasks, views
 
 pages.setup("Refine")
 
-run = state.current_run()
-if run is None:
-    views.empty_state("No run yet: choose the data on Data and model.", pages.DATA, "Data and model")
-    st.stop()
-if not run.has(runs.UNREFINED):
-    views.empty_state("No model yet: train one on Data and model.", pages.DATA, "Data and model")
-    st.stop()
+run = pages.trained_run()
 pair = state.pair(run)
 if pair["good"] is None or pair["bad"] is None:
     views.empty_state("No pair yet: mark one good and one bad explanation on Explore.", pages.EXPLORE, "Explore")

@@ -7,19 +7,13 @@ import streamlit as st
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
 from exbl_core.figures import table1_csv, table1_rows
-from studio import cache, live, pages, state, tasks, views
+from studio import cache, live, pages, tasks, views
 
 pages.setup("Compare")
 
-run = state.current_run()
-if run is None:
-    views.empty_state("No run yet: choose the data on Data and model.", pages.DATA, "Data and model")
-    st.stop()
+run = pages.trained_run()
 if not run.has(runs.REFINED):
-    if not run.has(runs.UNREFINED):
-        views.empty_state("No model yet: train one on Data and model.", pages.DATA, "Data and model")
-    else:
-        views.empty_state("No refined model yet: start eXBL refinement on Refine.", pages.REFINE, "Refine")
+    views.empty_state("No refined model yet: start eXBL refinement on Refine.", pages.REFINE, "Refine")
     st.stop()
 
 busy_here = live.job_on(run) is not None

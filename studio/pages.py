@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from studio import cache
+from exbl_core import runs
+from studio import cache, state, views
 
 HOME = "app.py"
 DATA = "pages/1_Data_and_model.py"
@@ -18,3 +19,15 @@ def setup(title: str) -> None:
     st.set_page_config(page_title=f"{title} · eXBL Studio", page_icon=":material/radiology:", layout="wide")
     st.title(title)
     cache.device()
+
+
+def trained_run() -> runs.Run:
+    """The current run with an unrefined model, or an empty state linking to Data and model (the page stops)."""
+    run = state.current_run()
+    if run is None:
+        views.empty_state("No run yet: choose the data on Data and model.", DATA, "Data and model")
+        st.stop()
+    if not run.has(runs.UNREFINED):
+        views.empty_state("No model yet: train one on Data and model.", DATA, "Data and model")
+        st.stop()
+    return run
