@@ -1,0 +1,147 @@
+"""App timings in a real browser: first render, Explore on 200 images (cold and cached),
+page switches while refinement runs, and Cancel.
+
+Run with ``python -m bench.app_timing`` (needs Debian's chromium at /usr/bin/chromium).
+It prepares a 128 px synthetic run with 200 training and 200 test images in a temporary
+folder, starts ``streamlit run app.py`` on a free localhost port and drives it with
+Playwright. The first Explore visit is "cold": the run was trained outside the app, so
+nothing is cached yet.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from playwright.sync_api import expect, sync_playwright
+
+from exbl_core import pipeline
+from exbl_core.synthetic import SyntheticConfig
+from exbl_core.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+tmp = Path(tempfile.mkdtemp(prefix="exbl-app-timing-"))
+run = pipeline.new_run(
+    tmp / "runs" / "m200", SyntheticConfig(size=128, n_train=50, n_val=10, n_test=50), TrainConfig(epochs=1, lr=1e-3), TrainConfig(epochs=3)
+)
+pipeline.train_step(run, pipeline.load_data(run), torch.device("cpu"))
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+env = {**os.environ, "EXBL_RUNS_DIR": str(tmp / "runs")}
+t0 = time.perf_counter()
+srv = subprocess.Popen(
+    [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+    cwd=ROOT,
+    env=env,
+    stdout=open(tmp / "server.log", "wb"),  # noqa: SIM115 - lives as long as the server
+    stderr=subprocess.STDOUT,
+)
+url = f"http://localhost:{port}"
+while True:
+    try:
+        urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+t_health = time.perf_counter() - t0
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+try:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        main = page.get_by_test_id("stMain")
+        page.goto(url)
+        expect(main.get_by_text("Current run")).to_be_visible(timeout=60000)
+        t_first = time.perf_counter() - t0
+        print(f"server healthy {t_health:.2f}s after start; home rendered {t_first:.2f}s after start (browser launch included)")
+        # Cold: nothing cached in this fresh server (run trained outside the app).
+        t = time.perf_counter()
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+        expect(main.get_by_text("of 200 images")).to_be_visible(timeout=60000)
+        expect(main.get_by_role("button", name="Zoom").nth(11)).to_be_visible(timeout=60000)
+        print(f"Explore, training split 200 images, COLD server cache: {time.perf_counter() - t:.2f}s")
+        # Retrain in the app: the worker warms the caches after training.
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Data and model").click()
+        main.get_by_role("button", name="Train again (replaces the model and any refinement)").click()
+        expect(main.get_by_role("button", name="Cancel")).to_be_visible(timeout=60000)
+        expect(main.get_by_role("link", name="Next: explore its explanations and mark a good and a bad one")).to_be_visible(timeout=300000)
+        t = time.perf_counter()
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+        expect(main.get_by_text("of 200 images")).to_be_visible(timeout=60000)
+        expect(main.get_by_role("button", name="Zoom").nth(11)).to_be_visible(timeout=60000)
+        print(f"Explore, training split 200 images, after training in the app: {time.perf_counter() - t:.2f}s")
+        t = time.perf_counter()
+        page.get_by_text("Test images").click()
+        expect(main.get_by_text("Switch in the sidebar")).to_be_visible(timeout=60000)
+        expect(main.get_by_text("of 200 images")).to_be_visible(timeout=60000)
+        expect(main.get_by_role("button", name="Zoom").nth(11)).to_be_visible(timeout=60000)
+        page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=60000)
+        print(f"Explore, test split 200 images, cold after training in the app: {time.perf_counter() - t:.2f}s")
+        # warm: go away and come back
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Refine").click()
+        expect(main.get_by_text("No pair yet")).to_be_visible(timeout=60000)
+        t = time.perf_counter()
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+        expect(main.get_by_role("button", name="Zoom").nth(11)).to_be_visible(timeout=60000)
+        page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=60000)
+        print(f"Explore, warm (cached): {time.perf_counter() - t:.2f}s")
+        # start refinement, then click between pages while it runs
+        page.get_by_text("Training images (pick the pair here)").click()
+        main.get_by_role("button", name="Suggest a pair by AP").click()
+        link = main.get_by_role("link", name="Next: refine with this pair")
+        try:
+            expect(link).to_be_visible(timeout=15000)
+        except AssertionError:
+            main.get_by_role("button", name="Good").nth(0).click()
+            page.wait_for_timeout(1500)
+            main.get_by_role("button", name="Bad").nth(1).click()
+            expect(link).to_be_visible(timeout=15000)
+        link.click()
+        try:
+            main.get_by_role("button", name="Start refinement").click()
+        except Exception:
+            page.screenshot(path=str(tmp / "fail.png"))
+            raise
+        expect(main.get_by_role("button", name="Cancel")).to_be_visible(timeout=60000)
+        expect(main.get_by_text("batch 2 of")).to_be_visible(timeout=120000)
+        times = []
+        for _ in range(4):
+            for name, marker in (("Data and model", "Unrefined model"), ("Refine", "Change the pair on Explore")):
+                t = time.perf_counter()
+                page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+                expect(main.get_by_text(marker)).to_be_visible(timeout=30000)
+                times.append(time.perf_counter() - t)
+                page.wait_for_timeout(700)
+        print(
+            "page switch during refinement: "
+            + ", ".join(f"{x:.2f}" for x in times)
+            + f" s; median {statistics.median(times):.2f}s, max {max(times):.2f}s"
+        )
+        t = time.perf_counter()
+        main.get_by_role("button", name="Cancel").click()
+        expect(main.get_by_text("Cancelling: stops")).to_be_visible(timeout=60000)
+        print(f"Cancel click to 'Cancelling' feedback: {time.perf_counter() - t:.2f}s")
+        expect(main.get_by_text("was cancelled")).to_be_visible(timeout=60000)
+        print(f"Cancel click to 'cancelled' shown: {time.perf_counter() - t:.2f}s")
+        page.screenshot(path=str(tmp / "cancelled.png"))
+        b.close()
+finally:
+    srv.terminate()
+    srv.wait()
