@@ -36,24 +36,30 @@ def mask_outline(mask: torch.Tensor | np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
-def figure3(
+EXEMPLAR_COLUMNS = ("Input", "GradCAM (unrefined model)", "Overlay")
+
+
+def cam_grid(
     images: torch.Tensor,
-    cams_before: torch.Tensor,
-    cams_after: torch.Tensor,
+    cam_sets: list[torch.Tensor],
+    titles: tuple[str, ...],
     row_labels: list[str] | None = None,
     alpha: float = 0.45,
 ) -> plt.Figure:
-    """The paper's Figure 3: one row per image, columns (A) to (E).
+    """One row per image: the input, then a CAM and its overlay for each set in ``cam_sets``.
 
-    ``images`` are [N,1,H,W] or [N,H,W] in [0, 1]; CAMs are [N,H,W].
+    ``images`` are [N,1,H,W] or [N,H,W] in [0, 1]; each CAM set is [N,H,W].
     """
     if images.dim() == 4:
         images = images[:, 0]
-    n = len(images)
-    fig, axes = plt.subplots(n, 5, figsize=(11, 2.3 * n + 0.4), squeeze=False)
+    n, cols = len(images), 1 + 2 * len(cam_sets)
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n + 0.4), squeeze=False)
     for r in range(n):
-        img, before, after = images[r].numpy(), cams_before[r].numpy(), cams_after[r].numpy()
-        panels = (img, before, overlay(img, before, alpha), after, overlay(img, after, alpha))
+        img = images[r].numpy()
+        panels = [img]
+        for cams in cam_sets:
+            cam = cams[r].numpy()
+            panels += [cam, overlay(img, cam, alpha)]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             if panel.ndim == 2:
@@ -63,11 +69,22 @@ def figure3(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(FIGURE3_COLUMNS[c], fontsize=10)
+                ax.set_title(titles[c], fontsize=10)
         if row_labels:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def figure3(
+    images: torch.Tensor,
+    cams_before: torch.Tensor,
+    cams_after: torch.Tensor,
+    row_labels: list[str] | None = None,
+    alpha: float = 0.45,
+) -> plt.Figure:
+    """The paper's Figure 3: one row per image, columns (A) input to (E) overlay after eXBL."""
+    return cam_grid(images, [cams_before, cams_after], FIGURE3_COLUMNS, row_labels, alpha)
 
 
 def figure_png(fig: plt.Figure, dpi: int = 110) -> bytes:

@@ -15,7 +15,7 @@ import torch
 
 from exbl_core import runs
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
-from exbl_core.figures import figure3, figure_png, table1_csv, table1_markdown, table1_rows
+from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, table1_csv, table1_markdown, table1_rows
 from exbl_core.gradcam import predict_with_cams
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model
@@ -256,7 +256,7 @@ def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good:
         f"bad #{bad} {pick['bad']['class']} AP {pick['bad']['ap']:.2f}",
     ]
     cams = scores["cams"][idx]
-    runs.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(figure3(train.float_images(idx), cams, cams, labels)))
+    runs.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(cam_grid(train.float_images(idx), [cams], EXEMPLAR_COLUMNS, labels)))
     return pick
 
 
