@@ -13,6 +13,7 @@ and the median one is the noisier.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -231,3 +232,13 @@ class Section:
 
     def render(self) -> str:
         return f"## {self.title}\n\n{self.markdown}\n"
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every model benchmark shares: the checkpoint, input sizes, batch and repeats."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--run", type=Path, help="run folder with unrefined.pt (default: a cached quick demo)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=7)
+    return p

@@ -22,7 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import Section, compare, ensure_trained_run, load_trained, measure_in_child, peak_rss_of_call, synthetic_batch, table
+from bench.common import (
+    Section,
+    bench_parser,
+    compare,
+    ensure_trained_run,
+    load_trained,
+    measure_in_child,
+    peak_rss_of_call,
+    synthetic_batch,
+    table,
+)
 from exbl_core.gradcam import EPS, analytic_cams, default_target_layer, gradcam, head_pass, logits_and_cams
 
 METHODS = ("forward", "analytic", "autograd", "pytorch-grad-cam", "captum")
@@ -230,11 +240,7 @@ def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, rep
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="run folder with unrefined.pt (default: a cached quick demo)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=7)
+    p = bench_parser(__doc__)
     p.add_argument("--mem-repeats", type=int, default=3)
     p.add_argument("--memory-child", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()

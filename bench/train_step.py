@@ -13,7 +13,6 @@ for the logits would charge it for an extra forward and sample another dropout m
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import Section, compare, ensure_trained_run, load_trained, synthetic_batch, table
+from bench.common import Section, bench_parser, compare, ensure_trained_run, load_trained, synthetic_batch, table
 from exbl_core.gradcam import gradcam
 from exbl_core.losses import exbl_loss, explanation
 from exbl_core.training import Exemplars, TrainConfig, _batch_losses, compute_exemplars
@@ -90,11 +89,7 @@ def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, rep
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="run folder with unrefined.pt (default: a cached quick demo)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=7)
+    p = bench_parser(__doc__)
     args = p.parse_args()
     section = run(ensure_trained_run(args.run), tuple(args.sizes), args.batch, args.repeats)
     print(section.render())
