@@ -20,10 +20,14 @@ from exbl_core.gradcam import finish_cam
 from exbl_core.metrics import activation_precision
 
 TARGET_MS = 50.0
-PROFILE = """Profile (torch.profiler, batched call): `aten::topk` is about 88 % of the time; `amax`, `gather` and
-the bool-to-float copy share the rest. One pass over the 800 x 50,176 floats (160 MB; `amax`) takes about
-15 ms here, and top-k is a selection (`nth_element`) per row on top of that. `sorted=False` drops the
-sort of the 2,509 selected values per image and selects the same pixels."""
+PROFILE = """Profile (torch.profiler, one thread). The plain batched top-k spent about 88 % of its time in
+`aten::topk`: a selection (`nth_element`) over all 50,176 pixels of each row, while one pass over the
+800 x 50,176 floats (`amax`) takes about 7 ms. The metric now pre-filters: the maxima of 32-pixel runs
+(one `amax` pass), the 237 runs with the largest maxima per image (a top-k over 1,568 values), and the top-k
+of those 7,584 candidates alone, on int32 keys (non-negative floats order like their bit patterns, and the
+integer selection is about 1.4x faster). A row is re-done in full when a discarded run could beat its k-th
+value, so the result is exact. What is left: the candidate top-k about 45 %, the run maxima and their top-k
+about 30 %, the gathers the rest."""
 
 
 def smooth_cams(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -46,31 +50,30 @@ def ap_loop(cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0) -> float:
     return sum(scores) / len(scores)
 
 
-def ap_sorted_topk(cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0) -> float:
-    """The batched metric as it was before ``sorted=False``: kept to show what sorting the top-k cost."""
+def ap_plain_topk(cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0) -> float:
+    """The batched metric without the pre-filter: one unsorted top-k over every pixel of every row."""
     flat, inside = cams.flatten(1), masks.flatten(1)
     k = math.ceil(tau / 100 * flat.shape[1])
-    scores = inside.gather(1, flat.topk(k, dim=1).indices).float().mean(1)
+    scores = inside.gather(1, flat.topk(k, dim=1, sorted=False).indices).float().mean(1)
     return float(torch.where(flat.amax(1) > 0, scores, torch.zeros_like(scores)).mean())
 
 
 def run(n: int = 800, size: int = 224, repeats: int = 9) -> Section:
     cams = smooth_cams(n, size)
     _, _, masks = synthetic_batch(size, n)
-    batched, loop, old = activation_precision(cams, masks), ap_loop(cams, masks), ap_sorted_topk(cams, masks)
-    fns = {
-        "batched": lambda: activation_precision(cams, masks),
-        "sorted": lambda: ap_sorted_topk(cams, masks),
-        "loop": lambda: ap_loop(cams, masks),
-    }
-    t = compare(fns, repeats)
+    batched, loop, old = activation_precision(cams, masks), ap_loop(cams, masks), ap_plain_topk(cams, masks)
+    batched_fn = lambda: activation_precision(cams, masks)  # noqa: E731
+    t = compare({"batched": batched_fn, "plain": lambda: ap_plain_topk(cams, masks)}, repeats)
+    # The loop gets its own alternation: the batched call right after it runs about 1.5x slower
+    # (measured), which would flatter the loop and misstate the target.
+    t_loop = compare({"batched": batched_fn, "loop": lambda: ap_loop(cams, masks)}, max(3, repeats // 3))
     ms = t.best("batched") * 1000
     rows = [
-        [label, f"{t.best(k) * 1000:.1f}", f"{t.median(k) * 1000:.1f}", t.both(k, "batched"), f"{v:.6f}"]
-        for k, label, v in (
-            ("batched", "batched `metrics.activation_precision`", batched),
-            ("sorted", "batched, sorted top-k (before `sorted=False`)", old),
-            ("loop", "per-image Python loop", loop),
+        [label, f"{tt.best(k) * 1000:.1f}", f"{tt.median(k) * 1000:.1f}", tt.both(k, "batched"), f"{v:.6f}"]
+        for tt, k, label, v in (
+            (t, "batched", "batched `metrics.activation_precision`", batched),
+            (t, "plain", "batched, plain top-k over all pixels (no pre-filter)", old),
+            (t_loop, "loop", "per-image Python loop (own alternation with the batched call)", loop),
         )
     ]
     md = [
@@ -79,13 +82,13 @@ def run(n: int = 800, size: int = 224, repeats: int = 9) -> Section:
         "",
         table(["implementation", "best ms", "median ms", "time vs batched", "AP"], rows),
         "",
-        f"The batched and the loop results agree to {abs(batched - loop):.1e}; sorted and unsorted top-k select the same pixels "
-        f"(difference {abs(batched - old):.1e}).",
+        f"The batched and the loop results agree to {abs(batched - loop):.1e}, and the pre-filtered and the plain top-k to "
+        f"{abs(batched - old):.1e}: where pixels tie at the k-th value, which of them count is arbitrary.",
         "",
         PROFILE,
     ]
     target = (f"batched AP on {n} CAMs at {size} <= {TARGET_MS:.0f} ms", f"{ms:.1f} ms", ms <= TARGET_MS)
-    return Section("3. Activation Precision", "\n".join(md), [target], {"seconds": t.seconds})
+    return Section("3. Activation Precision", "\n".join(md), [target], {"seconds": t.seconds, "loop_seconds": t_loop.seconds})
 
 
 def main() -> None:

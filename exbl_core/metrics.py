@@ -20,7 +20,8 @@ def activation_precision_scores(cams: torch.Tensor, masks: torch.Tensor, tau: fl
     """Per-image AP [B]: the share of each CAM's top ``tau``% pixels inside the lung mask.
 
     One batched top-k over all images. An all-zero CAM has no meaningful top-k and
-    scores 0 (``count_empty_cams`` reports how many there were).
+    scores 0 (``count_empty_cams`` reports how many there were). Where pixels tie at
+    the k-th value, which of them count is arbitrary, as with ``torch.topk``.
     """
     if not 0 < tau <= 100:
         raise ValueError(f"tau must be a percentage in (0, 100], got {tau}")
@@ -29,11 +30,54 @@ def activation_precision_scores(cams: torch.Tensor, masks: torch.Tensor, tau: fl
     flat = cams.flatten(1)
     inside = _masks_like(cams, masks).flatten(1)
     k = math.ceil(tau / 100 * flat.shape[1])
-    # Only the set of top-k pixels matters, not their order: sorted=False skips sorting
-    # them (half of topk's time at 224) and selects the very same set.
-    top = flat.topk(k, dim=1, sorted=False).indices
-    scores = inside.gather(1, top).float().mean(1)
-    return torch.where(flat.amax(1) > 0, scores, torch.zeros_like(scores))
+    shares, peaks = _top_k_share_chunked(flat, inside, k) or _top_k_share(flat, inside, k)
+    return torch.where(peaks > 0, shares, torch.zeros_like(shares))
+
+
+def _top_k_share(flat: torch.Tensor, inside: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share of each row's k largest values that are ``inside`` [B], and each row's maximum [B].
+
+    Only the set of top-k pixels matters, not their order: ``sorted=False`` skips
+    sorting them and selects the very same set.
+    """
+    values, top = flat.topk(k, dim=1, sorted=False)
+    return inside.gather(1, top).float().mean(1), values.amax(1)
+
+
+CHUNK = 32
+"""Pixels per chunk of the pre-filter in ``_top_k_share_chunked``."""
+
+
+def _top_k_share_chunked(flat: torch.Tensor, inside: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``_top_k_share`` with an exact pre-filter; ``None`` where it would not pay off.
+
+    A CAM's top 5% is a few compact blobs, so the k largest pixels lie in few
+    runs of ``CHUNK`` pixels. Keeping the ``3*ceil(k/CHUNK)`` runs with the largest
+    maxima and taking the top-k of those alone reads about 15% of the pixels. The
+    result is exact: a row is re-done in full when a discarded run could hold a
+    value above its k-th (its best discarded maximum exceeds the k-th candidate).
+    Non-negative floats order like their int32 bit patterns, and the integer top-k
+    is about 1.4x faster. Together: 2.6x faster than the plain top-k for 800 CAMs
+    at 224 (bench/activation_precision.py).
+    """
+    rows, n = flat.shape
+    n_chunks = n // CHUNK
+    n_kept = 3 * math.ceil(k / CHUNK)
+    if n % CHUNK or 2 * n_kept > n_chunks:
+        return None
+    flat = flat.contiguous()
+    chunk_max = flat.view(rows, n_chunks, CHUNK).amax(2)
+    kept_max, kept = chunk_max.topk(n_kept, dim=1, sorted=False)
+    runs = (kept + torch.arange(rows, device=flat.device)[:, None] * n_chunks).flatten()
+    candidates = flat.reshape(rows * n_chunks, CHUNK).index_select(0, runs).view(rows, -1)
+    candidates_inside = inside.reshape(rows * n_chunks, CHUNK).index_select(0, runs).view(rows, -1)
+    as_keys = (lambda t: t.view(torch.int32)) if bool(candidates.amin() >= 0) else (lambda t: t)
+    values, top = as_keys(candidates).topk(k, dim=1, sorted=False)
+    shares = candidates_inside.gather(1, top).sum(1, dtype=torch.float32) / k
+    missed = (as_keys(kept_max.amin(1)) > values.amin(1)).nonzero().squeeze(1)
+    if len(missed):
+        shares[missed] = _top_k_share(flat[missed], inside[missed], k)[0]
+    return shares, kept_max.amax(1)
 
 
 def count_empty_cams(cams: torch.Tensor) -> int:

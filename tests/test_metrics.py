@@ -66,6 +66,47 @@ def test_empty_cam_scores_zero_and_is_counted():
     assert count_empty_cams(cams) == 1
 
 
+def _per_image_ap(cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0) -> list[float]:
+    """The definition, one image at a time: sort every pixel, keep the top tau%."""
+    k = -(-int(tau * cams[0].numel()) // 100)
+    return [float(m.flatten()[c.flatten().argsort(descending=True)[:k]].float().mean()) for c, m in zip(cams, masks, strict=True)]
+
+
+def _distinct(cams: torch.Tensor) -> torch.Tensor:
+    """Break ties, so that the top-k set is unique and any two correct implementations agree exactly."""
+    return cams + torch.arange(cams[0].numel()).view(cams.shape[1:]) / cams[0].numel() * 1e-2
+
+
+@pytest.mark.parametrize("size", [128, 224])
+def test_the_pre_filtered_top_k_matches_the_definition_on_smooth_cams(size):
+    # Smooth maps like GradCAM's: the chunked pre-filter path, with its int32 keys.
+    low = torch.randn(24, 1, 7, 7, generator=torch.Generator().manual_seed(size)).relu()
+    cams = _distinct(torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear").squeeze(1))
+    masks = torch.rand(24, size, size, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert activation_precision_scores(cams, masks).tolist() == pytest.approx(_per_image_ap(cams, masks), abs=1e-6)
+
+
+def test_the_pre_filter_falls_back_to_a_full_top_k_for_scattered_cams():
+    # Noise puts the top 5% in every chunk, so the candidate runs miss pixels and rows are re-done.
+    cams = _distinct(torch.rand(6, 128, 128, generator=torch.Generator().manual_seed(2)))
+    cams[:3] = _distinct(torch.zeros(3, 128, 128))  # and smooth rows in the same batch stay on the fast path
+    cams[:3, 10:40, 10:40] += 1.0
+    masks = torch.rand(6, 128, 128, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert activation_precision_scores(cams, masks).tolist() == pytest.approx(_per_image_ap(cams, masks), abs=1e-6)
+
+
+def test_negative_values_are_ranked_as_numbers():
+    # Signed maps (no ReLU) cannot use the integer keys: with fewer than k positive pixels the
+    # top-k reaches into the negatives, whose bit patterns order backwards.
+    low = torch.randn(8, 1, 7, 7, generator=torch.Generator().manual_seed(4))
+    cams = _distinct(torch.nn.functional.interpolate(low, size=(128, 128), mode="bilinear").squeeze(1)) - 1.0
+    masks = torch.rand(8, 128, 128, generator=torch.Generator().manual_seed(5)) < 0.5
+    positive = (cams > 0).flatten(1).sum(1)
+    assert ((positive > 0) & (positive < 820)).any(), "the case needs CAMs with fewer than k positive pixels"
+    expected = [ap if peak > 0 else 0.0 for ap, peak in zip(_per_image_ap(cams, masks), cams.flatten(1).amax(1), strict=True)]
+    assert activation_precision_scores(cams, masks).tolist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_mask_of_another_size_is_resized_with_nearest_neighbour():
     small = torch.tensor([[True, False], [False, False]])  # top-left quarter
     cam = torch.zeros(10, 10)
