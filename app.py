@@ -32,6 +32,7 @@ if run is None:
         "No run yet: run the demo below, or choose the data and train a model on Data and model.", pages.DATA, "Data and model"
     )
 else:
+    cache.prefetch(run)
     st.markdown(f"**{run.name}** in `{run.path.parent}`")
     for label, name, page in STEPS:
         done = run.has(name)

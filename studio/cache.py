@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES, Split
 from exbl_core.figures import figure3, figure_png
 from exbl_core.training import choose_device
+from studio.jobs import get_runner
 
 RUNS_DIR_ENV = "EXBL_RUNS_DIR"
 THREADS_ENV = "EXBL_THREADS"
@@ -118,3 +120,35 @@ def warm(run: runs.Run, which: str, splits: tuple[str, ...]) -> None:
     """Fill the caches from the background worker, so the next page opens without waiting for GradCAM."""
     for name in splits:
         scores(run, which, name)
+
+
+def _warm_quietly(run: runs.Run, which: str, splits: tuple[str, ...]) -> None:
+    try:
+        warm(run, which, splits)
+    except Exception:  # noqa: BLE001 - the page that needs these scores computes them again and shows the error
+        return
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _prefetch(run_path: str, which: str, mtime: float, data_key: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=_warm_quietly, args=(runs.Run(Path(run_path)), which, ("train", "test")), name="exbl-prefetch", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def prefetch(run: runs.Run) -> None:
+    """Start computing Explore's predictions and GradCAM for ``run`` in the background, once per model.
+
+    A run trained by the CLI, or by an earlier server, reaches the app with empty caches,
+    and its first Explore visit would wait for the data, the model and GradCAM (about
+    2 s on 2 cores). Started when the home page or a page shows the run, that work is
+    usually done by the time the user opens Explore; if not, Explore waits on the same
+    cache entry instead of computing it twice. Errors are left to the page that needs
+    the scores, which shows them. Nothing starts while a job runs: training needs the
+    cores, and the job warms the caches itself when it ends.
+    """
+    job = get_runner().job
+    if run.has(runs.UNREFINED) and (job is None or not job.running):
+        _prefetch(str(run.path), "unrefined", _mtime(run, runs.UNREFINED), _data_key(run))

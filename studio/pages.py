@@ -30,4 +30,5 @@ def trained_run() -> runs.Run:
     if not run.has(runs.UNREFINED):
         views.empty_state("No model yet: train one on Data and model.", DATA, "Data and model")
         st.stop()
+    cache.prefetch(run)
     return run

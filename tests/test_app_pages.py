@@ -79,6 +79,23 @@ def test_home_without_runs_says_what_to_do_and_links_to_data(runs_dir: Path) -> 
     assert [b.label for b in at.button] == ["Run the demo"]
 
 
+def test_home_prefetches_explore_scores_for_a_run_trained_elsewhere(runs_dir: Path, finished_run: Path, monkeypatch) -> None:
+    # A CLI-trained run reaches the app with empty caches: home starts GradCAM for both
+    # splits in the background, so the first Explore visit finds them ready.
+    calls: list[int] = []
+    real = pipeline.training_scores
+    monkeypatch.setattr(pipeline, "training_scores", lambda model, split, tau: calls.append(len(split)) or real(model, split, tau))
+    copy_run(finished_run, runs_dir, (runs.UNREFINED,))
+    at = open_page("app.py")
+    assert not at.exception
+    deadline = time.monotonic() + 30
+    while len(calls) < 2 and time.monotonic() < deadline:  # the background thread home started
+        time.sleep(0.05)
+    assert len(calls) == 2, "home did not prefetch one batched pass per split (train and test)"
+    assert not open_page(PAGES["explore"]).exception  # waits on the cache entry if its pass is still running
+    assert len(calls) == 2, "Explore computed the scores again instead of using the prefetched ones"
+
+
 @pytest.mark.parametrize("page", PAGES.values())
 def test_pages_without_a_model_say_train_one_and_link_to_data(runs_dir: Path, finished_run: Path, page: str) -> None:
     copy_run(finished_run, runs_dir, keep=())
