@@ -82,9 +82,17 @@ def figure3(
     cams_after: torch.Tensor,
     row_labels: list[str] | None = None,
     alpha: float = 0.45,
+    title: str | None = None,
 ) -> plt.Figure:
-    """The paper's Figure 3: one row per image, columns (A) input to (E) overlay after eXBL."""
-    return cam_grid(images, [cams_before, cams_after], FIGURE3_COLUMNS, row_labels, alpha)
+    """The paper's Figure 3: one row per image, columns (A) input to (E) overlay after eXBL.
+
+    ``title`` states how the rows were chosen, so that a reader knows what the figure shows.
+    """
+    fig = cam_grid(images, [cams_before, cams_after], FIGURE3_COLUMNS, row_labels, alpha)
+    if title:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+    return fig
 
 
 def figure_png(fig: plt.Figure, dpi: int = 110) -> bytes:

@@ -76,12 +76,21 @@ def head_pass(model: nn.Module, images: torch.Tensor) -> HeadPass:
     return HeadPass(feats, pre, keep, lin2(F.relu(pre) * keep))
 
 
-def analytic_cams(model: nn.Module, state: HeadPass, targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """GradCAMs [B,H,W] for ``targets`` from a ``head_pass``, with no backward pass."""
+def weighted_maps(model: nn.Module, state: HeadPass, targets: torch.Tensor) -> torch.Tensor:
+    """``sum_k alpha_k A_k`` [B,h,w] at the target layer's resolution: GradCAM before ReLU, upsampling and normalisation.
+
+    Kept signed and unnormalised so that maps of different images can be averaged and
+    compared (``bench/shortcut_map.py`` does that to find where the shortcut lives).
+    """
     lin1, _, _, lin2 = model.classifier
     upstream = (state.pre > 0).to(state.pre.dtype) * state.keep * lin2.weight[targets]  # dy_c/dh
     alpha = upstream @ lin1.weight / (state.feats.shape[2] * state.feats.shape[3])  # [B,K]
-    return finish_cam(torch.einsum("bk,bkhw->bhw", alpha, state.feats), size)
+    return torch.einsum("bk,bkhw->bhw", alpha, state.feats)
+
+
+def analytic_cams(model: nn.Module, state: HeadPass, targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """GradCAMs [B,H,W] for ``targets`` from a ``head_pass``, with no backward pass."""
+    return finish_cam(weighted_maps(model, state, targets), size)
 
 
 def logits_and_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
@@ -61,9 +62,9 @@ options = list(range(len(test)))
 chosen = st.multiselect(
     "Test images",
     options,
-    default=pipeline.default_figure_rows(test),
+    default=pipeline.default_figure_rows(test, torch.from_numpy(cache.scores(run, "unrefined", "test")["ap"])),
     format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
-    help="Viral Pneumonia by default: the class the shortcut hides behind.",
+    help=f"By default: {pipeline.FIGURE_ROWS_RULE}. Viral Pneumonia is the class the shortcut hides behind.",
 )
 figure = None
 if chosen:

@@ -1,0 +1,41 @@
+"""The pipeline's selection rules: which images the automatic pick and Figure 3 use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exbl_core import pipeline
+from exbl_core.data import VIRAL_PNEUMONIA, Split
+
+
+def _split(labels: list[int]) -> Split:
+    n = len(labels)
+    images, masks = torch.zeros(n, 1, 8, 8, dtype=torch.uint8), torch.zeros(n, 8, 8, dtype=torch.bool)
+    return Split(images, masks, torch.tensor(labels), [str(i) for i in range(n)])
+
+
+def test_figure_rows_are_the_viral_pneumonia_images_with_the_lowest_unrefined_ap():
+    vp = VIRAL_PNEUMONIA
+    split = _split([vp, 0, vp, vp, 1, vp, vp])
+    ap = torch.tensor([0.9, 0.0, 0.2, 0.5, 0.0, 0.2, 0.1])  # non-VP images have the lowest AP and must be ignored
+    assert pipeline.default_figure_rows(split, ap, n=3) == [6, 2, 5]  # ties keep image order
+
+
+def test_figure_rows_with_fewer_viral_pneumonia_images_than_asked_returns_them_all():
+    split = _split([VIRAL_PNEUMONIA, 0, 0])
+    assert pipeline.default_figure_rows(split, torch.tensor([0.3, 0.1, 0.2]), n=4) == [0]
+
+
+def test_auto_pick_takes_the_best_and_the_worst_correct_image_of_one_class():
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    preds = torch.tensor([0, 0, 1, 1, 1])  # image 2 is wrong: never picked, despite its AP
+    ap = torch.tensor([0.5, 0.2, 1.0, 0.9, 0.0])
+    good, bad = pipeline.auto_pick({"preds": preds, "ap": ap}, labels)
+    assert (good, bad) == (3, 4)  # good is the best correct image; bad the worst correct one of its class
+
+
+def test_auto_pick_refuses_when_every_candidate_has_the_same_ap():
+    labels = torch.tensor([0, 0])
+    with pytest.raises(ValueError, match="same AP"):
+        pipeline.auto_pick({"preds": labels.clone(), "ap": torch.tensor([0.4, 0.4])}, labels)
