@@ -15,7 +15,7 @@ from tqdm import tqdm
 from exbl_core import pipeline, runs
 from exbl_core.data import DataError
 from exbl_core.figures import table1_markdown, table1_rows
-from exbl_core.losses import DISTANCES
+from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.training import TrainingError, choose_device
 
 DEFAULT_OUT = Path("runs") / "demo"
@@ -78,7 +78,7 @@ def _print_results(run: runs.Run, metrics: dict) -> None:
 
 
 def _refine_overrides(args: argparse.Namespace) -> dict:
-    fields = ("epochs", "lr", "lambda_expl", "margin", "distance", "patience")
+    fields = ("epochs", "lr", "lambda_expl", "margin", "distance", "explanation", "patience")
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lambda-expl", type=float, help="weight of the explanation loss (default 1.0)")
         p.add_argument("--margin", type=float, help="triplet margin (default 1.0)")
         p.add_argument("--distance", choices=DISTANCES, help="euclidean (the paper's) or normalized (unit-norm explanations)")
+        p.add_argument(
+            "--explanation",
+            choices=EXPLANATIONS,
+            help="gray_cam: E = image x GradCAM (the paper's); cam: E = GradCAM alone, which does not favour bright bone",
+        )
         p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
 
     demo = sub.add_parser("demo", help="run the whole workflow with defaults (about 4 minutes on 2 CPU cores)")
@@ -185,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(demo)
     pick_options(demo)
     demo.add_argument("--rows", type=int, nargs="+", help="test-image indices for figure3.png (default: 4 Viral Pneumonia images)")
-    demo.set_defaults(func=cmd_demo, epochs=None, lr=None, lambda_expl=None, margin=None, distance=None, patience=None)
+    demo.set_defaults(func=cmd_demo, epochs=None, lr=None, lambda_expl=None, margin=None, distance=None, explanation=None, patience=None)
 
     helps = {
         "train": "train the unrefined model (creates the run folder if needed)",

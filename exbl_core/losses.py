@@ -14,14 +14,25 @@ import torch.nn.functional as F
 
 Distance = Literal["euclidean", "normalized"]
 DISTANCES: tuple[str, ...] = ("euclidean", "normalized")
+Explanation = Literal["gray_cam", "cam"]
+EXPLANATIONS: tuple[str, ...] = ("gray_cam", "cam")
 
 
-def explanation(images: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
-    """``E(x) = gray(x) * cam(x)`` as [B, H*W]; ``images`` are [B,1,H,W] (or [B,H,W]) in [0, 1]."""
+def explanation(images: torch.Tensor, cams: torch.Tensor, kind: Explanation = "gray_cam") -> torch.Tensor:
+    """``E(x)`` as [B, H*W]; ``images`` are [B,1,H,W] (or [B,H,W]) in [0, 1].
+
+    ``gray_cam`` is the paper's ``gray(x) * cam(x)``. ``cam`` leaves the image out: in a
+    radiograph the lungs are the darkest region, so the paper's E weights attention on
+    bright bone and the mediastinum most and attention on the lungs least, and matching
+    E to a good exemplar then rewards looking at bright structures. ``cam`` is offered
+    to study that; it departs from the paper, which stays the default.
+    """
+    if kind not in EXPLANATIONS:
+        raise ValueError(f"unknown explanation {kind!r}; choose one of {', '.join(EXPLANATIONS)}")
     gray = images[:, 0] if images.dim() == 4 else images
     if gray.shape != cams.shape:
         raise ValueError(f"images {tuple(gray.shape)} and CAMs {tuple(cams.shape)} differ in size")
-    return (gray * cams).flatten(1)
+    return (cams if kind == "cam" else gray * cams).flatten(1)
 
 
 def triplet_terms(

@@ -285,7 +285,7 @@ def refine_step(
     validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
     x = train.float_images(torch.tensor([good, bad]))
-    ex = compute_exemplars(model, (x[0], int(train.labels[good])), (x[1], int(train.labels[bad])))
+    ex = compute_exemplars(model, (x[0], int(train.labels[good])), (x[1], int(train.labels[bad])), cfg.explanation)
     torch.manual_seed(cfg.seed)
     size = int(train.images.shape[-1])
     return fit(

@@ -22,7 +22,7 @@ from torch import nn
 
 from exbl_core.data import Split
 from exbl_core.gradcam import analytic_cams, head_pass
-from exbl_core.losses import DISTANCES, explanation, triplet_terms
+from exbl_core.losses import DISTANCES, EXPLANATIONS, Explanation, explanation, triplet_terms
 from exbl_core.metrics import activation_precision_scores
 
 Event = dict
@@ -54,6 +54,7 @@ class TrainConfig:
     lambda_expl: float = 1.0
     margin: float = 1.0
     distance: str = "euclidean"
+    explanation: str = "gray_cam"  # E = gray(x) * CAM (the paper's) or "cam"
     tau: float = 5.0  # Activation Precision's top-k percentage, for validation AP
 
     def __post_init__(self) -> None:
@@ -65,6 +66,7 @@ class TrainConfig:
             "lambda_expl": self.lambda_expl >= 0,
             "margin": self.margin >= 0,
             "distance": self.distance in DISTANCES,
+            "explanation": self.explanation in EXPLANATIONS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -100,10 +102,13 @@ def choose_device() -> torch.device:
     return torch.device("cpu")
 
 
-def compute_exemplars(model: nn.Module, good: tuple[torch.Tensor, int], bad: tuple[torch.Tensor, int]) -> Exemplars:
-    """``C = gray(x) * GradCAM_y(x)`` for the good and the bad pick, with the current model, detached.
+def compute_exemplars(
+    model: nn.Module, good: tuple[torch.Tensor, int], bad: tuple[torch.Tensor, int], kind: Explanation = "gray_cam"
+) -> Exemplars:
+    """``C = E(x)`` (``gray(x) * GradCAM_y(x)`` by default) for the good and the bad pick, with the current model, detached.
 
-    Each pick is ``(image [1,H,W] in [0, 1], true label)``.
+    Each pick is ``(image [1,H,W] in [0, 1], true label)``; ``kind`` must match the
+    refinement's ``TrainConfig.explanation``.
     """
     device = next(model.parameters()).device
     images = torch.stack([good[0], bad[0]]).to(device)
@@ -112,7 +117,7 @@ def compute_exemplars(model: nn.Module, good: tuple[torch.Tensor, int], bad: tup
     model.eval()
     with torch.no_grad():
         state = head_pass(model, images)
-        expl = explanation(images, analytic_cams(model, state, targets, images.shape[-2:]))
+        expl = explanation(images, analytic_cams(model, state, targets, images.shape[-2:]), kind)
     model.train(was_training)
     return Exemplars(c_good=expl[0], c_bad=expl[1])
 
@@ -150,7 +155,7 @@ def _batch_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Train
         out["loss"] = ce
         return out
     cams = analytic_cams(model, state, y, x.shape[-2:])
-    terms = triplet_terms(explanation(x, cams), ex.c_good, ex.c_bad, cfg.margin, cfg.distance)
+    terms = triplet_terms(explanation(x, cams, cfg.explanation), ex.c_good, ex.c_bad, cfg.margin, cfg.distance)
     out.update(expl=terms.mean(), active=(terms > 0).float().mean(), loss=ce + cfg.lambda_expl * terms.mean())
     return out
 

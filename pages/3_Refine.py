@@ -6,7 +6,7 @@ import streamlit as st
 
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
-from exbl_core.losses import DISTANCES
+from exbl_core.losses import DISTANCES, EXPLANATIONS
 from studio import cache, live, pages, state, tasks, views
 
 pages.setup("Refine")
@@ -41,13 +41,20 @@ with st.container(border=True):
     lr = c3.number_input("Learning rate", 1e-6, 1e-1, cfg.lr, format="%.0e", step=1e-5)
     patience = c4.number_input("Early-stopping patience (epochs)", 1, 50, cfg.patience)
     with st.expander("Advanced"):
-        a1, a2 = st.columns(2)
+        a1, a2, a3 = st.columns(3)
         margin = a1.number_input("Triplet margin", 0.0, 100.0, cfg.margin, 0.1)
         distance = a2.selectbox(
             "Distance",
             DISTANCES,
             index=DISTANCES.index(cfg.distance),
             help="euclidean is the paper's; normalized scales each explanation to unit length first, which keeps more triplets active.",
+        )
+        kind = a3.selectbox(
+            "Explanation E",
+            EXPLANATIONS,
+            index=EXPLANATIONS.index(cfg.explanation),
+            help="gray_cam is the paper's E = image × GradCAM. cam uses GradCAM alone: the paper's E weights attention on bright "
+            "bone most and on the dark lungs least.",
         )
     if not refining_here and st.button("Start refinement", type="primary", icon=":material/play_arrow:") and not live.busy():
         overrides = {
@@ -57,6 +64,7 @@ with st.container(border=True):
             "patience": int(patience),
             "margin": float(margin),
             "distance": distance,
+            "explanation": kind,
         }
         live.start("refine", run, tasks.refine_work(run, cache.data(run), cache.device(), pair["good"], pair["bad"], overrides))
 

@@ -21,6 +21,14 @@ def test_explanation_accepts_images_without_a_channel_axis():
     assert explanation(images, torch.ones(1, 2, 2)).tolist() == [[0.5, 1.0, 0.0, 0.25]]
 
 
+def test_explanation_cam_leaves_the_image_out_and_unknown_kinds_are_refused():
+    images = torch.tensor([[[[0.5, 1.0], [0.0, 0.25]]]])
+    cams = torch.tensor([[[1.0, 0.5], [1.0, 0.0]]])
+    assert explanation(images, cams, "cam").tolist() == [[1.0, 0.5, 1.0, 0.0]]
+    with pytest.raises(ValueError, match="unknown explanation 'gray'"):
+        explanation(images, cams, "gray")
+
+
 def test_explanation_refuses_cams_of_another_size():
     with pytest.raises(ValueError, match="differ in size"):
         explanation(torch.rand(1, 1, 4, 4), torch.rand(1, 2, 2))

@@ -83,6 +83,15 @@ def test_refinement_reports_the_explanation_loss_and_active_triplets(model, micr
     assert "val_expl" in end
 
 
+def test_exemplars_follow_the_explanation_kind(model, micro_data):
+    # C_good for "cam" is the CAM itself; for the paper's "gray_cam" it is image x CAM.
+    train = micro_data["train"]
+    x = train.float_images(torch.tensor([0, 1]))
+    picks = (x[0], int(train.labels[0])), (x[1], int(train.labels[1]))
+    cam_only, paper = compute_exemplars(model, *picks, kind="cam"), compute_exemplars(model, *picks)
+    assert torch.allclose(paper.c_good, cam_only.c_good * x[0].flatten())
+
+
 def test_explanation_weight_zero_makes_refinement_plain_cross_entropy(model, micro_data):
     ex = Exemplars(c_good=torch.ones(32 * 32), c_bad=torch.zeros(32 * 32))  # every E is far from good: l_i > 0
     rec = Recorder()
@@ -229,7 +238,9 @@ def test_poisoned_weights_give_a_training_error_not_silent_nans(model, micro_dat
         fit(model, micro_data["train"], micro_data["val"], CFG, on_event=on_event)
 
 
-@pytest.mark.parametrize("setting", [{"epochs": 0}, {"lr": 0.0}, {"batch_size": 0}, {"margin": -1.0}, {"distance": "cosine"}])
+@pytest.mark.parametrize(
+    "setting", [{"epochs": 0}, {"lr": 0.0}, {"batch_size": 0}, {"margin": -1.0}, {"distance": "cosine"}, {"explanation": "gray"}]
+)
 def test_invalid_settings_are_refused_naming_them(setting):
     name = next(iter(setting))
     with pytest.raises(ValueError, match=rf"invalid training setting.*{name}="):
