@@ -98,7 +98,7 @@ with sync_playwright() as pw:
         page.goto(url)
         expect(main.get_by_text("Current run")).to_be_visible(timeout=60000)
         t_first = time.perf_counter() - t0
-        print(f"server healthy {t_health:.2f}s after start; home rendered {t_first:.2f}s after start")
+        print(f"server healthy {t_health:.2f}s after start; home rendered {t_first:.2f}s after start (browser already open)")
         t = time.perf_counter()
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
         grid_shown(main)
