@@ -7,7 +7,7 @@ import streamlit as st
 from exbl_core import runs
 from studio import cache, state, views
 
-HOME = "app.py"
+HOME = "pages/0_Home.py"
 DATA = "pages/1_Data_and_model.py"
 EXPLORE = "pages/2_Explore.py"
 REFINE = "pages/3_Refine.py"

@@ -59,7 +59,7 @@ def copy_run(source: Path, runs_dir: Path, keep: tuple[str, ...]) -> runs.Run:
 
 def open_page(page: str) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=60).run()
-    return at.switch_page(page).run() if page != "app.py" else at
+    return at.switch_page(page).run() if page != "app.py" else at  # app.py opens Home
 
 
 def infos(at: AppTest) -> str:
