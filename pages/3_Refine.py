@@ -53,6 +53,7 @@ with st.container(border=True):
             "Explanation E",
             EXPLANATIONS,
             index=EXPLANATIONS.index(cfg.explanation),
+            format_func={"gray_cam": "image × GradCAM (paper)", "cam": "GradCAM alone"}.get,
             help="gray_cam is the paper's E = image × GradCAM. cam uses GradCAM alone: the paper's E weights attention on bright "
             "bone most and on the dark lungs least.",
         )
