@@ -1,0 +1,75 @@
+"""Did a refinement unlearn the shortcut? One computed verdict for every results view.
+
+AP alone can rise while the decision still comes from the confounder (DESIGN.md
+section 8), so the verdict reads the shortcut test. With an oracle (the same model
+trained with child anatomy independent of the class) it measures how much of the
+oracle's shortcut-test accuracy a model recovers; without one it can only compare
+the shortcut gap before and after, and says that the full verdict needs the oracle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MIN_TEST_ACCURACY = 0.90  # a model that unlearns by forgetting the disease has not unlearned
+UNLEARNED = 0.5  # share of the oracle's shortcut-test accuracy recovered
+PARTLY = 0.2
+GAP_HALVED = 0.5  # without an oracle: the gap must fall by at least half
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``label`` is one of: unlearned, partly, not unlearned (with an oracle);
+    shortcut reduced, shortcut still used (without one). ``sentence`` says why."""
+
+    label: str
+    recovered: float | None
+    sentence: str
+
+    @property
+    def success(self) -> bool:
+        """True only for a result that a results view may colour as an improvement."""
+        return self.label in ("unlearned", "shortcut reduced")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def recovered(shortcut_acc: float, unrefined_shortcut_acc: float, oracle_shortcut_acc: float) -> float | None:
+    """``(acc_st(model) - acc_st(unrefined)) / (acc_st(oracle) - acc_st(unrefined))``.
+
+    ``None`` when the oracle is no better than the unrefined model on the shortcut
+    test: then there is nothing to recover and the ratio means nothing.
+    """
+    room = oracle_shortcut_acc - unrefined_shortcut_acc
+    if room <= 1e-9:
+        return None
+    return (shortcut_acc - unrefined_shortcut_acc) / room
+
+
+def shortcut_verdict(unrefined: dict, model: dict, oracle: dict | None = None) -> Verdict:
+    """The verdict for ``model`` against ``unrefined`` (and ``oracle`` when there is one).
+
+    Each argument is one model's metrics per split, as in metrics.json:
+    ``{"test": {"accuracy": ...}, "shortcut_test": {"accuracy": ...}, ...}``.
+    """
+    test_acc = model["test"]["accuracy"]
+    st_before, st_after = unrefined["shortcut_test"]["accuracy"], model["shortcut_test"]["accuracy"]
+    kept = test_acc >= MIN_TEST_ACCURACY
+    accuracy_note = "" if kept else f", but test accuracy fell to {test_acc:.3f} (below {MIN_TEST_ACCURACY:.2f})"
+    if oracle is not None:
+        share = recovered(st_after, st_before, oracle["shortcut_test"]["accuracy"])
+        if share is None:
+            return Verdict("not unlearned", None, "the oracle is no better than the unrefined model on the shortcut test")
+        label = "unlearned" if kept and share >= UNLEARNED else "partly" if kept and share >= PARTLY else "not unlearned"
+        sentence = (
+            f"recovered {share:.0%} of the oracle's shortcut-test accuracy "
+            f"({st_before:.3f} -> {st_after:.3f}, oracle {oracle['shortcut_test']['accuracy']:.3f}){accuracy_note}"
+        )
+        return Verdict(label, share, sentence)
+    gap_before = unrefined["test"]["accuracy"] - st_before
+    gap_after = test_acc - st_after
+    halved = gap_before > 0 and gap_after <= (1 - GAP_HALVED) * gap_before
+    label = "shortcut reduced" if halved and kept else "shortcut still used"
+    sentence = f"shortcut gap {gap_before:.3f} -> {gap_after:.3f}{accuracy_note}; the full verdict needs the oracle"
+    return Verdict(label, None, sentence)
