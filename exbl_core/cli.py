@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m exbl_core {demo,train,pick,refine,evaluate,figure}``."""
+"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,study}``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline, runs, study
 from exbl_core.data import DataError
-from exbl_core.figures import table1_markdown, table1_rows
+from exbl_core.figures import model_label, table1_markdown, table1_rows
 from exbl_core.losses import DISTANCES, EXPLANATIONS
+from exbl_core.methods import METHODS
 from exbl_core.training import TrainingError, choose_device
 
 DEFAULT_OUT = Path("runs") / "demo"
@@ -67,18 +68,18 @@ def _print_pick(pick: dict) -> None:
 
 def _print_results(run: runs.Run, metrics: dict) -> None:
     _say("\nTable 1\n" + table1_markdown(table1_rows(metrics)))
-    for which in ("unrefined", "refined"):
-        gap = metrics.get("shortcut_gap", {}).get(which)
-        if gap:
-            _say(
-                f"Shortcut gap, {which}: test accuracy minus shortcut-test accuracy = {gap['accuracy_gap']:+.3f}; "
-                f"Viral Pneumonia recall {gap['vp_recall_confounded']:.2f} -> {gap['vp_recall_shortcut_test']:.2f}"
-            )
+    for which, gap in metrics.get("shortcut_gap", {}).items():
+        _say(
+            f"Shortcut gap, {model_label(which)}: test accuracy minus shortcut-test accuracy = {gap['accuracy_gap']:+.3f}; "
+            f"Viral Pneumonia recall {gap['vp_recall_confounded']:.2f} -> {gap['vp_recall_shortcut_test']:.2f}"
+        )
+    for which, verdict in metrics.get("verdicts", {}).items():
+        _say(f"Verdict, {model_label(which)}: {verdict['label'].upper()}: {verdict['sentence']}")
     _say(f"\nResults in {run.path}/: metrics.json, figure3.png, table1.csv, table1.md, exemplars.png")
 
 
 def _refine_overrides(args: argparse.Namespace) -> dict:
-    fields = ("epochs", "lr", "lambda_expl", "margin", "distance", "explanation", "patience")
+    fields = ("method", "epochs", "lr", "lambda_expl", "margin", "distance", "explanation", "patience")
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
@@ -105,10 +106,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = pipeline.new_run(args.out, _data_spec(args, preset), preset.train, preset.refine, overwrite=True)
     data = pipeline.load_data(run)
     _say("Data: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
-    for step in ("train", "pick", "refine", "evaluate", "figure"):
+    steps = ["train", "oracle"] if preset.oracle else ["train"]
+    steps += ["pick", *(("refine", m) for m in preset.methods), "evaluate", "figure"]
+    for step in steps:
+        if isinstance(step, tuple):
+            args.method = step[1]
+            step = step[0]
         if _run_step(step, args, run, data, device) != 0:
             return 1
     _say(f"Demo finished in {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    preset = _presets(args)
+    methods = args.methods or list(METHODS)
+    device = choose_device()
+    _say(f"Study: seeds {' '.join(map(str, args.seeds))}; methods {' '.join(methods)}; device {device}; folder {args.out}")
+    bar = tqdm(total=len(args.seeds), desc="seeds", file=sys.stderr)
+
+    def progress(message: str) -> None:
+        bar.set_postfix_str(message)
+        tqdm.write(message)
+
+    rows = study.run_study(args.out, args.seeds, methods, preset, device, progress, on_seed=lambda _seed: bar.update(1))
+    bar.close()
+    _say("\n" + study.study_markdown(rows, args.seeds))
+    _say(f"Wrote {args.out / study.STUDY_JSON}, {study.STUDY_MD} and {study.STUDY_PNG}; each seed's run is in {args.out}/seed-N")
     return 0
 
 
@@ -119,9 +143,14 @@ def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, de
         _say(f"Unrefined model: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.UNREFINED)}")
     elif step == "pick":
         _print_pick(pipeline.pick_step(run, data, device, args.good, args.bad))
+    elif step == "oracle":
+        result = pipeline.train_step(run, data, device, ProgressPrinter(), cancel, role="oracle")
+        _say(f"Oracle: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.ORACLE)}")
     elif step == "refine":
         result = pipeline.refine_step(run, data, device, ProgressPrinter(), cancel, _refine_overrides(args))
-        _say(f"eXBL model: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.REFINED)}")
+        method = pipeline.train_config(run, "refine").method
+        target = run.file(pipeline.model_file(method))
+        _say(f"{model_label(method)} model: best epoch {result.best_epoch} of {result.epochs_run} -> {target}")
     elif step == "evaluate":
         _print_results(run, pipeline.evaluate_step(run, data, device))
     elif step == "figure":
@@ -172,9 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bad", type=int, help="training-image index of the bad explanation (default: automatic, lowest AP)")
 
     def refine_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--method",
+            choices=list(METHODS),
+            help="refinement method (default exbl, the paper's): "
+            + "; ".join(f"{m.name} [{m.feedback}]: {m.summary}" for m in METHODS.values()),
+        )
         p.add_argument("--epochs", type=int, help="maximum refinement epochs")
         p.add_argument("--lr", type=float, help="refinement learning rate (paper: 1e-4)")
-        p.add_argument("--lambda-expl", type=float, help="weight of the explanation loss (default 1.0)")
+        p.add_argument("--lambda-expl", type=float, help="weight of the method's term (default: the method's own, 1.0 for exbl)")
         p.add_argument("--margin", type=float, help="triplet margin (default 1.0)")
         p.add_argument("--distance", choices=DISTANCES, help="euclidean (the paper's) or normalized (unit-norm explanations)")
         p.add_argument(
@@ -190,13 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(demo)
     pick_options(demo)
     demo.add_argument("--rows", type=int, nargs="+", help="test-image indices for figure3.png (default: 4 Viral Pneumonia images)")
-    demo.set_defaults(func=cmd_demo, epochs=None, lr=None, lambda_expl=None, margin=None, distance=None, explanation=None, patience=None)
+    demo.set_defaults(
+        func=cmd_demo, method=None, epochs=None, lr=None, lambda_expl=None, margin=None, distance=None, explanation=None, patience=None
+    )
+
+    st = sub.add_parser("study", help="every method on the same unrefined models over several seeds: medians and spreads")
+    st.add_argument("--out", type=Path, required=True, help="study folder (created; an interrupted study resumes in it)")
+    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    st.add_argument("--methods", nargs="+", help=f"methods to compare (default: all: {' '.join(METHODS)})")
+    st.add_argument("--quick", action="store_true", help="tiny data and few epochs: checks the study's files in seconds")
+    st.set_defaults(func=cmd_study, data=None, seed=0)
 
     helps = {
         "train": "train the unrefined model (creates the run folder if needed)",
+        "oracle": "train the oracle: the same model on phantoms whose child anatomy is independent of the class",
         "pick": "choose the good and bad explanation (automatic unless --good/--bad)",
-        "refine": "eXBL refinement of the unrefined model",
-        "evaluate": "write metrics.json for both models",
+        "refine": "refine a copy of the unrefined model with one method (default: the paper's eXBL)",
+        "evaluate": "write metrics.json for every model of the run, with each refinement's verdict",
         "figure": "write figure3.png, table1.csv and table1.md",
     }
     for name, help_text in helps.items():

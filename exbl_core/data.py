@@ -39,6 +39,7 @@ class Split:
     labels: torch.Tensor
     names: list[str]
     child: torch.Tensor | None = None  # synthetic only: which images carry the confounder
+    regions: torch.Tensor | None = None  # synthetic only: bool [N,H,W], where the confounder is (or would be) drawn
     skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -57,6 +58,7 @@ class Split:
             labels=self.labels[index],
             names=[self.names[i] for i in index.tolist()],
             child=None if self.child is None else self.child[index],
+            regions=None if self.regions is None else self.regions[index],
         )
 
     def class_counts(self) -> dict[str, int]:

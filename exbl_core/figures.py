@@ -11,8 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-FIGURE3_COLUMNS = ("(A) Input", "(B) GradCAM unrefined", "(C) Overlay unrefined", "(D) GradCAM eXBL", "(E) Overlay eXBL")
-
 
 def colorize(cam: torch.Tensor | np.ndarray, cmap: str = "jet") -> np.ndarray:
     """A CAM in [0, 1] as an RGB float image [H,W,3]."""
@@ -76,19 +74,27 @@ def cam_grid(
     return fig
 
 
+def model_label(name: str) -> str:
+    """How a model is named in figures and tables: the paper's method keeps the paper's name."""
+    return {"unrefined": "unrefined", "oracle": "oracle", "exbl": "eXBL"}.get(name, name)
+
+
 def figure3(
     images: torch.Tensor,
-    cams_before: torch.Tensor,
-    cams_after: torch.Tensor,
+    cam_sets: dict[str, torch.Tensor],
     row_labels: list[str] | None = None,
     alpha: float = 0.45,
     title: str | None = None,
 ) -> plt.Figure:
-    """The paper's Figure 3: one row per image, columns (A) input to (E) overlay after eXBL.
+    """The paper's Figure 3, one pair of columns per model: the input, then each model's GradCAM and overlay.
 
-    ``title`` states how the rows were chosen, so that a reader knows what the figure shows.
+    ``cam_sets`` maps a model name to its CAMs, the unrefined model first. ``title``
+    states how the rows were chosen, so that a reader knows what the figure shows.
     """
-    fig = cam_grid(images, [cams_before, cams_after], FIGURE3_COLUMNS, row_labels, alpha)
+    titles = ["Input"]
+    for name in cam_sets:
+        titles += [f"GradCAM {model_label(name)}", f"Overlay {model_label(name)}"]
+    fig = cam_grid(images, list(cam_sets.values()), tuple(titles), row_labels, alpha)
     if title:
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
@@ -110,39 +116,58 @@ TABLE1_ROWS = (
     ("Activation Precision", "test", "activation_precision"),
     ("Accuracy", "shortcut_test", "accuracy"),
     ("Activation Precision", "shortcut_test", "activation_precision"),
+    ("Confounder Precision, children called VP", "shortcut_test", "child_cp"),
 )
 
 
 def table1_rows(metrics: dict) -> list[dict]:
-    """Table 1 as rows: metric, split, unrefined, eXBL, delta. Shortcut rows only when present."""
+    """Table 1 as rows ``{"metric", "split", "values": {model: value}}``, one value per model of metrics.json.
+
+    Rows a run cannot fill (the shortcut test on real data) are left out.
+    """
+    models = metrics.get("models", {})
     rows = []
     for name, split, key in TABLE1_ROWS:
-        before = metrics.get("unrefined", {}).get(split)
-        after = metrics.get("refined", {}).get(split)
-        if before is None:
-            continue
-        b = before[key]
-        a = None if after is None else after[key]
-        rows.append({"metric": name, "split": split, "unrefined": b, "exbl": a, "delta": None if a is None else a - b})
+        values = {m: per_split[split].get(key) for m, per_split in models.items() if split in per_split}
+        if "unrefined" in values and any(v is not None for v in values.values()):
+            rows.append({"metric": name, "split": split, "values": values})
     return rows
 
 
+def table1_columns(rows: list[dict]) -> list[str]:
+    """The models of Table 1 in order: unrefined, oracle, then the refined models."""
+    return list(rows[0]["values"]) if rows else []
+
+
 def table1_csv(rows: list[dict]) -> str:
-    """Table 1 as CSV text."""
-    lines = ["metric,split,unrefined,exbl,delta"]
+    """Table 1 as CSV text: each model's value, and each refined model's change from the unrefined one."""
+    models = table1_columns(rows)
+    refined = [m for m in models if m not in ("unrefined", "oracle")]
+    lines = [",".join(["metric", "split", *models, *(f"delta_{m}" for m in refined)])]
     for r in rows:
-        cells = [r["metric"], r["split"], *(_fmt(r[k]) for k in ("unrefined", "exbl", "delta"))]
-        lines.append(",".join(cells))
+        v = r["values"]
+        cells = [r["metric"], r["split"], *(_fmt(v.get(m)) for m in models), *(_fmt(_delta(v, m)) for m in refined)]
+        lines.append(",".join(f'"{c}"' if "," in c else c for c in cells))
     return "\n".join(lines) + "\n"
 
 
 def table1_markdown(rows: list[dict]) -> str:
-    """Table 1 as a Markdown table, for the terminal and the README."""
-    lines = ["| metric | split | unrefined | eXBL | delta |", "|---|---|---|---|---|"]
+    """Table 1 as a Markdown table, a refined model's change from the unrefined one in brackets."""
+    models = table1_columns(rows)
+    lines = ["| metric | split | " + " | ".join(model_label(m) for m in models) + " |", "|---|---|" + "---|" * len(models)]
     for r in rows:
-        delta = "" if r["delta"] is None else f"{r['delta']:+.3f}"
-        lines.append(f"| {r['metric']} | {r['split']} | {_fmt(r['unrefined'])} | {_fmt(r['exbl'])} | {delta} |")
+        v = r["values"]
+        cells = []
+        for m in models:
+            d = None if m in ("unrefined", "oracle") else _delta(v, m)
+            cells.append(_fmt(v.get(m)) + ("" if d is None else f" ({d:+.3f})"))
+        lines.append(f"| {r['metric']} | {r['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(values: dict, model: str) -> float | None:
+    a, b = values.get(model), values.get("unrefined")
+    return None if a is None or b is None else a - b
 
 
 def _fmt(value: float | None) -> str:

@@ -106,12 +106,54 @@ def classification_report(labels: torch.Tensor, preds: torch.Tensor) -> dict:
     }
 
 
-def evaluate_predictions(labels: torch.Tensor, preds: torch.Tensor, cams: torch.Tensor, masks: torch.Tensor, tau: float = 5.0) -> dict:
-    """Every metric of one split: classification plus AP and the number of empty CAMs."""
+def confounder_precision_scores(cams: torch.Tensor, regions: torch.Tensor, tau: float = 5.0) -> torch.Tensor:
+    """Per-image Confounder Precision [B]: the share of each CAM's top ``tau``% pixels in the confounder region.
+
+    AP's machinery with another mask: where AP asks "does the model look at the lungs?",
+    CP asks "does it look at the shortcut?" (the humerus heads with their epiphyses,
+    which the synthetic phantom knows exactly).
+    """
+    return activation_precision_scores(cams, regions, tau)
+
+
+def child_confounder_precision(
+    cams: torch.Tensor, regions: torch.Tensor, child: torch.Tensor, preds: torch.Tensor, tau: float = 5.0
+) -> tuple[float | None, int]:
+    """Mean CP over the children that the model calls Viral Pneumonia, and how many there were.
+
+    These are the images whose Viral Pneumonia explanation should sit on the shoulders
+    when the shortcut is used. ``None`` when the model calls no child Viral Pneumonia.
+    """
+    chosen = child.bool() & (preds == VIRAL_PNEUMONIA)
+    n = int(chosen.sum())
+    if n == 0:
+        return None, 0
+    return float(confounder_precision_scores(cams[chosen], regions[chosen], tau).mean()), n
+
+
+def evaluate_predictions(
+    labels: torch.Tensor,
+    preds: torch.Tensor,
+    cams: torch.Tensor,
+    masks: torch.Tensor,
+    tau: float = 5.0,
+    regions: torch.Tensor | None = None,
+    child: torch.Tensor | None = None,
+) -> dict:
+    """Every metric of one split: classification, AP (overall and per true class), empty CAMs.
+
+    With the confounder ``regions`` and ``child`` flags (synthetic data), also Confounder
+    Precision over all images and ``child_cp`` over the children called Viral Pneumonia.
+    """
     report = classification_report(labels, preds)
-    report["activation_precision"] = activation_precision(cams, masks, tau)
+    ap = activation_precision_scores(cams, masks, tau)
+    report["activation_precision"] = float(ap.mean())
+    report["ap_by_class"] = {c: float(ap[labels == i].mean()) for i, c in enumerate(CLASSES) if bool((labels == i).any())}
     report["n_empty_cams"] = count_empty_cams(cams)
     report["n"] = len(labels)
+    if regions is not None and child is not None:
+        report["confounder_precision"] = float(confounder_precision_scores(cams, regions, tau).mean())
+        report["child_cp"], report["n_child_vp"] = child_confounder_precision(cams, regions, child, preds, tau)
     return report
 
 

@@ -17,15 +17,17 @@ from exbl_core import runs
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, table1_csv, table1_markdown, table1_rows
 from exbl_core.gradcam import predict_with_cams
+from exbl_core.methods import METHODS, Pick, check_data, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model
-from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, split_design
-from exbl_core.training import EventCallback, FitResult, TrainConfig, compute_exemplars, fit
+from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
+from exbl_core.training import EventCallback, FitResult, TrainConfig, fit
+from exbl_core.verdict import shortcut_verdict
 
 EVAL_SPLITS = ("val", "test", "shortcut_test")
 AUTO_PICK_RULE = (
-    "automatic: the correctly classified training image with the highest AP is good; "
-    "the correctly classified image of the same class with the lowest AP is bad"
+    "automatic: the correctly classified training image with the lowest AP is bad; "
+    "the correctly classified image of the same class with the highest AP is good"
 )
 
 
@@ -44,11 +46,13 @@ class FolderSpec:
 
 @dataclass(frozen=True)
 class Preset:
-    """Data and training settings that belong together."""
+    """Data and training settings that belong together, and what the demo runs with them."""
 
     data: SyntheticConfig
     train: TrainConfig
     refine: TrainConfig
+    methods: tuple[str, ...] = ("exbl",)  # the demo refines with each
+    oracle: bool = False  # the demo trains the oracle, so that its verdicts are complete
 
 
 # The demo is tuned to show a learned shortcut within minutes on 2 CPU cores: from
@@ -132,14 +136,38 @@ def train_config(run: runs.Run, phase: str) -> TrainConfig:
 # --------------------------------------------------------------------------- model
 
 
+def model_file(name: str) -> str:
+    """The checkpoint of a model of the run: ``unrefined``, ``oracle`` or a method's name."""
+    return {"unrefined": runs.UNREFINED, "oracle": runs.ORACLE}.get(name) or runs.refined_file(name)
+
+
+def refined_models(run: runs.Run) -> list[str]:
+    """The methods this run has refined with, in the registry's order (the paper's first)."""
+    held = set(run.refined())
+    return [m for m in METHODS if m in held]
+
+
+def models_in(run: runs.Run) -> list[str]:
+    """Every model the run holds: unrefined, oracle (when trained), then each refined method."""
+    return [m for m in ("unrefined", "oracle") if run.has(model_file(m))] + refined_models(run)
+
+
 def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | None = None) -> torch.nn.Module:
-    """The run's unrefined or refined model, in eval mode, on ``device``."""
-    name = {"unrefined": runs.UNREFINED, "refined": runs.REFINED}[which]
+    """One of the run's models (see ``models_in``), in eval mode, on ``device``."""
+    name = model_file(which)
     if not run.has(name):
         raise runs.RunError(f"{run.path}: no {which} model yet ({name} is missing)")
     model = build_model(num_classes=len(CLASSES), freeze=False)
     runs.load_checkpoint(run.file(name), model)
     return model.to(device or torch.device("cpu")).eval()
+
+
+def oracle_data(run: runs.Run) -> dict[str, Split]:
+    """The oracle's training and validation splits: the same phantoms, child drawn independently of the class."""
+    spec = data_config(run)
+    if not isinstance(spec, SyntheticConfig):
+        raise DataError("the oracle needs synthetic data: only a phantom can redraw child anatomy independently of the class")
+    return {s: generate_split(s, oracle_config(spec)) for s in ("train", "val")}
 
 
 def _checkpoint_writer(run: runs.Run, name: str, phase: str, image_size: int):
@@ -151,8 +179,9 @@ def _checkpoint_writer(run: runs.Run, name: str, phase: str, image_size: int):
     return write
 
 
-def _recorder(run: runs.Run, on_event: EventCallback | None) -> EventCallback:
+def _recorder(run: runs.Run, on_event: EventCallback | None, **tags) -> EventCallback:
     def record(event: dict) -> None:
+        event = {**event, **tags}
         if event["type"] != "batch_end":
             run.append_history(event)
         if on_event is not None:
@@ -167,25 +196,33 @@ def train_step(
     device: torch.device,
     on_event: EventCallback | None = None,
     cancel: threading.Event | None = None,
+    role: str = "unrefined",
 ) -> FitResult:
-    """Train the unrefined model; unrefined.pt is rewritten at every new best epoch."""
+    """Train the unrefined model, or with ``role="oracle"`` the oracle; its checkpoint is rewritten at every new best epoch.
+
+    The oracle trains with the unrefined model's settings on the oracle's data: the
+    only difference between the two is whether child anatomy follows the class.
+    """
+    if role not in ("unrefined", "oracle"):
+        raise ValueError(f"unknown role {role!r}; choose unrefined or oracle")
     cfg = train_config(run, "train")
+    fit_data = oracle_data(run) if role == "oracle" else data
     torch.manual_seed(cfg.seed)
     # Real radiographs start from ImageNet weights when they are cached locally, as in the
     # paper; the synthetic demo always starts from random weights, so it runs the same everywhere.
     model = build_model(num_classes=len(CLASSES), pretrained=isinstance(data_config(run), FolderSpec)).to(device)
-    size = int(data["train"].images.shape[-1])
+    size = int(fit_data["train"].images.shape[-1])
     return fit(
         model,
-        data["train"],
-        data["val"],
+        fit_data["train"],
+        fit_data["val"],
         cfg,
         None,
         _recorder(run, on_event),
         cancel,
-        _checkpoint_writer(run, runs.UNREFINED, "unrefined", size),
+        _checkpoint_writer(run, model_file(role), role, size),
         device,
-        phase="unrefined",
+        phase=role,
     )
 
 
@@ -196,25 +233,25 @@ def training_scores(model: torch.nn.Module, split: Split, tau: float = 5.0) -> d
 
 
 def auto_pick(scores: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[int, int]:
-    """The automatic pick: ``(good, bad)`` training-image indices.
+    """The automatic pick: ``(good, bad)`` training-image indices, as a user following the lesson would click.
 
-    Good is the correctly classified image with the highest AP; bad is the correctly
-    classified image *of the same class* with the lowest AP. Keeping both in one class
-    matters: our CAMs are broad, so ``E = gray(x) * CAM`` is dominated by the image
-    itself, and exemplars from two classes teach the model to look for what tells
-    those two images apart. On the synthetic default a cross-class pick lowered test
-    AP from 0.40 to 0.21, and the same-class pick raised it to 0.47.
+    Bad is the correctly classified image with the lowest AP: where the model looks
+    least at the lungs, which under a shortcut is the shortcut. Good is the correctly
+    classified image *of the same class* with the highest AP. Keeping both in one class
+    means the pair differs in where the model looks rather than in what the images
+    show; on an earlier phantom a cross-class pick lowered test AP from 0.40 to 0.21
+    under eXBL, and the same-class pick raised it to 0.47.
     """
     correct = scores["preds"] == labels
     if int(correct.sum()) < 2:
         raise ValueError("fewer than two correctly classified training images: train the model longer before picking")
     ap = scores["ap"]
-    good = int(torch.where(correct, ap, torch.full_like(ap, -1.0)).argmax())
-    same_class = correct & (labels == labels[good])
-    bad = int(torch.where(same_class, ap, torch.full_like(ap, 2.0)).argmin())
+    bad = int(torch.where(correct, ap, torch.full_like(ap, 2.0)).argmin())
+    same_class = correct & (labels == labels[bad])
+    good = int(torch.where(same_class, ap, torch.full_like(ap, -1.0)).argmax())
     if good == bad or ap[good] == ap[bad]:
         raise ValueError(
-            f"the correctly classified {CLASSES[int(labels[good])]} images all have the same AP; pick the good and bad explanation by hand"
+            f"the correctly classified {CLASSES[int(labels[bad])]} images all have the same AP; pick the good and bad explanation by hand"
         )
     return good, bad
 
@@ -268,24 +305,25 @@ def refine_step(
     cancel: threading.Event | None = None,
     overrides: dict | None = None,
 ) -> FitResult:
-    """eXBL refinement from the unrefined model; refined.pt is rewritten at every new best epoch.
+    """Refine a copy of the unrefined model with one method; its checkpoint is rewritten at every new best epoch.
 
-    ``overrides`` (epochs, lambda_expl, lr, patience, ...) are saved into config.json first.
+    ``overrides`` (method, epochs, lambda_expl, lr, patience, ...) are saved into config.json first.
     """
     if not run.has(runs.EXEMPLARS):
         raise runs.RunError(f"{run.path}: pick a good and a bad explanation first ({runs.EXEMPLARS} is missing)")
     cfg = replace(train_config(run, "refine"), **(overrides or {}))
+    method = get_method(cfg.method)
+    train = data["train"]
+    check_data(method, train)
     if overrides:
         config = run.config()
         config["refine"] = cfg.to_dict()
         runs.write_json(run.file(runs.CONFIG), config)
     pick = runs.read_json(run.file(runs.EXEMPLARS))
-    train = data["train"]
     good, bad = pick["good"]["index"], pick["bad"]["index"]
     validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
-    x = train.float_images(torch.tensor([good, bad]))
-    ex = compute_exemplars(model, (x[0], int(train.labels[good])), (x[1], int(train.labels[bad])), cfg.explanation)
+    objective = method.prepare(model, train, Pick(good, bad), cfg)
     torch.manual_seed(cfg.seed)
     size = int(train.images.shape[-1])
     return fit(
@@ -293,10 +331,10 @@ def refine_step(
         train,
         data["val"],
         cfg,
-        ex,
-        _recorder(run, on_event),
+        objective,
+        _recorder(run, on_event, method=method.name),
         cancel,
-        _checkpoint_writer(run, runs.REFINED, "refined", size),
+        _checkpoint_writer(run, model_file(method.name), "refine", size),
         device,
         phase="refine",
     )
@@ -306,20 +344,22 @@ def refine_step(
 
 
 def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -> dict:
-    """metrics.json: every metric for both models on val, test and (synthetic) shortcut_test."""
+    """metrics.json: every metric of every model on val, test and (synthetic) shortcut_test, and each refinement's verdict."""
     tau = train_config(run, "refine").tau
-    metrics: dict = {}
-    for which in ("unrefined", "refined"):
-        if not run.has(runs.UNREFINED if which == "unrefined" else runs.REFINED):
-            continue
-        model = load_model(run, which, device)
-        metrics[which] = {}
+    models: dict = {}
+    for name in models_in(run):
+        model = load_model(run, name, device)
+        models[name] = {}
         for split in (s for s in EVAL_SPLITS if s in data):
             s = data[split]
             probs, cams = predict_with_cams(model, s.float_images())
-            metrics[which][split] = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau)
-        if "shortcut_test" in metrics[which]:
-            metrics.setdefault("shortcut_gap", {})[which] = shortcut_gap(metrics[which]["test"], metrics[which]["shortcut_test"])
+            models[name][split] = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau, s.regions, s.child)
+    metrics: dict = {"models": models}
+    if "unrefined" in models and "shortcut_test" in models["unrefined"]:
+        metrics["shortcut_gap"] = {name: shortcut_gap(m["test"], m["shortcut_test"]) for name, m in models.items()}
+        metrics["verdicts"] = {
+            name: shortcut_verdict(models["unrefined"], models[name], models.get("oracle")).to_dict() for name in refined_models(run)
+        }
     if run.has(runs.EXEMPLARS):
         pick = runs.read_json(run.file(runs.EXEMPLARS))
         metrics["exemplars"] = {"good": pick["good"]["index"], "bad": pick["bad"]["index"], "rule": pick["rule"]}
@@ -345,7 +385,7 @@ def default_figure_rows(split: Split, unrefined_ap: torch.Tensor, n: int = 4) ->
 
 
 def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, rows: list[int] | None = None) -> list[dict]:
-    """figure3.png (Viral Pneumonia test images, before and after) and Table 1 as CSV and Markdown."""
+    """figure3.png (Viral Pneumonia test images, unrefined and every refined model) and Table 1 as CSV and Markdown."""
     test = data["test"]
     unrefined = load_model(run, "unrefined", device)
     title = None
@@ -355,16 +395,20 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
         cams = predict_with_cams(unrefined, test.float_images(vp))[1]
         ap[vp] = activation_precision_scores(cams, test.masks[vp], train_config(run, "refine").tau)
         rows, title = default_figure_rows(test, ap), FIGURE_ROWS_RULE
+    for i in rows:
+        if not 0 <= i < len(test):
+            raise ValueError(f"figure row {i} is out of range: the test split has images 0 to {len(test) - 1}")
+    names = ["unrefined", *refined_models(run)]
     idx = torch.tensor(rows, dtype=torch.long)
     x = test.float_images(idx)
-    before = predict_with_cams(unrefined, x)
-    after = predict_with_cams(load_model(run, "refined", device), x)
+    results = {name: predict_with_cams(unrefined if name == "unrefined" else load_model(run, name, device), x) for name in names}
     labels = [
         f"{test.names[i]}\ntrue {CLASSES[int(test.labels[i])]}\n"
-        f"unref: {CLASSES[int(before[0][r].argmax())]}\neXBL: {CLASSES[int(after[0][r].argmax())]}"
+        + "\n".join(f"{name}: {CLASSES[int(results[name][0][r].argmax())]}" for name in names)
         for r, i in enumerate(rows)
     ]
-    runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, before[1], after[1], labels, title=title)))
+    cam_sets = {name: cams for name, (_, cams) in results.items()}
+    runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, cam_sets, labels, title=title)))
     metrics = runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else evaluate_step(run, data, device)
     table = table1_rows(metrics)
     runs.atomic_write_text(run.file(runs.TABLE1_CSV), table1_csv(table))

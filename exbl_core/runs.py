@@ -26,12 +26,12 @@ from exbl_core.model import ARCH
 
 RUN_FORMAT = "exbl-run"
 CHECKPOINT_FORMAT = "exbl-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one refined checkpoint per method, an optional oracle
 
 CONFIG = "config.json"
 SPLIT = "split.json"
 UNREFINED = "unrefined.pt"
-REFINED = "refined.pt"
+ORACLE = "oracle.pt"
 EXEMPLARS = "exemplars.json"
 EXEMPLARS_PNG = "exemplars.png"
 HISTORY = "history.jsonl"
@@ -39,6 +39,11 @@ METRICS = "metrics.json"
 FIGURE3 = "figure3.png"
 TABLE1_CSV = "table1.csv"
 TABLE1_MD = "table1.md"
+
+
+def refined_file(method: str) -> str:
+    """The refined checkpoint of one method: a run can hold one per method, side by side."""
+    return f"refined-{method}.pt"
 
 
 class RunError(ValueError):
@@ -203,11 +208,18 @@ class Run:
                 continue
         return events
 
+    def refined(self) -> list[str]:
+        """The methods this run holds a refined checkpoint of, in file-name order."""
+        return sorted(p.name[len("refined-") : -len(".pt")] for p in self.path.glob(refined_file("*")) if p.is_file())
+
     def stage(self) -> str:
         """How far the run has come: new, trained, picked, refined or evaluated."""
-        if self.has(METRICS) and self.has(REFINED):
+        refined = bool(self.refined())
+        if self.has(METRICS) and refined:
             return "evaluated"
-        for name, stage in ((REFINED, "refined"), (EXEMPLARS, "picked"), (UNREFINED, "trained")):
+        if refined:
+            return "refined"
+        for name, stage in ((EXEMPLARS, "picked"), (UNREFINED, "trained")):
             if self.has(name):
                 return stage
         return "new"
@@ -219,8 +231,10 @@ def create_run(path: str | Path, config: dict, overwrite: bool = False) -> Run:
     if run.has(CONFIG) and not overwrite:
         raise RunError(f"{run.path}: a run already exists here; choose another --out or remove it")
     run.path.mkdir(parents=True, exist_ok=True)
-    for stale in (UNREFINED, REFINED, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD, SPLIT):
+    for stale in (UNREFINED, ORACLE, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD, SPLIT):
         run.file(stale).unlink(missing_ok=True)
+    for method in run.refined():
+        run.file(refined_file(method)).unlink(missing_ok=True)
     write_json(run.file(CONFIG), {"format": RUN_FORMAT, "version": FORMAT_VERSION, "arch": ARCH, "classes": list(CLASSES), **config})
     return run
 

@@ -12,7 +12,7 @@ is easier to learn than the disease.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -35,11 +35,23 @@ class SyntheticConfig:
     shortcut_child_rate: float = 0.5  # P(child) for every class in shortcut_test
     pathology_strength: float = 1.0  # scales COVID / Lung_Opacity lesions
     viral_strength: float = 1.0  # scales the subtle Viral Pneumonia texture
+    confounder_contrast: float = 1.0  # scales the epiphysis' dark gap and bright cap
     noise: float = 0.03
     seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def oracle_config(cfg: SyntheticConfig) -> SyntheticConfig:
+    """The same data set with child anatomy drawn independently of the class everywhere.
+
+    Drawing the confounder takes no random numbers, so the oracle's images are the very
+    same phantoms, with epiphyses on other patients: a model trained on them can only
+    use the disease, and its shortcut-test accuracy is what unlearning can hope to reach.
+    """
+    rate = cfg.shortcut_child_rate
+    return replace(cfg, confounder_strength=rate, other_child_rate=rate)
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +101,17 @@ def _glyph(u, v, rng, size: int) -> np.ndarray:
     return out
 
 
-def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom as (image float32 [H, W] in [0, 1], lung mask bool [H, W])."""
+HUMERUS_HEAD = (0.82, -0.72)  # (|u|, v) of both humerus heads, in the upper corners as on a radiograph
+CONFOUNDER_RADIUS = 0.24  # the confounder region: a disc around each humerus head and its epiphysis
+
+
+def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One phantom as (image float32 [H, W] in [0, 1], lung mask bool [H, W], confounder region bool [H, W]).
+
+    The confounder region is where child anatomy is drawn when the image has it: both
+    humerus heads with their epiphyses. It is returned for every image, child or not,
+    so that Confounder Precision can score any CAM.
+    """
     u0, v0 = _grid(cfg.size)
     # Position and scale jitter: the whole chest moves a little, as patients do.
     s = rng.uniform(0.92, 1.06)
@@ -103,10 +124,10 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
     # Shoulders, humerus heads and shafts (outside the lungs).
     bones = np.zeros_like(u)
     for side in (-1, 1):
-        head_c = (side * 0.82, -0.62)
+        head_c = (side * HUMERUS_HEAD[0], HUMERUS_HEAD[1])
         bones = np.maximum(bones, _soft(_ellipse(u, v, *head_c, 0.13, 0.14), 0.2))
         bones = np.maximum(bones, _segment(u, v, head_c, (side * 0.92, 0.4), 0.09))
-        bones = np.maximum(bones, 0.8 * _segment(u, v, (side * 0.12, -0.62), (side * 0.7, -0.78), 0.045))
+        bones = np.maximum(bones, 0.8 * _segment(u, v, (side * 0.12, -0.6), (side * 0.7, -0.82), 0.045))
     img = img + 0.35 * bones
 
     lungs = np.zeros_like(u)
@@ -151,10 +172,10 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
     if child:
         # Child anatomy: an unfused epiphysis, a dark growth-plate gap under a bright cap.
         for side in (-1, 1):
-            cu, cv = side * 0.82, -0.62
+            cu, cv = side * HUMERUS_HEAD[0], HUMERUS_HEAD[1]
             gap = _segment(u, v, (cu - 0.13, cv + 0.02), (cu + 0.13, cv - 0.03), 0.03)
             cap = _soft(_ellipse(u, v, cu, cv - 0.1, 0.12, 0.06), 0.3)
-            img = img - 0.35 * gap + 0.25 * cap
+            img = img - cfg.confounder_contrast * (0.35 * gap - 0.25 * cap)
 
     # Nuisances shared by every class.
     for _ in range(rng.integers(1, 3)):
@@ -163,7 +184,10 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
     brightness = rng.uniform(-0.06, 0.06)
     img = (img - 0.3) * contrast + 0.3 + brightness
     img = img + rng.normal(0.0, cfg.noise, img.shape)
-    return np.clip(img, 0.0, 1.0).astype(np.float32), mask
+    region = np.zeros(u.shape, bool)
+    for side in (-1, 1):
+        region |= _ellipse(u, v, side * HUMERUS_HEAD[0], HUMERUS_HEAD[1] - 0.04, CONFOUNDER_RADIUS, CONFOUNDER_RADIUS) <= 1.0
+    return np.clip(img, 0.0, 1.0).astype(np.float32), mask, region & ~mask
 
 
 def _child_flags(labels: np.ndarray, split: str, cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
@@ -201,16 +225,17 @@ def generate_split(split: str, cfg: SyntheticConfig = SyntheticConfig()) -> Spli
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 1])
     images = np.empty((len(labels), cfg.size, cfg.size), np.uint8)
     masks = np.empty((len(labels), cfg.size, cfg.size), bool)
+    regions = np.empty((len(labels), cfg.size, cfg.size), bool)
     for i, (label, is_child) in enumerate(zip(labels, child, strict=False)):
-        img, mask = render_phantom(int(label), bool(is_child), rng, cfg)
+        img, masks[i], regions[i] = render_phantom(int(label), bool(is_child), rng, cfg)
         images[i] = np.round(img * 255)
-        masks[i] = mask
     return Split(
         images=torch.from_numpy(images).unsqueeze(1),
         masks=torch.from_numpy(masks),
         labels=torch.from_numpy(labels).long(),
         names=[f"{split}-{i:05d}" for i in range(len(labels))],
         child=torch.from_numpy(child),
+        regions=torch.from_numpy(regions),
     )
 
 

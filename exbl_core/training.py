@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exbl_core.augment import random_shift
 from exbl_core.data import Split
 from exbl_core.gradcam import analytic_cams, head_pass
-from exbl_core.losses import DISTANCES, EXPLANATIONS, Explanation, explanation, triplet_terms
+from exbl_core.losses import DISTANCES, EXPLANATIONS
+from exbl_core.methods import METHODS, Batch, Objective
 from exbl_core.metrics import activation_precision_scores
 
 Event = dict
@@ -50,8 +52,11 @@ class TrainConfig:
     lr_factor: float = 0.5
     weight_decay: float = 0.0
     seed: int = 0
-    # eXBL refinement only
-    lambda_expl: float = 1.0
+    shift: float = 0.0  # random translation of each training image, as a share of its size
+    flip: bool = False  # random horizontal flips
+    # refinement only
+    method: str = "exbl"  # a name in exbl_core.methods.METHODS
+    lambda_expl: float | None = None  # the weight of the method's term; None: the method's default
     margin: float = 1.0
     distance: str = "euclidean"
     explanation: str = "gray_cam"  # E = gray(x) * CAM (the paper's) or "cam"
@@ -60,11 +65,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = {
             "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
+            "lr": 0 < self.lr < math.inf,
             "batch_size": self.batch_size >= 1,
             "patience": self.patience >= 1,
-            "lambda_expl": self.lambda_expl >= 0,
-            "margin": self.margin >= 0,
+            "method": self.method in METHODS,
+            "lambda_expl": self.lambda_expl is None or 0 <= self.lambda_expl < math.inf,
+            "margin": 0 <= self.margin < math.inf,
+            "shift": 0 <= self.shift < 0.5,
             "distance": self.distance in DISTANCES,
             "explanation": self.explanation in EXPLANATIONS,
         }
@@ -75,13 +82,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-@dataclass
-class Exemplars:
-    """The frozen eXBL targets: ``C_good`` and ``C_bad`` as flattened [H*W] tensors."""
-
-    c_good: torch.Tensor
-    c_bad: torch.Tensor
+    @property
+    def weight(self) -> float:
+        """The method's term weight: ``lambda_expl``, or the method's default when none was given."""
+        return METHODS[self.method].default_lambda if self.lambda_expl is None else self.lambda_expl
 
 
 @dataclass
@@ -100,26 +104,6 @@ def choose_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def compute_exemplars(
-    model: nn.Module, good: tuple[torch.Tensor, int], bad: tuple[torch.Tensor, int], kind: Explanation = "gray_cam"
-) -> Exemplars:
-    """``C = E(x)`` (``gray(x) * GradCAM_y(x)`` by default) for the good and the bad pick, with the current model, detached.
-
-    Each pick is ``(image [1,H,W] in [0, 1], true label)``; ``kind`` must match the
-    refinement's ``TrainConfig.explanation``.
-    """
-    device = next(model.parameters()).device
-    images = torch.stack([good[0], bad[0]]).to(device)
-    targets = torch.tensor([good[1], bad[1]], device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        state = head_pass(model, images)
-        expl = explanation(images, analytic_cams(model, state, targets, images.shape[-2:]), kind)
-    model.train(was_training)
-    return Exemplars(c_good=expl[0], c_bad=expl[1])
 
 
 @torch.no_grad()
@@ -146,38 +130,49 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
         m.train(training)
 
 
-def _batch_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, ex: Exemplars | None) -> dict:
-    """CE, and with exemplars the eXBL term on true-label CAMs, from one forward pass."""
-    state = head_pass(model, x)
-    ce = F.cross_entropy(state.logits, y)
-    out = {"ce": ce, "logits": state.logits, "state": state}
-    if ex is None:
-        out["loss"] = ce
+def _batch_losses(model: nn.Module, batch: Batch, cfg: TrainConfig, objective: Objective | None, training: bool) -> dict:
+    """CE, and with a refinement objective its term, from one forward pass."""
+    if training and objective is not None and objective.input_grad:
+        batch.x.requires_grad_(True)
+    state = head_pass(model, batch.x)
+    ce = F.cross_entropy(state.logits, batch.y)
+    out = {"ce": ce, "logits": state.logits, "state": state, "loss": ce}
+    if objective is None or objective.term is None:
         return out
-    cams = analytic_cams(model, state, y, x.shape[-2:])
-    terms = triplet_terms(explanation(x, cams, cfg.explanation), ex.c_good, ex.c_bad, cfg.margin, cfg.distance)
-    out.update(expl=terms.mean(), active=(terms > 0).float().mean(), loss=ce + cfg.lambda_expl * terms.mean())
+    terms = objective.term(model, batch, state, training)
+    out.update(expl=terms["term"], loss=ce + cfg.weight * terms["term"])
+    if "active" in terms:
+        out["active"] = terms["active"]
     return out
 
 
-def evaluate_loss(model: nn.Module, split: Split, cfg: TrainConfig, ex: Exemplars | None, device: torch.device) -> dict:
-    """Validation numbers: loss (what early stopping watches), CE, accuracy and AP."""
+def evaluate_loss(
+    model: nn.Module, split: Split, cfg: TrainConfig, objective: Objective | None, device: torch.device, needs_masks: bool = False
+) -> dict:
+    """Validation numbers: loss (what early stopping watches), CE, accuracy and AP.
+
+    A method that rewrites batches (counterexamples) sees the validation images the
+    same way, with a fixed seed, so that early stopping judges the data the method
+    trains on rather than the confounded originals.
+    """
     model.eval()
     sums = {"loss": 0.0, "ce": 0.0, "expl": 0.0, "correct": 0.0}
     ap = []
+    gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         for start in range(0, len(split), 128):
-            x = split.float_images(slice(start, start + 128)).to(device)
-            y = split.labels[start : start + 128].to(device)
-            out = _batch_losses(model, x, y, cfg, ex)
+            batch = _batch(split, slice(start, start + 128), needs_masks, device)
+            if objective is not None and objective.batch is not None:
+                batch = objective.batch(batch, gen)
+            out = _batch_losses(model, batch, cfg, objective, training=False)
             preds = out["logits"].argmax(1)
-            cams = analytic_cams(model, out["state"], preds, x.shape[-2:])
+            cams = analytic_cams(model, out["state"], preds, batch.x.shape[-2:])
             ap.append(activation_precision_scores(cams, split.masks[start : start + 128].to(device), cfg.tau).cpu())
-            n = len(y)
+            n = len(batch.y)
             sums["loss"] += float(out["loss"].detach()) * n
             sums["ce"] += float(out["ce"].detach()) * n
             sums["expl"] += float(out.get("expl", 0.0)) * n
-            sums["correct"] += float((preds == y).sum())
+            sums["correct"] += float((preds == batch.y).sum())
     n = len(split)
     result = {
         "val_loss": sums["loss"] / n,
@@ -185,9 +180,14 @@ def evaluate_loss(model: nn.Module, split: Split, cfg: TrainConfig, ex: Exemplar
         "val_accuracy": sums["correct"] / n,
         "val_ap": float(torch.cat(ap).mean()),
     }
-    if ex is not None:
+    if objective is not None and objective.term is not None:
         result["val_expl"] = sums["expl"] / n
     return result
+
+
+def _batch(split: Split, index: torch.Tensor | slice, with_masks: bool, device: torch.device) -> Batch:
+    masks = split.masks[index].to(device) if with_masks else None
+    return Batch(split.float_images(index).to(device), split.labels[index].to(device), masks)
 
 
 def fit(
@@ -195,14 +195,14 @@ def fit(
     train: Split,
     val: Split,
     cfg: TrainConfig,
-    exemplars: Exemplars | None = None,
+    objective: Objective | None = None,
     on_event: EventCallback | None = None,
     cancel: threading.Event | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     device: torch.device | None = None,
     phase: str = "unrefined",
 ) -> FitResult:
-    """Train ``model`` in place; with ``exemplars`` this is eXBL refinement.
+    """Train ``model`` in place; with a method's ``objective`` this is refinement.
 
     Returns when training ends, early-stops or is cancelled, with the best weights
     (lowest validation loss) loaded back into ``model``. A NaN or infinite loss
@@ -212,7 +212,9 @@ def fit(
     emit = on_event or (lambda _e: None)
     cancel = cancel or threading.Event()
     model.to(device)
-    ex = None if exemplars is None else Exemplars(exemplars.c_good.to(device), exemplars.c_bad.to(device))
+    needs_masks = objective is not None and objective.masks
+    rewrite = objective.batch if objective is not None and objective.batch is not None else None
+    has_term = objective is not None and objective.term is not None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience)
@@ -241,9 +243,12 @@ def fit(
                 if cancel.is_set():
                     raise Cancelled
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                x = train.float_images(idx).to(device)
-                y = train.labels[idx].to(device)
-                out = _batch_losses(model, x, y, cfg, ex)
+                batch = _batch(train, idx, needs_masks, device)
+                if rewrite is not None:
+                    batch = rewrite(batch, gen)
+                moved = random_shift([batch.x] + ([batch.masks] if needs_masks else []), cfg.shift, cfg.flip, gen)
+                batch = Batch(moved[0], batch.y, moved[1] if needs_masks else None)
+                out = _batch_losses(model, batch, cfg, objective, training=True)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingError(f"{phase} training: the loss became {float(out['loss'].detach())} in epoch {epoch}, batch {b + 1}")
                 opt.zero_grad(set_to_none=True)
@@ -252,15 +257,15 @@ def fit(
                 n = len(idx)
                 sums["loss"] += float(out["loss"].detach()) * n
                 sums["ce"] += float(out["ce"].detach()) * n
-                sums["correct"] += float((out["logits"].argmax(1) == y).sum())
-                if ex is not None:
+                sums["correct"] += float((out["logits"].argmax(1) == batch.y).sum())
+                if has_term:
                     sums["expl"] += float(out["expl"].detach()) * n
-                    sums["active"] += float(out["active"]) * n
+                    sums["active"] += float(out.get("active", torch.nan)) * n
                 publish({"type": "batch_end", "epoch": epoch, "batch": b + 1, "batches": n_batches, "loss": float(out["loss"].detach())})
             if cancel.is_set():
                 raise Cancelled
             recalibrate_batchnorm(model, train, device)
-            scores = evaluate_loss(model, val, cfg, ex, device)
+            scores = evaluate_loss(model, val, cfg, objective, device, needs_masks)
             sched.step(scores["val_loss"])
             n = len(train)
             record = {
@@ -274,9 +279,10 @@ def fit(
                 "seconds": time.perf_counter() - started,
                 **scores,
             }
-            if ex is not None:
+            if has_term:
                 record["expl"] = sums["expl"] / n
-                record["active_triplets"] = sums["active"] / n
+                if "active" in out:
+                    record["active_triplets"] = sums["active"] / n
             improved = scores["val_loss"] < best["loss"]
             record["best"] = improved
             if improved:

@@ -1,0 +1,83 @@
+"""Is the phantom a fair testbed? Train the unrefined model (or the oracle) under one set of levers.
+
+A measurement, not a speed benchmark: it prints one JSON line with what the testbed
+needs (DESIGN.md section 3): test and shortcut-test accuracy, the gap, AP per class,
+child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
+
+    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--oracle] [--seed 0] [--out results.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+from bench.shortcut_map import shortcut_map
+from exbl_core import pipeline
+from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
+from exbl_core.gradcam import predict_with_cams
+from exbl_core.metrics import evaluate_predictions
+from exbl_core.model import build_model
+from exbl_core.synthetic import generate_split, oracle_config
+from exbl_core.training import fit
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--viral", type=float, default=1.0)
+    p.add_argument("--contrast", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--shift", type=float, default=0.0)
+    p.add_argument("--flip", action="store_true")
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oracle", action="store_true")
+    p.add_argument("--save", help="save the model's state dict here")
+    p.add_argument("--out", help="append the JSON line to this file")
+    args = p.parse_args()
+
+    started = time.perf_counter()
+    data_cfg = replace(
+        pipeline.DEMO.data,
+        viral_strength=args.viral,
+        confounder_contrast=args.contrast,
+        size=args.size,
+        n_train=args.n_train,
+        seed=args.seed,
+    )
+    train_cfg = replace(pipeline.DEMO.train, epochs=args.epochs, lr=args.lr, shift=args.shift, flip=args.flip, seed=args.seed)
+    fit_cfg = oracle_config(data_cfg) if args.oracle else data_cfg
+    train, val = generate_split("train", fit_cfg), generate_split("val", fit_cfg)
+    torch.manual_seed(args.seed)
+    model = build_model()
+    result = fit(model, train, val, train_cfg)
+    out = {"args": vars(args), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    for split in ("test", "shortcut_test"):
+        s = generate_split(split, data_cfg)
+        probs, cams = predict_with_cams(model, s.float_images())
+        report = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, 5.0, s.regions, s.child)
+        out[split] = {k: report[k] for k in ("accuracy", "activation_precision", "ap_by_class", "child_cp", "n_child_vp", "recall")}
+        if split == "shortcut_test":
+            diff = shortcut_map(model, s.float_images(), s.child.bool(), VIRAL_PNEUMONIA)["difference"]
+            out["map"] = [[round(v, 2) for v in row] for row in diff.tolist()]
+    out["gap"] = out["test"]["accuracy"] - out["shortcut_test"]["accuracy"]
+    ap = out["test"]["ap_by_class"]
+    out["ap_other"] = sum(ap[c] for c in CLASSES if c != CLASSES[VIRAL_PNEUMONIA]) / 3
+    out["seconds"] = time.perf_counter() - started
+    line = json.dumps(out)
+    print(line)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The types every refinement method shares: a batch, the two clicks, an objective, a registry entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from exbl_core.data import Split
+from exbl_core.gradcam import HeadPass
+
+if TYPE_CHECKING:
+    from exbl_core.training import TrainConfig
+
+Feedback = Literal["two-clicks", "masks"]
+
+
+@dataclass
+class Batch:
+    """One training or validation batch: images [B,1,H,W] in [0, 1], labels, lung masks [B,H,W]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    masks: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The two clicks: training-image indices of the good and the bad explanation."""
+
+    good: int
+    bad: int
+
+
+@dataclass
+class Objective:
+    """What a method does to each batch.
+
+    ``term(model, batch, state, training)`` returns the unweighted term [] and, where
+    it means something, ``active`` (the share of samples the term still pushes);
+    ``None`` means the method adds no term (it works through ``batch`` alone).
+    ``batch(batch, generator)`` may rewrite a training batch (augmentation methods).
+    ``input_grad`` asks the loop for a forward pass whose input requires grad, and
+    ``masks`` for every batch's lung masks (moved along with augmented images).
+    """
+
+    term: Callable[[nn.Module, Batch, HeadPass, bool], dict[str, torch.Tensor]] | None = None
+    batch: Callable[[Batch, torch.Generator], Batch] | None = None
+    input_grad: bool = False
+    masks: bool = False
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: the name users type, what it needs, and how to prepare it."""
+
+    name: str
+    feedback: Feedback
+    summary: str  # one line for the CLI help and the Refine page
+    source: str  # where the idea comes from
+    prepare: Callable[[nn.Module, Split, Pick, TrainConfig], Objective]
+    default_lambda: float = 1.0  # the term's weight when the user gives none
+    term_name: str | None = "explanation"  # the chart's name for the term; None: no term
+
+    @property
+    def needs_masks(self) -> bool:
+        return self.feedback == "masks"

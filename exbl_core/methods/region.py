@@ -1,0 +1,45 @@
+"""The "do not look here" region that two clicks define.
+
+Radiographs are roughly aligned, so where the bad explanation looks and the good one
+does not is a place in the image, shared by all images: on our phantom, the shoulders
+of a child. Both two-click methods built on it (``counterexamples`` and
+``gradcam-avoid``) read it from the two exemplars alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exbl_core.data import Split
+from exbl_core.gradcam import gradcam
+from exbl_core.methods.base import Pick
+
+THRESHOLD = 0.5  # a CAM "looks" where it reaches half its maximum
+
+
+def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3) -> torch.Tensor:
+    """Bool [H,W]: where the bad exemplar's CAM is high and the good one's is not, outside the bad image's lungs.
+
+    Both CAMs explain each image's true class under the unrefined model. The region
+    grows by ``grow`` pixels so that it covers the structure, not just the CAM's peak.
+    """
+    idx = torch.tensor([pick.good, pick.bad])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        cams = gradcam(model, train.float_images(idx).to(device), train.labels[idx].to(device)).cpu()
+    model.train(was_training)
+    region = (cams[1] >= THRESHOLD) & (cams[0] < THRESHOLD)
+    if train.masks is not None:
+        region &= ~train.masks[pick.bad]
+    if grow:
+        region = F.max_pool2d(region[None, None].float(), 2 * grow + 1, stride=1, padding=grow)[0, 0].bool()
+    if not bool(region.any()):
+        raise ValueError(
+            "the bad explanation looks where the good one does (outside the lungs, they share every high-attention pixel): "
+            "pick a bad explanation that looks somewhere else"
+        )
+    return region

@@ -1,0 +1,216 @@
+"""The study: every method on the same unrefined models, over several seeds.
+
+One run of this demo has moved AP by +0.08 and by -0.36, so a single run says little
+about a method. For each seed the study trains the unrefined model and the oracle,
+picks the two exemplars automatically, refines a copy of the unrefined model with
+each method, and evaluates them all. Each seed is an ordinary run folder
+(``DIR/seed-N``) that the app and the CLI can open; the study adds ``study.json``
+(one row per seed and model), ``study.md`` (medians and ranges) and ``study.png``.
+
+Every step is skipped when its result is already on disk, so an interrupted study
+resumes where it stopped and finished seeds are kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from exbl_core import pipeline, runs
+from exbl_core.data import Split
+from exbl_core.methods import METHODS, get_method
+from exbl_core.verdict import recovered
+
+STUDY_JSON = "study.json"
+STUDY_MD = "study.md"
+STUDY_PNG = "study.png"
+STUDY_FORMAT = "exbl-study"
+FIGURES = ("test_accuracy", "shortcut_test_accuracy", "test_ap", "child_cp", "recovered")
+
+Progress = Callable[[str], None]
+
+
+class StudyError(ValueError):
+    """Settings or a folder the study refuses, before it touches anything."""
+
+
+def check_request(out: Path, seeds: list[int], methods: list[str]) -> None:
+    """Refuse duplicate seeds, unknown methods and a folder holding files the study did not write."""
+    for name in methods:
+        get_method(name)
+    if len(set(methods)) != len(methods):
+        raise StudyError(f"a method is listed twice: {' '.join(methods)}")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"a seed is listed twice: {' '.join(map(str, seeds))}")
+    if any(s < 0 for s in seeds):
+        raise StudyError(f"seeds must be non-negative, got {' '.join(map(str, seeds))}")
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"{out}: exists and is not a folder")
+    if out.is_dir():
+        ours = {STUDY_JSON, STUDY_MD, STUDY_PNG}
+        foreign = [p.name for p in out.iterdir() if p.name not in ours and not _is_seed_run(p)]
+        if foreign:
+            raise StudyError(f"{out}: holds files the study did not write ({', '.join(sorted(foreign)[:3])}); choose another --out")
+        if out.joinpath(STUDY_JSON).is_file() and runs.read_json(out / STUDY_JSON).get("format") != STUDY_FORMAT:
+            raise StudyError(f"{out / STUDY_JSON}: not a study file; choose another --out")
+
+
+def _is_seed_run(path: Path) -> bool:
+    if not (path.is_dir() and path.name.startswith("seed-")):
+        return False
+    try:
+        runs.open_run(path)
+    except runs.RunError:
+        return False
+    return True
+
+
+def _finished(run: runs.Run, phase: str, method: str | None = None) -> bool:
+    """Whether the history says a step ran to its end (an interrupted one has no ``done`` event)."""
+    return any(e.get("type") == "done" and e.get("phase") == phase and e.get("method") == method for e in run.history())
+
+
+def seed_run(
+    out: Path,
+    seed: int,
+    methods: list[str],
+    preset: pipeline.Preset,
+    device: torch.device,
+    progress: Progress,
+) -> dict:
+    """Train, pick, refine and evaluate one seed in ``out/seed-N``; returns its metrics.json."""
+    folder = out / f"seed-{seed}"
+    if _is_seed_run(folder):
+        run = runs.open_run(folder)
+    else:
+        train = replace(preset.train, seed=seed)
+        refine = replace(preset.refine, seed=seed)
+        run = pipeline.new_run(folder, replace(preset.data, seed=seed), train, refine)
+    data: dict[str, Split] = pipeline.load_data(run)
+    for role in ("unrefined", "oracle"):
+        if not (run.has(pipeline.model_file(role)) and _finished(run, role)):
+            progress(f"seed {seed}: training the {role} model")
+            pipeline.train_step(run, data, device, role=role)
+    if not run.has(runs.EXEMPLARS):
+        pipeline.pick_step(run, data, device)
+    for name in methods:
+        if not (run.has(pipeline.model_file(name)) and _finished(run, "refine", name)):
+            progress(f"seed {seed}: refining with {name}")
+            pipeline.refine_step(run, data, device, overrides={"method": name})
+    progress(f"seed {seed}: evaluating")
+    return pipeline.evaluate_step(run, data, device)
+
+
+def study_rows(seed: int, metrics: dict, methods: list[str]) -> list[dict]:
+    """study.json's rows for one seed: unrefined, oracle, then each method."""
+    models = metrics["models"]
+    base, oracle = models["unrefined"]["shortcut_test"]["accuracy"], models["oracle"]["shortcut_test"]["accuracy"]
+    rows = []
+    for name in ["unrefined", "oracle", *methods]:
+        m = models[name]
+        feedback = "none" if name in ("unrefined", "oracle") else METHODS[name].feedback
+        rows.append(
+            {
+                "seed": seed,
+                "model": name,
+                "feedback": feedback,
+                "test_accuracy": m["test"]["accuracy"],
+                "shortcut_test_accuracy": m["shortcut_test"]["accuracy"],
+                "test_ap": m["test"]["activation_precision"],
+                "child_cp": m["shortcut_test"].get("child_cp"),
+                "recovered": None if feedback == "none" else recovered(m["shortcut_test"]["accuracy"], base, oracle),
+                "verdict": metrics.get("verdicts", {}).get(name, {}).get("label"),
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per model: the median, minimum and maximum over seeds of every figure (``None`` values left out)."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        entry = {"model": name, "feedback": mine[0]["feedback"], "seeds": len(mine)}
+        for key in FIGURES:
+            values = [r[key] for r in mine if r[key] is not None]
+            entry[key] = (statistics.median(values), min(values), max(values)) if values else None
+        verdicts = [r["verdict"] for r in mine if r.get("verdict")]
+        entry["verdicts"] = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+        out.append(entry)
+    return out
+
+
+def study_markdown(rows: list[dict], seeds: list[int]) -> str:
+    """study.md: one line per model with the median and the [min, max] of each figure."""
+    head = "| model | feedback | " + " | ".join(FIGURES) + " | verdicts |"
+    lines = [
+        f"Medians over seeds {' '.join(map(str, seeds))}, with [min, max]. recovered = share of the oracle's "
+        "shortcut-test accuracy that a method wins back over the unrefined model; child_cp = Confounder Precision "
+        "on shortcut-test children called Viral Pneumonia.",
+        "",
+        head,
+        "|---|---|" + "---|" * (len(FIGURES) + 1),
+    ]
+    for s in summarise(rows):
+        cells = ["" if s[k] is None else f"{s[k][0]:.3f} [{s[k][1]:.3f}, {s[k][2]:.3f}]" for k in FIGURES]
+        verdicts = ", ".join(f"{v} {n}" for v, n in s["verdicts"].items())
+        lines.append(f"| {s['model']} | {s['feedback']} | " + " | ".join(cells) + f" | {verdicts} |")
+    return "\n".join(lines) + "\n"
+
+
+def study_png(rows: list[dict]) -> bytes:
+    """One dot per seed and model for shortcut-test accuracy, test AP and child CP."""
+    import matplotlib.pyplot as plt
+
+    from exbl_core.figures import figure_png
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    panels = (("shortcut_test_accuracy", "shortcut-test accuracy"), ("test_ap", "test AP (lungs)"), ("child_cp", "child CP (shoulders)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(models) + 1.6), sharey=True)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for y, name in enumerate(models):
+            values = [r[key] for r in rows if r["model"] == name and r[key] is not None]
+            ax.scatter(values, [y] * len(values), s=28, alpha=0.75, color="tab:red" if name == "unrefined" else "tab:blue")
+            if values:
+                ax.plot([statistics.median(values)] * 2, [y - 0.3, y + 0.3], color="black", lw=1.5)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(models)), models)
+    axes[0].invert_yaxis()
+    fig.suptitle("One dot per seed; the bar is the median", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def write_study(out: Path, seeds: list[int], methods: list[str], rows: list[dict]) -> None:
+    """study.json, study.md and study.png, each written atomically."""
+    runs.write_json(out / STUDY_JSON, {"format": STUDY_FORMAT, "seeds": seeds, "methods": methods, "rows": rows})
+    runs.atomic_write_text(out / STUDY_MD, study_markdown(rows, seeds))
+    runs.atomic_write_bytes(out / STUDY_PNG, study_png(rows))
+
+
+def run_study(
+    out: str | Path,
+    seeds: list[int],
+    methods: list[str],
+    preset: pipeline.Preset,
+    device: torch.device,
+    progress: Progress = lambda _msg: None,
+    on_seed: Callable[[int], None] = lambda _seed: None,
+) -> list[dict]:
+    """Run (or resume) the study and write its files after every seed; returns study.json's rows."""
+    out = Path(out)
+    check_request(out, seeds, methods)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for seed in seeds:
+        metrics = seed_run(out, seed, methods, preset, device, progress)
+        rows += study_rows(seed, metrics, methods)
+        write_study(out, seeds, methods, rows)
+        on_seed(seed)
+    return rows

@@ -1,0 +1,90 @@
+"""The study (DESIGN.md section 11): its rows, summaries and files, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exbl_core import study
+from exbl_core.study import StudyError, check_request, study_markdown, study_rows, summarise
+
+
+def _metrics(st: dict[str, float], test: float = 0.95) -> dict:
+    models = {
+        name: {"test": {"accuracy": test, "activation_precision": 0.5}, "shortcut_test": {"accuracy": acc, "child_cp": 0.4}}
+        for name, acc in st.items()
+    }
+    return {"models": models, "verdicts": {"exbl": {"label": "not unlearned"}}}
+
+
+def test_recovered_is_the_share_of_the_oracles_gain_won_back():
+    rows = study_rows(0, _metrics({"unrefined": 0.6, "oracle": 0.9, "exbl": 0.75}), ["exbl"])
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["exbl"]["recovered"] == pytest.approx(0.5)
+    assert by_model["unrefined"]["recovered"] is None and by_model["oracle"]["feedback"] == "none"
+    assert by_model["exbl"]["feedback"] == "two-clicks" and by_model["exbl"]["verdict"] == "not unlearned"
+
+
+def test_summaries_are_medians_with_ranges_over_seeds():
+    rows = []
+    for seed, acc in enumerate((0.7, 0.9, 0.8)):
+        rows += study_rows(seed, _metrics({"unrefined": 0.6, "oracle": 1.0, "exbl": acc}), ["exbl"])
+    exbl = next(s for s in summarise(rows) if s["model"] == "exbl")
+    assert exbl["shortcut_test_accuracy"] == pytest.approx((0.8, 0.7, 0.9))
+    assert exbl["recovered"] == pytest.approx((0.5, 0.25, 0.75))
+    assert exbl["verdicts"] == {"not unlearned": 3}
+    assert "| exbl | two-clicks | 0.950 [0.950, 0.950] | 0.800 [0.700, 0.900]" in study_markdown(rows, [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("seeds", "methods", "message"),
+    [([0, 0], ["exbl"], "a seed is listed twice"), ([0], ["nope"], "unknown method 'nope'"), ([0], ["exbl", "exbl"], "listed twice")],
+)
+def test_bad_requests_are_refused_before_anything_is_written(tmp_path, seeds, methods, message):
+    out = tmp_path / "study"
+    with pytest.raises(ValueError, match=message):
+        check_request(out, seeds, methods)
+    assert not out.exists()
+
+
+def test_a_folder_with_foreign_files_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StudyError, match="holds files the study did not write"):
+        check_request(tmp_path, [0], ["exbl"])
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exbl_core", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+@pytest.mark.slow
+def test_quick_study_writes_its_files_and_resumes_without_retraining(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "study"
+    first = _cli("study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "counterexamples", "--quick", cwd=repo)
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = json.loads((out / study.STUDY_JSON).read_text())
+    assert saved["seeds"] == [0]
+    assert [r["model"] for r in saved["rows"]] == ["unrefined", "oracle", "exbl", "counterexamples"]
+    for row in saved["rows"]:
+        assert set(row) >= {"seed", "model", "feedback", "test_accuracy", "shortcut_test_accuracy", "test_ap", "child_cp", "recovered"}
+    assert (out / study.STUDY_MD).read_text().startswith("Medians over seeds 0")
+    assert (out / study.STUDY_PNG).read_bytes()[:4] == b"\x89PNG"
+    checkpoint = out / "seed-0" / "unrefined.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = _cli("study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "counterexamples", "--quick", cwd=repo)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert checkpoint.stat().st_mtime_ns == stamp, "a finished seed was trained again"
+    assert "training" not in again.stdout
+
+
+def test_the_cli_refuses_duplicate_seeds_with_exit_code_2(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    result = _cli("study", "--out", str(tmp_path / "s"), "--seeds", "1", "1", "--quick", cwd=repo)
+    assert result.returncode == 2 and "a seed is listed twice" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s").exists()
