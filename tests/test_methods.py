@@ -10,12 +10,12 @@ import torch
 
 from exbl_core.data import Split
 from exbl_core.gradcam import gradcam
-from exbl_core.model import build_model
 from exbl_core.methods import METHODS, Batch, Pick, check_data, get_method
 from exbl_core.methods.counterexamples import paste_objective
 from exbl_core.methods.gradcam_mask import outside_share
 from exbl_core.methods.region import avoid_region
 from exbl_core.methods.rrr import input_gradient_penalty
+from exbl_core.model import build_model
 from exbl_core.training import TrainConfig, _batch_losses
 
 ALL = list(METHODS)
