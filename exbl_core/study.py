@@ -97,12 +97,17 @@ def seed_run(
             pipeline.train_step(run, data, device, role=role)
     if not run.has(runs.EXEMPLARS):
         pipeline.pick_step(run, data, device)
+    refused = {}
     for name in methods:
         if not (run.has(pipeline.model_file(name)) and _finished(run, "refine", name)):
             progress(f"seed {seed}: refining with {name}")
-            pipeline.refine_step(run, data, device, overrides={"method": name})
+            try:
+                pipeline.refine_step(run, data, device, overrides={"method": name})
+            except ValueError as exc:  # a method that cannot work with this pick: a result, not a crash
+                refused[name] = str(exc)
+                progress(f"seed {seed}: {name} refused: {exc}")
     progress(f"seed {seed}: evaluating")
-    return pipeline.evaluate_step(run, data, device)
+    return {**pipeline.evaluate_step(run, data, device), "refused": refused}
 
 
 def study_rows(seed: int, metrics: dict, methods: list[str]) -> list[dict]:
@@ -111,8 +116,12 @@ def study_rows(seed: int, metrics: dict, methods: list[str]) -> list[dict]:
     base, oracle = models["unrefined"]["shortcut_test"]["accuracy"], models["oracle"]["shortcut_test"]["accuracy"]
     rows = []
     for name in ["unrefined", "oracle", *methods]:
-        m = models[name]
         feedback = "none" if name in ("unrefined", "oracle") else METHODS[name].feedback
+        if name in metrics.get("refused", {}):
+            empty = dict.fromkeys(FIGURES)
+            rows.append({"seed": seed, "model": name, "feedback": feedback, **empty, "verdict": "refused: " + metrics["refused"][name]})
+            continue
+        m = models[name]
         rows.append(
             {
                 "seed": seed,

@@ -82,7 +82,6 @@ def test_each_method_runs_a_training_step_and_its_term_moves(name, fresh_model, 
     region = torch.zeros(64, 64, dtype=torch.bool)
     region[:16, :16] = True
     monkeypatch.setattr("exbl_core.methods.counterexamples.avoid_region", lambda *a: region)
-    monkeypatch.setattr("exbl_core.methods.gradcam_avoid.avoid_region", lambda *a: region)
     objective = get_method(name).prepare(fresh_model, train, _pick(fresh_model, train), cfg)
     batch = Batch(train.float_images(slice(0, 8)), train.labels[:8], train.masks[:8])
     if objective.batch is not None:

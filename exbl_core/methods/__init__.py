@@ -16,14 +16,12 @@ forward pass's state. The term is unweighted; the loop multiplies it by
 from __future__ import annotations
 
 from exbl_core.data import Split
-from exbl_core.methods import counterexamples, exbl, gradcam_avoid, gradcam_mask, rrr
+from exbl_core.methods import counterexamples, exbl, gradcam_mask, rrr
 from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pick
 
 __all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pick", "check_data", "get_method"]
 
-METHODS: dict[str, Method] = {
-    m.name: m for m in (exbl.EXBL, exbl.EXBL_CAM, rrr.METHOD, gradcam_mask.METHOD, counterexamples.METHOD, gradcam_avoid.METHOD)
-}
+METHODS: dict[str, Method] = {m.name: m for m in (exbl.EXBL, exbl.EXBL_CAM, rrr.METHOD, gradcam_mask.METHOD, counterexamples.METHOD)}
 """Every method, in the order the CLI, the app and the study list them: the paper's first."""
 
 

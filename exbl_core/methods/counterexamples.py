@@ -1,8 +1,8 @@
 """``counterexamples``: break the correlation with the bad exemplar's own pixels (two clicks).
 
-The region where the bad explanation looks and the good one does not (``region.py``)
-holds the shortcut. Every training image of another class gets, with probability
-one half, the bad exemplar's pixels pasted into that region, and keeps its label. The
+The bad explanation says the model decides from something outside the lungs. Every
+training image of another class gets, with probability one half, the bad exemplar's
+pixels outside the two exemplars' lungs pasted in, and keeps its label. The
 shortcut then appears in every class and predicts nothing, so cross-entropy alone
 must find the disease. This is the counterexample strategy of explanatory
 interactive learning (Teso and Kersting, AIES 2019), with the region read from the
@@ -33,8 +33,22 @@ def paste_objective(patch: torch.Tensor, alpha: torch.Tensor, source_label: int,
     return Objective(batch=batch)
 
 
+def paste_region(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
+    """Bool [H,W]: the bad exemplar's pixels that become the counterexample.
+
+    With lung masks: everything outside both exemplars' own lungs. A bad explanation
+    says that the model decides from outside the lungs, and a coarse CAM cannot say
+    exactly where; the lungs of either image stay, so no disease is pasted. Without
+    masks: ``avoid_region``, where the bad CAM looks and the good one does not.
+    """
+    masks = train.masks
+    if masks is None or not bool(masks[pick.bad].any() and masks[pick.good].any()):
+        return avoid_region(model, train, pick)
+    return ~(masks[pick.bad] | masks[pick.good])
+
+
 def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
-    region = avoid_region(model, train, pick)
+    region = paste_region(model, train, pick)
     # Soft edges: a hard seam would be a new feature of its own.
     alpha = F.avg_pool2d(region[None, None].float(), 5, stride=1, padding=2)[0, 0]
     return paste_objective(train.float_images(torch.tensor([pick.bad]))[0], alpha, int(train.labels[pick.bad]))

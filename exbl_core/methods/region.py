@@ -1,9 +1,8 @@
 """The "do not look here" region that two clicks define.
 
 Radiographs are roughly aligned, so where the bad explanation looks and the good one
-does not is a place in the image, shared by all images: on our phantom, the shoulders
-of a child. Both two-click methods built on it (``counterexamples`` and
-``gradcam-avoid``) read it from the two exemplars alone.
+does not is a place in the image, shared by all images. ``counterexamples`` reads it
+from the two exemplars when the data set has no lung masks.
 """
 
 from __future__ import annotations
@@ -19,12 +18,8 @@ from exbl_core.methods.base import Pick
 THRESHOLD = 0.5  # a CAM "looks" where it reaches half its maximum
 
 
-def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3) -> torch.Tensor:
-    """Bool [H,W]: where the bad exemplar's CAM is high and the good one's is not, outside the bad image's lungs.
-
-    Both CAMs explain each image's true class under the unrefined model. The region
-    grows by ``grow`` pixels so that it covers the structure, not just the CAM's peak.
-    """
+def _exemplar_cams(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
+    """The true-class CAMs of the good and the bad exemplar under ``model``: [2,H,W]."""
     idx = torch.tensor([pick.good, pick.bad])
     device = next(model.parameters()).device
     was_training = model.training
@@ -32,6 +27,16 @@ def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3) -> t
     with torch.no_grad():
         cams = gradcam(model, train.float_images(idx).to(device), train.labels[idx].to(device)).cpu()
     model.train(was_training)
+    return cams
+
+
+def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3) -> torch.Tensor:
+    """Bool [H,W]: where the bad exemplar's CAM is high and the good one's is not, outside the bad image's lungs.
+
+    Both CAMs explain each image's true class under the unrefined model. The region
+    grows by ``grow`` pixels so that it covers the structure, not just the CAM's peak.
+    """
+    cams = _exemplar_cams(model, train, pick)
     region = (cams[1] >= THRESHOLD) & (cams[0] < THRESHOLD)
     if train.masks is not None:
         region &= ~train.masks[pick.bad]

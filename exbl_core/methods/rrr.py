@@ -23,17 +23,40 @@ def input_gradient_penalty(logits: torch.Tensor, x: torch.Tensor, allowed: torch
     return (grad[:, 0] * ~allowed).pow(2).sum((1, 2)).mean()
 
 
-def rrr_term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
-    """During training the loop's forward pass already tracks the input; validation runs its own."""
-    if training:
-        return {"term": input_gradient_penalty(state.logits, batch.x, batch.masks, create_graph=True)}
-    with torch.enable_grad():
-        x = batch.x.detach().requires_grad_(True)
-        return {"term": input_gradient_penalty(model(x), x, batch.masks, create_graph=False).detach()}
+SAMPLES = 8  # training images per batch whose input gradients are penalised
+
+
+def rrr_objective() -> Objective:
+    """The penalty, scaled once so that at the first training batch it equals the cross-entropy.
+
+    Input-gradient magnitudes depend on the image size and the model, and eq. 3's
+    weight then means nothing portable: a weight that suits one setting destroys the
+    classifier in another (lambda 1 at lr 1e-3 did, on our phantom). Fixing the scale
+    at the first batch makes ``lambda_expl`` the ratio of the two terms at the start;
+    afterwards the scale stays fixed, so the penalty can fall.
+    """
+    scale: list[float] = []
+
+    def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
+        if training:
+            # The double backward through depthwise convolutions is what RRR costs; on a
+            # shuffled batch, a few images estimate the same mean penalty.
+            x = batch.x[:SAMPLES].detach().requires_grad_(True)
+            penalty = input_gradient_penalty(model(x), x, batch.masks[:SAMPLES], create_graph=True)
+            if not scale:
+                ce = F.cross_entropy(state.logits.detach(), batch.y)
+                scale.append(float(ce) / max(float(penalty.detach()), 1e-12))
+        else:
+            with torch.enable_grad():
+                x = batch.x.detach().requires_grad_(True)
+                penalty = input_gradient_penalty(model(x), x, batch.masks, create_graph=False).detach()
+        return {"term": penalty * (scale[0] if scale else 1.0)}
+
+    return Objective(term=term, masks=True)
 
 
 def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
-    return Objective(term=rrr_term, input_grad=True, masks=True)
+    return rrr_objective()
 
 
 METHOD = Method(
@@ -42,5 +65,4 @@ METHOD = Method(
     summary="input gradients penalised outside each training image's lung mask (needs every lung mask)",
     source="Ross, Hughes and Doshi-Velez, Right for the Right Reasons (IJCAI 2017); the paper's eq. 3",
     prepare=prepare,
-    default_lambda=10.0,
 )
