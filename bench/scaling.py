@@ -22,17 +22,15 @@ from bench.common import Section, table
 from exbl_core.data import CLASSES, Split
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig, generate_split
-from exbl_core.training import TrainConfig, compute_exemplars, fit
+from exbl_core.methods import Pick, get_method
+from exbl_core.training import TrainConfig, fit
 
 
 def one_epoch(train: Split, val: Split, refined: bool, cfg: TrainConfig) -> dict:
     """Seconds for one epoch and seconds per image of its training loop."""
     torch.manual_seed(cfg.seed)
     model = build_model(num_classes=len(CLASSES))
-    ex = None
-    if refined:
-        x = train.float_images(torch.tensor([0, 1]))
-        ex = compute_exemplars(model, (x[0], int(train.labels[0])), (x[1], int(train.labels[1])))
+    objective = get_method(cfg.method).prepare(model, train, Pick(0, 1), cfg) if refined else None
     stamps: list[float] = []
     records: list[dict] = []
 
@@ -42,7 +40,7 @@ def one_epoch(train: Split, val: Split, refined: bool, cfg: TrainConfig) -> dict
         elif event["type"] == "epoch_end":
             records.append(event)
 
-    fit(model, train, val, cfg, ex, on_event=on_event, phase="refine" if refined else "unrefined")
+    fit(model, train, val, cfg, objective, on_event=on_event, phase="refine" if refined else "unrefined")
     loop_images = len(train) - cfg.batch_size  # every batch after the first
     return {"epoch_s": records[0]["seconds"], "loop_s_per_image": (stamps[-1] - stamps[0]) / loop_images}
 

@@ -8,7 +8,7 @@ child-minus-adult difference is large is where the model's Viral Pneumonia evide
 comes from the confounder. Humerus heads, and so the epiphyses, sit in the two top
 corner cells.
 
-    python -m bench.shortcut_map runs/demo [--which unrefined|refined]
+    python -m bench.shortcut_map runs/demo [--which unrefined|oracle|METHOD]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def render(result: dict, target: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a run folder on synthetic data")
-    p.add_argument("--which", choices=("unrefined", "refined"), default="unrefined")
+    p.add_argument("--which", default="unrefined", help="unrefined, oracle or a refinement method's name")
     args = p.parse_args()
     run = runs.open_run(args.run)
     if run.config()["data"]["source"] != "synthetic":

@@ -14,7 +14,8 @@ import torch
 from exbl_core import runs, training
 from exbl_core.data import CLASSES
 from exbl_core.model import build_model
-from exbl_core.training import Exemplars, TrainConfig, TrainingError, compute_exemplars, fit
+from exbl_core.methods.exbl import Exemplars, compute_exemplars, triplet_objective
+from exbl_core.training import TrainConfig, TrainingError, fit
 
 CFG = TrainConfig(epochs=2, lr=1e-3, batch_size=8, seed=0)
 
@@ -76,7 +77,15 @@ def test_refinement_reports_the_explanation_loss_and_active_triplets(model, micr
     ex = compute_exemplars(model, (x[0], int(train.labels[0])), (x[1], int(train.labels[1])))
     assert ex.c_good.shape == (32 * 32,) and not ex.c_good.requires_grad
     rec = Recorder()
-    fit(model, train, micro_data["val"], replace(CFG, epochs=1), exemplars=ex, on_event=rec, phase="refine")
+    fit(
+        model,
+        train,
+        micro_data["val"],
+        replace(CFG, epochs=1),
+        triplet_objective(ex, "gray_cam", "euclidean", 1.0),
+        on_event=rec,
+        phase="refine",
+    )
     end = next(e for e in rec.events if e["type"] == "epoch_end")
     assert end["phase"] == "refine"
     assert end["expl"] >= 0 and 0 <= end["active_triplets"] <= 1
@@ -95,7 +104,8 @@ def test_exemplars_follow_the_explanation_kind(model, micro_data):
 def test_explanation_weight_zero_makes_refinement_plain_cross_entropy(model, micro_data):
     ex = Exemplars(c_good=torch.ones(32 * 32), c_bad=torch.zeros(32 * 32))  # every E is far from good: l_i > 0
     rec = Recorder()
-    fit(model, micro_data["train"], micro_data["val"], replace(CFG, epochs=1, lambda_expl=0.0), exemplars=ex, on_event=rec)
+    objective = triplet_objective(ex, "gray_cam", "euclidean", 1.0)
+    fit(model, micro_data["train"], micro_data["val"], replace(CFG, epochs=1, lambda_expl=0.0), objective, on_event=rec)
     end = next(e for e in rec.events if e["type"] == "epoch_end")
     assert end["loss"] == pytest.approx(end["ce"])
     assert end["expl"] > 0
@@ -106,7 +116,7 @@ def _scripted_val_losses(monkeypatch, losses: list[float], snapshots: list[dict]
     real = training.evaluate_loss
     calls = iter(losses)
 
-    def scripted(model, split, cfg, ex, device):
+    def scripted(model, split, cfg, ex, device, needs_masks=False):
         snapshots.append(_state_copy(model))
         return {**real(model, split, cfg, ex, device), "val_loss": next(calls)}
 
