@@ -20,9 +20,9 @@ import torch
 
 from bench.common import Section, table
 from exbl_core.data import CLASSES, Split
+from exbl_core.methods import Pick, get_method
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig, generate_split
-from exbl_core.methods import Pick, get_method
 from exbl_core.training import TrainConfig, fit
 
 

@@ -13,8 +13,8 @@ import torch
 
 from exbl_core import runs, training
 from exbl_core.data import CLASSES
-from exbl_core.model import build_model
 from exbl_core.methods.exbl import Exemplars, compute_exemplars, triplet_objective
+from exbl_core.model import build_model
 from exbl_core.training import TrainConfig, TrainingError, fit
 
 CFG = TrainConfig(epochs=2, lr=1e-3, batch_size=8, seed=0)
