@@ -55,7 +55,7 @@ def trained_model(tiny_data: dict[str, Split]) -> XrayMobileNetV2:
     ReLU pattern and head weights are no longer symmetric around zero.
     """
     torch.manual_seed(0)
-    model = build_model(num_classes=len(CLASSES), pretrained=False)
+    model = build_model(num_classes=len(CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     train = tiny_data["train"]
     x, y = train.float_images(), train.labels
