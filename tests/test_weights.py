@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import shutil
 import socket
 from email.message import Message
 from pathlib import Path
@@ -25,13 +24,6 @@ from exbl_core.weights import IMAGENET, RANDOM, StartWeights, WeightsError
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub cache of our own."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    return tmp_path / "hub"
-
-
-@pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No name lookups and no connections, as on a machine without network."""
 
@@ -40,13 +32,6 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-@pytest.fixture(scope="module")
-def reference() -> nn.Module:
-    """A randomly initialised torchvision MobileNetV2: the layout of the ImageNet file."""
-    torch.manual_seed(0)
-    return mobilenet_v2()
 
 
 def saved(path: Path, obj: object) -> Path:
@@ -58,31 +43,21 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def cached_imagenet(hub: Path, tmp_path: Path, reference: nn.Module, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A MobileNetV2 state dict in the hub cache, under a torchvision-style name carrying its hash prefix."""
-    source = saved(tmp_path / "state.pt", reference.state_dict())
-    monkeypatch.setattr(weights, "IMAGENET_URL", f"https://download.invalid/models/mobilenet_v2-{sha256(source)[:8]}.pth")
-    target = weights.imagenet_file()
-    target.parent.mkdir(parents=True)
-    return Path(shutil.copy(source, target))
-
-
 # --------------------------------------------------------------------------- files
 
 
-def test_a_torchvision_state_dict_gives_its_backbone_and_the_files_sha256(tmp_path, reference):
-    path = saved(tmp_path / "mobilenet.pt", reference.state_dict())
+def test_a_torchvision_state_dict_gives_its_backbone_and_the_files_sha256(tmp_path, mobilenet_reference):
+    path = saved(tmp_path / "mobilenet.pt", mobilenet_reference.state_dict())
     features, digest = weights.load_backbone(path)
     assert digest == sha256(path)
-    assert set(features) == {f"features.{k}" for k in reference.features.state_dict()}
-    assert torch.equal(features["features.0.0.weight"], reference.features[0][0].weight)
+    assert set(features) == {f"features.{k}" for k in mobilenet_reference.features.state_dict()}
+    assert torch.equal(features["features.0.0.weight"], mobilenet_reference.features[0][0].weight)
 
 
-def test_a_backbone_only_state_dict_loads(tmp_path, reference):
-    path = saved(tmp_path / "backbone.pt", {f"features.{k}": v for k, v in reference.features.state_dict().items()})
+def test_a_backbone_only_state_dict_loads(tmp_path, mobilenet_reference):
+    path = saved(tmp_path / "backbone.pt", {f"features.{k}": v for k, v in mobilenet_reference.features.state_dict().items()})
     features, _ = weights.load_backbone(path)
-    assert len(features) == len(reference.features.state_dict())
+    assert len(features) == len(mobilenet_reference.features.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -107,8 +82,8 @@ def test_a_file_that_is_not_a_mobilenet_v2_backbone_is_refused_naming_it(tmp_pat
     assert "\n" not in str(info.value)
 
 
-def test_a_truncated_weights_file_is_refused_naming_it(tmp_path, reference):
-    path = saved(tmp_path / "cut.pt", reference.state_dict())
+def test_a_truncated_weights_file_is_refused_naming_it(tmp_path, mobilenet_reference):
+    path = saved(tmp_path / "cut.pt", mobilenet_reference.state_dict())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(WeightsError, match=r"cut\.pt: cannot be loaded safely as weights \(the file is truncated or corrupted\)"):
         weights.load_backbone(path)
@@ -122,18 +97,18 @@ def test_missing_and_empty_weights_files_are_refused(tmp_path):
         weights.resolve(tmp_path / "empty.pt", real_data=True)
 
 
-def test_a_weights_file_is_recorded_by_absolute_path_and_hash_with_six_blocks_frozen(tmp_path, reference, monkeypatch):
-    path = saved(tmp_path / "mine.pt", reference.state_dict())
+def test_a_weights_file_is_recorded_by_absolute_path_and_hash_with_six_blocks_frozen(tmp_path, mobilenet_reference, monkeypatch):
+    path = saved(tmp_path / "mine.pt", mobilenet_reference.state_dict())
     monkeypatch.chdir(tmp_path)
     start = weights.resolve("mine.pt", real_data=False)
     assert start == StartWeights("file", str(path), sha256(path), FROZEN_BLOCKS)
     assert weights.describe(start) == f"the weights in {path} (SHA-256 {sha256(path)}); features[:6] frozen"
 
 
-def test_a_recorded_file_that_changed_since_is_refused(tmp_path, reference):
-    path = saved(tmp_path / "mine.pt", reference.state_dict())
+def test_a_recorded_file_that_changed_since_is_refused(tmp_path, mobilenet_reference):
+    path = saved(tmp_path / "mine.pt", mobilenet_reference.state_dict())
     start = weights.resolve(path, real_data=True)
-    assert torch.equal(weights.load_recorded(start)["features.0.0.weight"], reference.features[0][0].weight)
+    assert torch.equal(weights.load_recorded(start)["features.0.0.weight"], mobilenet_reference.features[0][0].weight)
     saved(path, mobilenet_v2().state_dict())
     with pytest.raises(WeightsError, match=r"mine\.pt: changed since the run was created"):
         weights.load_recorded(start)
@@ -173,8 +148,8 @@ def test_asking_for_imagenet_when_it_is_not_cached_fails_with_the_path_and_the_c
         weights.resolve(IMAGENET, real_data=False)
 
 
-def test_a_cached_imagenet_file_whose_hash_does_not_match_its_name_is_refused(cached_imagenet, reference):
-    saved(cached_imagenet, {k: v + 1 for k, v in reference.state_dict().items()})
+def test_a_cached_imagenet_file_whose_hash_does_not_match_its_name_is_refused(cached_imagenet, mobilenet_reference):
+    saved(cached_imagenet, {k: v + 1 for k, v in mobilenet_reference.state_dict().items()})
     with pytest.raises(WeightsError, match=r"does not match torchvision's file \(\w{8}…\); delete it and run"):
         weights.resolve(IMAGENET, real_data=True)
 
@@ -225,8 +200,8 @@ class FakeResponse(io.BytesIO):
         return headers
 
 
-def test_download_saves_the_file_after_checking_its_hash(hub, tmp_path, reference, monkeypatch, capsys):
-    payload = saved(tmp_path / "served.pt", reference.state_dict()).read_bytes()
+def test_download_saves_the_file_after_checking_its_hash(hub, tmp_path, mobilenet_reference, monkeypatch, capsys):
+    payload = saved(tmp_path / "served.pt", mobilenet_reference.state_dict()).read_bytes()
     monkeypatch.setattr(weights, "IMAGENET_URL", f"https://download.invalid/mobilenet_v2-{hashlib.sha256(payload).hexdigest()[:8]}.pth")
     requested = []
     monkeypatch.setattr(torch.hub, "urlopen", lambda req: requested.append(req.full_url) or FakeResponse(payload))
@@ -239,8 +214,8 @@ def test_download_saves_the_file_after_checking_its_hash(hub, tmp_path, referenc
     assert _cli(capsys, "weights", "--download")[0] == 0 and len(requested) == 1
 
 
-def test_a_download_with_the_wrong_checksum_is_refused_and_nothing_is_saved(hub, tmp_path, reference, monkeypatch, capsys):
-    payload = saved(tmp_path / "served.pt", reference.state_dict()).read_bytes()
+def test_a_download_with_the_wrong_checksum_is_refused_and_nothing_is_saved(hub, tmp_path, mobilenet_reference, monkeypatch, capsys):
+    payload = saved(tmp_path / "served.pt", mobilenet_reference.state_dict()).read_bytes()
     monkeypatch.setattr(torch.hub, "urlopen", lambda req: FakeResponse(payload))  # not torchvision's file
     code, _, err = _cli(capsys, "weights", "--download")
     last = err.rstrip("\n").rsplit("\n", 1)[-1]  # the progress bar came before it
