@@ -40,13 +40,18 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run taken through every step once; tests copy it so they never share state."""
     run = pipeline.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_TRAIN)
+    run_every_step(run)
+    return run.path
+
+
+def run_every_step(run: runs.Run) -> None:
+    """Train, pick images 0 and 1, refine and evaluate, on the CPU."""
     data = pipeline.load_data(run)
     device = pipeline.torch.device("cpu")
     pipeline.train_step(run, data, device)
     pipeline.pick_step(run, data, device, good=0, bad=1)
     pipeline.refine_step(run, data, device)
     pipeline.evaluate_step(run, data, device)
-    return run.path
 
 
 def copy_run(source: Path, runs_dir: Path, keep: tuple[str, ...]) -> runs.Run:
@@ -306,13 +311,7 @@ def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path
 
 def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, make_database, weights_file: Path) -> None:
     spec = pipeline.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
-    run = pipeline.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file))
-    data = pipeline.load_data(run)
-    device = pipeline.torch.device("cpu")
-    pipeline.train_step(run, data, device)
-    pipeline.pick_step(run, data, device, good=0, bad=1)
-    pipeline.refine_step(run, data, device)
-    pipeline.evaluate_step(run, data, device)
+    run_every_step(pipeline.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
     at = open_page(PAGES["compare"])
     assert not at.exception
     table = at.dataframe[0].value
