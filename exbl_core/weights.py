@@ -15,7 +15,6 @@ import io
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torchvision.models import MobileNet_V2_Weights
@@ -184,7 +183,7 @@ def download_imagenet(progress: bool = True) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=imagenet_hash_prefix(), progress=progress)
-    except (URLError, OSError) as exc:
+    except OSError as exc:  # urllib's URLError (no network, HTTP errors) is an OSError too
         reason = getattr(exc, "reason", None) or exc.strerror or exc
         raise WeightsError(f"could not download {IMAGENET_URL} ({reason}); download it elsewhere and put it at {path} by hand") from exc
     except RuntimeError as exc:  # torch's "invalid hash value"
