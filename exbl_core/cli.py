@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,study}``."""
+"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,study,weights}``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from exbl_core import pipeline, runs, study
+from exbl_core import pipeline, runs, study, weights
 from exbl_core.data import DataError
-from exbl_core.figures import model_label, table1_markdown, table1_rows
+from exbl_core.figures import model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS
 from exbl_core.training import TrainingError, choose_device
@@ -67,7 +67,7 @@ def _print_pick(pick: dict) -> None:
 
 
 def _print_results(run: runs.Run, metrics: dict) -> None:
-    _say("\nTable 1\n" + table1_markdown(table1_rows(metrics)))
+    _say("\nTable 1\n" + table1_markdown(pipeline.table1(run, metrics), pipeline.table1_note(run)))
     for which, gap in metrics.get("shortcut_gap", {}).items():
         _say(
             f"Shortcut gap, {model_label(which)}: test accuracy minus shortcut-test accuracy = {gap['accuracy_gap']:+.3f}; "
@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     preset = _presets(args)
     device = choose_device()
     _say(f"eXBL demo on {'the data set in ' + str(args.data) if args.data else 'synthetic chest X-ray phantoms'}, device {device}")
-    run = pipeline.new_run(args.out, _data_spec(args, preset), preset.train, preset.refine, overwrite=True)
+    run = pipeline.new_run(args.out, _data_spec(args, preset), preset.train, preset.refine, overwrite=True, start=args.weights)
     data = pipeline.load_data(run)
     _say("Data: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
     steps = ["train", "oracle"] if preset.oracle else ["train"]
@@ -139,6 +139,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, device) -> int:
     cancel = threading.Event()
     if step == "train":
+        start = pipeline.start_weights(run)
+        if start is not None:
+            _say(f"Model: starts from {weights.describe(start)}")
         result = pipeline.train_step(run, data, device, ProgressPrinter(), cancel)
         _say(f"Unrefined model: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.UNREFINED)}")
     elif step == "pick":
@@ -164,11 +167,44 @@ def cmd_step(args: argparse.Namespace) -> int:
     if args.command == "train" and not runs.Run(Path(args.run)).has(runs.CONFIG):
         preset = _presets(args)
         train_cfg = preset.train if args.epochs is None else replace(preset.train, epochs=args.epochs)
-        run = pipeline.new_run(args.run, _data_spec(args, preset), train_cfg, preset.refine)
+        run = pipeline.new_run(args.run, _data_spec(args, preset), train_cfg, preset.refine, start=args.weights)
     else:
         run = runs.open_run(args.run)
+        if getattr(args, "weights", None) is not None:
+            _check_same_start(run, args.weights)
     data = pipeline.load_data(run)
     return _run_step(args.command, args, run, data, device)
+
+
+def _check_same_start(run: runs.Run, choice: str) -> None:
+    """Refuse ``--weights`` that differ from what an existing run was created with: a run records one start."""
+    recorded = pipeline.start_weights(run)
+    wanted = weights.resolve(choice, real_data=isinstance(pipeline.data_config(run), pipeline.FolderSpec))
+    if recorded is not None and recorded != wanted:
+        raise ValueError(
+            f"{run.path} was created to start from {weights.describe(recorded)}; "
+            f"--weights {choice} needs a new run folder (choose another --run)"
+        )
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Say whether torchvision's ImageNet file is cached; with --download, fetch it (the only download there is)."""
+    path = weights.imagenet_file()
+    if weights.imagenet_cached():
+        start = weights.resolve(weights.IMAGENET, real_data=True)  # checks the file: a broken one exits 2
+        _say(f"ImageNet weights ({weights.IMAGENET_NAME}): cached at {path} (SHA-256 {start.weights_sha256})")
+        return 0
+    if not args.download:
+        _say(
+            f"ImageNet weights ({weights.IMAGENET_NAME}): not cached; expected at {path}. "
+            f"Run '{weights.DOWNLOAD_COMMAND}' to fetch them (about 14 MB), or put torchvision's file there by hand."
+        )
+        return 0
+    _say(f"Downloading {weights.IMAGENET_URL}\n  to {path}")
+    weights.download_imagenet(progress=True)
+    start = weights.resolve(weights.IMAGENET, real_data=True)
+    _say(f"Saved {path} (SHA-256 {start.weights_sha256}, checked). Real-data runs now start from it by default.")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
             default=(800, 300, 200),
             metavar=("TRAIN", "VAL", "TEST"),
             help="with --data: images per class in each split (default: the paper's 800 300 200)",
+        )
+
+    def weights_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--weights",
+            metavar="imagenet|random|PATH",
+            help=(
+                "backbone to start from: torchvision's ImageNet file (see the 'weights' command), random, or a MobileNetV2 "
+                "state dict (default: imagenet for --data when cached, else random)"
+            ),
         )
 
     def pick_options(p: argparse.ArgumentParser) -> None:
@@ -223,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run folder to write (default: {DEFAULT_OUT}); replaced if it exists")
     demo.add_argument("--quick", action="store_true", help="tiny data and few epochs: a smoke test in under a minute")
     data_options(demo)
+    weights_option(demo)
     pick_options(demo)
     demo.add_argument("--rows", type=int, nargs="+", help="test-image indices for figure3.png (default: 4 Viral Pneumonia images)")
     demo.set_defaults(
@@ -249,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", required=True, type=Path, help="run folder")
         if name == "train":
             data_options(p)
+            weights_option(p)
             p.add_argument("--quick", action="store_true", help="tiny synthetic data and few epochs")
             p.add_argument("--epochs", type=int, help="maximum training epochs")
         if name == "pick":
@@ -258,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "figure":
             p.add_argument("--rows", type=int, nargs="+", help="test-image indices (default: 4 Viral Pneumonia images)")
         p.set_defaults(func=cmd_step)
+
+    w = sub.add_parser("weights", help="say whether the ImageNet weights are cached; --download fetches them")
+    w.add_argument(
+        "--download",
+        action="store_true",
+        help="download torchvision's MobileNetV2 ImageNet file into the torch hub cache and check its SHA-256 "
+        "(nothing else in the tool downloads anything)",
+    )
+    w.set_defaults(func=cmd_weights)
     return parser
 
 

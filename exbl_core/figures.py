@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 
 import matplotlib
@@ -118,19 +119,34 @@ TABLE1_ROWS = (
     ("Activation Precision", "shortcut_test", "activation_precision"),
     ("Confounder Precision, children called VP", "shortcut_test", "child_cp"),
 )
+# The paper's Table 1, as (unrefined, eXBL): MobileNetV2 from ImageNet weights with
+# features[:6] frozen, on the COVID-19 Radiography Database. Shown beside real-data runs
+# only, so a user sees how close a run came; the phantom is not the paper's data.
+PAPER_TABLE1 = {
+    ("Accuracy", "val"): (0.94, 0.89),
+    ("Accuracy", "test"): (0.95, 0.90),
+    ("Activation Precision", "val"): (0.32, 0.34),
+    ("Activation Precision", "test"): (0.32, 0.35),
+}
+PAPER_NOTE = "The paper's columns are its Table 1 (ImageNet weights, COVID-19 Radiography Database), not measured here."
+PAPER_COLUMNS = ("paper_unrefined", "paper_exbl")
 
 
-def table1_rows(metrics: dict) -> list[dict]:
+def table1_rows(metrics: dict, paper: bool = False) -> list[dict]:
     """Table 1 as rows ``{"metric", "split", "values": {model: value}}``, one value per model of metrics.json.
 
-    Rows a run cannot fill (the shortcut test on real data) are left out.
+    Rows a run cannot fill (the shortcut test on real data) are left out. ``paper=True``
+    (a real-data run) adds the paper's values as ``row["paper"] = (unrefined, eXBL)``.
     """
     models = metrics.get("models", {})
     rows = []
     for name, split, key in TABLE1_ROWS:
         values = {m: per_split[split].get(key) for m, per_split in models.items() if split in per_split}
         if "unrefined" in values and any(v is not None for v in values.values()):
-            rows.append({"metric": name, "split": split, "values": values})
+            row = {"metric": name, "split": split, "values": values}
+            if paper:
+                row["paper"] = PAPER_TABLE1.get((name, split), (None, None))
+            rows.append(row)
     return rows
 
 
@@ -139,30 +155,47 @@ def table1_columns(rows: list[dict]) -> list[str]:
     return list(rows[0]["values"]) if rows else []
 
 
-def table1_csv(rows: list[dict]) -> str:
-    """Table 1 as CSV text: each model's value, and each refined model's change from the unrefined one."""
+def table1_csv(rows: list[dict], run_columns: dict | None = None) -> str:
+    """Table 1 as CSV text: each model's value, each refined model's change from the unrefined one,
+    the paper's values for a real-data run, and ``run_columns`` (what the run started from) on every row."""
     models = table1_columns(rows)
     refined = [m for m in models if m not in ("unrefined", "oracle")]
-    lines = [",".join(["metric", "split", *models, *(f"delta_{m}" for m in refined)])]
+    paper = _has_paper(rows)
+    extra = run_columns or {}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["metric", "split", *models, *(f"delta_{m}" for m in refined), *(PAPER_COLUMNS if paper else ()), *extra])
     for r in rows:
         v = r["values"]
-        cells = [r["metric"], r["split"], *(_fmt(v.get(m)) for m in models), *(_fmt(_delta(v, m)) for m in refined)]
-        lines.append(",".join(f'"{c}"' if "," in c else c for c in cells))
-    return "\n".join(lines) + "\n"
+        cells = [_fmt(v.get(m)) for m in models] + [_fmt(_delta(v, m)) for m in refined]
+        cells += [_fmt(p, 2) for p in r["paper"]] if paper else []
+        writer.writerow([r["metric"], r["split"], *cells, *("" if x is None else x for x in extra.values())])
+    return buf.getvalue()
 
 
-def table1_markdown(rows: list[dict]) -> str:
-    """Table 1 as a Markdown table, a refined model's change from the unrefined one in brackets."""
+def table1_markdown(rows: list[dict], note: str | None = None) -> str:
+    """Table 1 as a Markdown table, a refined model's change from the unrefined one in brackets; ``note`` goes underneath."""
     models = table1_columns(rows)
-    lines = ["| metric | split | " + " | ".join(model_label(m) for m in models) + " |", "|---|---|" + "---|" * len(models)]
+    paper = _has_paper(rows)
+    columns = ["metric", "split", *(model_label(m) for m in models)] + (["paper: unrefined", "paper: eXBL"] if paper else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         v = r["values"]
         cells = []
         for m in models:
             d = None if m in ("unrefined", "oracle") else _delta(v, m)
             cells.append(_fmt(v.get(m)) + ("" if d is None else f" ({d:+.3f})"))
+        cells += [_fmt(p, 2) for p in r["paper"]] if paper else []
         lines.append(f"| {r['metric']} | {r['split']} | " + " | ".join(cells) + " |")
+    if paper:
+        lines.append(f"\n{PAPER_NOTE}")
+    if note:
+        lines.append(f"\n{note}")
     return "\n".join(lines) + "\n"
+
+
+def _has_paper(rows: list[dict]) -> bool:
+    return bool(rows) and "paper" in rows[0]
 
 
 def _delta(values: dict, model: str) -> float | None:
@@ -170,5 +203,5 @@ def _delta(values: dict, model: str) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"

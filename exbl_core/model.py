@@ -2,22 +2,20 @@
 
 The network normalises its own input, so every caller (training, GradCAM, the eXBL
 loss, the app) passes the same ``[B, 1, H, W]`` tensor in [0, 1] and ``gray(x)`` never
-needs undoing. The parameter names are torchvision's, so ImageNet weights load as is.
+needs undoing. The parameter names are torchvision's, so ImageNet weights load as is
+(``weights.py`` finds, checks and records them).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-from pathlib import Path
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models import MobileNet_V2_Weights, MobileNetV2
-
-log = logging.getLogger(__name__)
+from torchvision.models import MobileNetV2
 
 ARCH = "mobilenet_v2"
 FROZEN_BLOCKS = 6  # the paper's first 50 Keras layers end inside torchvision's features[5]
@@ -50,12 +48,6 @@ class XrayMobileNetV2(MobileNetV2):
         return self.classifier(self.pooled(self.features(self.prepare(x))))
 
 
-def imagenet_weights_available() -> bool:
-    """True when torchvision's ImageNet file is already in the local torch hub cache."""
-    url = MobileNet_V2_Weights.IMAGENET1K_V1.url
-    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
-
-
 def freeze_early_blocks(model: XrayMobileNetV2, blocks: int = FROZEN_BLOCKS) -> None:
     """Freeze the parameters of ``features[:blocks]``, as the paper does with ImageNet weights."""
     for p in model.features[:blocks].parameters():
@@ -64,39 +56,22 @@ def freeze_early_blocks(model: XrayMobileNetV2, blocks: int = FROZEN_BLOCKS) -> 
 
 def build_model(
     num_classes: int = 4,
-    pretrained: bool = False,
-    weights_path: str | Path | None = None,
+    backbone: Mapping[str, torch.Tensor] | None = None,
     freeze: bool | None = None,
 ) -> XrayMobileNetV2:
-    """The paper's classifier.
+    """The paper's classifier, from random weights or from ``backbone``.
 
-    ``pretrained=True`` uses ImageNet weights only if they are already cached locally:
-    this tool never downloads at run time. Otherwise it says so once and starts from
-    random weights. ``weights_path`` loads a local torchvision MobileNetV2 state dict
-    (the classifier is skipped, since its shape differs).
-
-    ``freeze=None`` freezes ``features[:6]`` exactly when backbone weights were loaded:
-    frozen *random* filters only cripple the network (on the synthetic default the
-    validation accuracy stalled near 0.4 with them frozen, and passed 0.9 without).
+    ``backbone`` is a state dict with every ``features.*`` tensor (``weights.load_backbone``
+    reads and checks one from a file); the classifier always starts fresh, since the
+    paper's head differs from ImageNet's. ``freeze=None`` freezes ``features[:6]`` exactly
+    when a backbone was loaded: frozen *random* filters only cripple the network (on the
+    synthetic default the validation accuracy stalled near 0.4 with them frozen, and
+    passed 0.9 without).
     """
     model = XrayMobileNetV2(num_classes=num_classes)
-    state = None
-    if weights_path is not None:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        source = str(weights_path)
-    elif pretrained:
-        if imagenet_weights_available():
-            state = MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
-            source = "torchvision ImageNet weights"
-        else:
-            log.warning("ImageNet weights are not in the local torch hub cache; starting from random weights.")
-    if state is not None:
-        features = {k: v for k, v in state.items() if k.startswith("features.")}
-        missing, _ = model.load_state_dict(features, strict=False)
-        if any(k.startswith("features.") for k in missing):
-            raise ValueError(f"{source}: not a MobileNetV2 feature extractor (missing {missing[:3]})")
-        log.info("Loaded backbone weights from %s.", source)
-    if freeze or (freeze is None and state is not None):
+    if backbone is not None:
+        model.features.load_state_dict({k.removeprefix("features."): v for k, v in backbone.items() if k.startswith("features.")})
+    if freeze or (freeze is None and backbone is not None):
         freeze_early_blocks(model)
     return model.to(memory_format=torch.channels_last)
 

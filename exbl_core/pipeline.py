@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import runs
+from exbl_core import runs, weights
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, table1_csv, table1_markdown, table1_rows
 from exbl_core.gradcam import predict_with_cams
 from exbl_core.methods import METHODS, Pick, check_data, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
-from exbl_core.model import build_model
+from exbl_core.model import build_model, freeze_early_blocks
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
 from exbl_core.training import EventCallback, FitResult, TrainConfig, fit
 from exbl_core.verdict import shortcut_verdict
@@ -77,8 +77,15 @@ def new_run(
     train: TrainConfig,
     refine: TrainConfig,
     overwrite: bool = False,
+    start: str | Path | None = None,
 ) -> runs.Run:
-    """Create a run folder with config.json and split.json; checks a data folder first."""
+    """Create a run folder with config.json and split.json; checks a data folder and the weights first.
+
+    ``start`` is the backbone to train from: ``imagenet``, ``random`` or a weights file
+    (``None``: ImageNet for real data when cached, else random; see ``weights.resolve``).
+    config.json records the choice with the file's SHA-256 and the frozen blocks.
+    """
+    model_start = weights.resolve(start, real_data=isinstance(data, FolderSpec))
     if isinstance(data, FolderSpec):
         pairs, skipped = scan_dataset(data.path, skip_bad=data.skip_bad)
         split = {"source": "folder", "skipped": skipped, **make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)}
@@ -90,6 +97,7 @@ def new_run(
         "data": data_cfg,
         "train": train.to_dict(),
         "refine": refine.to_dict(),
+        "model": model_start.to_dict(),
         "cam_class": {"display": "predicted", "loss": "true label"},
     }
     run = runs.create_run(out, config, overwrite=overwrite)
@@ -132,6 +140,15 @@ def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str,
 
 def train_config(run: runs.Run, phase: str) -> TrainConfig:
     return TrainConfig(**run.config()[phase])
+
+
+def start_weights(run: runs.Run) -> weights.StartWeights | None:
+    """The weights the run's unrefined model starts from, as config.json records them.
+
+    ``None`` for a run created before config.json recorded them.
+    """
+    recorded = run.config().get("model")
+    return None if recorded is None else weights.StartWeights(**recorded)
 
 
 # --------------------------------------------------------------------------- model
@@ -208,10 +225,12 @@ def train_step(
         raise ValueError(f"unknown role {role!r}; choose unrefined or oracle")
     cfg = train_config(run, "train")
     fit_data = oracle_data(run) if role == "oracle" else data
+    start = start_weights(run) or weights.resolve(None, real_data=isinstance(data_config(run), FolderSpec))
+    backbone = weights.load_recorded(start)
     torch.manual_seed(cfg.seed)
-    # Real radiographs start from ImageNet weights when they are cached locally, as in the
-    # paper; the synthetic demo always starts from random weights, so it runs the same everywhere.
-    model = build_model(num_classes=len(CLASSES), pretrained=isinstance(data_config(run), FolderSpec)).to(device)
+    model = build_model(num_classes=len(CLASSES), backbone=backbone, freeze=False)
+    freeze_early_blocks(model, start.frozen_blocks)
+    model = model.to(device)
     size = int(fit_data["train"].images.shape[-1])
     return fit(
         model,
@@ -411,7 +430,24 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
     cam_sets = {name: cams for name, (_, cams) in results.items()}
     runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, cam_sets, labels, title=title)))
     metrics = runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else evaluate_step(run, data, device)
-    table = table1_rows(metrics)
-    runs.atomic_write_text(run.file(runs.TABLE1_CSV), table1_csv(table))
-    runs.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table))
+    table = table1(run, metrics)
+    runs.atomic_write_text(run.file(runs.TABLE1_CSV), table1_csv_text(run, table))
+    runs.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table, table1_note(run)))
     return table
+
+
+def table1(run: runs.Run, metrics: dict) -> list[dict]:
+    """Table 1's rows for this run, with the paper's values beside a real-data run."""
+    return table1_rows(metrics, paper=isinstance(data_config(run), FolderSpec))
+
+
+def table1_csv_text(run: runs.Run, rows: list[dict]) -> str:
+    """table1.csv: the rows, and on each what the unrefined model started from (when recorded)."""
+    start = start_weights(run)
+    return table1_csv(rows, None if start is None else start.to_dict())
+
+
+def table1_note(run: runs.Run) -> str | None:
+    """The line under Table 1 saying what the unrefined model started from (``None`` if not recorded)."""
+    start = start_weights(run)
+    return None if start is None else f"Started from {weights.describe(start)}."

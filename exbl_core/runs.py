@@ -131,7 +131,7 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, or a pickle that would run code
-        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({_load_failure(exc)})") from exc
+        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({describe_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an eXBL Studio checkpoint")
     if payload.get("version") != FORMAT_VERSION:
@@ -156,7 +156,7 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     return {k: v for k, v in payload.items() if k != "state_dict"}
 
 
-def _load_failure(exc: Exception) -> str:
+def describe_load_failure(exc: Exception) -> str:
     """One line on why ``torch.load(weights_only=True)`` refused a file, instead of torch's page of advice."""
     text = str(exc)
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)

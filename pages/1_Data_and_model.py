@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline, runs, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.synthetic import SyntheticConfig
 from studio import cache, live, pages, state, tasks, views
@@ -15,6 +15,7 @@ from studio import cache, live, pages, state, tasks, views
 SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
 PRESETS = {"Demo (a few minutes)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
 SIZES = (64, 96, 128, 160, 224, 299)
+STARTS = {"Random weights": weights.RANDOM, "ImageNet weights (as in the paper)": weights.IMAGENET, "A weights file": weights.FILE}
 
 pages.setup("Data and model")
 
@@ -55,12 +56,31 @@ def folder_settings() -> pipeline.FolderSpec:
     return pipeline.FolderSpec(path.strip(), int(size), int(train), int(val), int(test), int(seed), skip_bad)
 
 
+def start_setting(real_data: bool) -> str:
+    """The backbone to start from: ImageNet by default for a data set folder when it is cached."""
+    cached = weights.imagenet_cached()
+    choice = st.radio(
+        "Start the model from",
+        list(STARTS),
+        index=1 if real_data and cached else 0,
+        horizontal=True,
+        key=f"start-{real_data}",
+        help="With ImageNet weights or a file, features[:6] are frozen, as in the paper; from random weights every layer trains.",
+    )
+    if not cached and (real_data or STARTS[choice] == weights.IMAGENET):
+        st.caption(f"ImageNet weights are not cached at `{weights.imagenet_file()}`: run `{weights.DOWNLOAD_COMMAND}` to fetch them.")
+    if STARTS[choice] == weights.FILE:
+        return st.text_input("Weights file: a torchvision MobileNetV2 state dict", key="weights_file").strip()
+    return STARTS[choice]
+
+
 def new_run_form() -> None:
     source = st.radio("Data", [SYNTHETIC, FOLDER], horizontal=True)
     if source == SYNTHETIC:
         spec, preset = synthetic_settings()
     else:
         spec, preset = folder_settings(), pipeline.DEMO
+    start = start_setting(real_data=source == FOLDER)
     c1, c2 = st.columns(2)
     epochs = c1.number_input("Training epochs (early stopping may end sooner)", 1, 200, preset.train.epochs)
     st.session_state.setdefault("run_name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -69,9 +89,14 @@ def new_run_form() -> None:
         if isinstance(spec, pipeline.FolderSpec) and not spec.path:
             st.error("Type the data set folder's path first.")
             return
+        if not start:
+            st.error("Type the weights file's path first.")
+            return
         try:
             with st.spinner("Checking the data and writing the split…"):
-                run = pipeline.new_run(cache.runs_dir() / name.strip(), spec, replace(preset.train, epochs=int(epochs)), preset.refine)
+                run = pipeline.new_run(
+                    cache.runs_dir() / name.strip(), spec, replace(preset.train, epochs=int(epochs)), preset.refine, start=start
+                )
         except (DataError, runs.RunError, ValueError, OSError) as exc:
             st.error(f"Could not create the run: {exc}")
             return
@@ -139,7 +164,11 @@ live.note_other_job(run, ("train", "demo"))
 if not training_here:
     label = "Train again (replaces the model and any refinement)" if run.has(runs.UNREFINED) else "Train the unrefined model"
     epochs = pipeline.train_config(run, "train").epochs
-    st.caption(f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept.")
+    start = pipeline.start_weights(run)
+    st.caption(
+        f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept."
+        + ("" if start is None else f" Starts from {weights.describe(start)}.")
+    )
     if st.button(label, type="secondary" if run.has(runs.UNREFINED) else "primary", icon=":material/model_training:") and not live.busy():
         for stale in (runs.REFINED, runs.EXEMPLARS, runs.METRICS):
             run.file(stale).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import torch
 
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
-from exbl_core.figures import table1_csv, table1_rows
+from exbl_core.figures import PAPER_NOTE
 from studio import cache, live, pages, tasks, views
 
 pages.setup("Compare")
@@ -27,14 +27,24 @@ if stale or busy_here:
     live.job_panel(run, ("evaluate", "refine", "demo"))
     st.stop()
 metrics = runs.read_json(run.file(runs.METRICS))
-rows = table1_rows(metrics)
+rows = pipeline.table1(run, metrics)
+PAPER = {"paper_unrefined": "paper: unrefined", "paper_exbl": "paper: eXBL"}
 st.subheader("Table 1")
 st.dataframe(
-    [{"metric": r["metric"], "split": r["split"], "unrefined": r["unrefined"], "eXBL": r["exbl"], "Δ": r["delta"]} for r in rows],
+    [
+        {"metric": r["metric"], "split": r["split"], "unrefined": r["unrefined"], "eXBL": r["exbl"], "Δ": r["delta"]}
+        | {label: r[key] for key, label in PAPER.items() if key in r}
+        for r in rows
+    ],
     hide_index=True,
     column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("unrefined", "eXBL")}
-    | {"Δ": st.column_config.NumberColumn(format="%+.3f")},
+    | {"Δ": st.column_config.NumberColumn(format="%+.3f")}
+    | {label: st.column_config.NumberColumn(format="%.2f") for label in PAPER.values()},
 )
+if rows and "paper_unrefined" in rows[0]:
+    st.caption(PAPER_NOTE)
+if note := pipeline.table1_note(run):
+    st.caption(note)
 
 gaps = metrics.get("shortcut_gap", {})
 if "unrefined" in gaps and "refined" in gaps:
@@ -78,7 +88,9 @@ st.subheader("Downloads")
 d1, d2, d3 = st.columns(3)
 if figure is not None:
     d1.download_button("Figure 3 (PNG)", figure, file_name=f"{run.name}-figure3.png", mime="image/png", icon=":material/image:")
-d2.download_button("Table 1 (CSV)", table1_csv(rows), file_name=f"{run.name}-table1.csv", mime="text/csv", icon=":material/table:")
+d2.download_button(
+    "Table 1 (CSV)", pipeline.table1_csv_text(run, rows), file_name=f"{run.name}-table1.csv", mime="text/csv", icon=":material/table:"
+)
 d3.download_button(
     "Refined checkpoint",
     run.file(runs.REFINED).read_bytes(),

@@ -8,6 +8,7 @@ cores with no network.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import shutil
@@ -21,7 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.models import mobilenet_v2
 
+from exbl_core import weights
 from exbl_core.data import CLASSES, Split
 from exbl_core.model import XrayMobileNetV2, build_model
 from exbl_core.synthetic import SyntheticConfig, generate
@@ -55,7 +58,7 @@ def trained_model(tiny_data: dict[str, Split]) -> XrayMobileNetV2:
     ReLU pattern and head weights are no longer symmetric around zero.
     """
     torch.manual_seed(0)
-    model = build_model(num_classes=len(CLASSES), pretrained=False)
+    model = build_model(num_classes=len(CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     train = tiny_data["train"]
     x, y = train.float_images(), train.labels
@@ -141,6 +144,42 @@ def make_database(tmp_path: Path) -> DatabaseFactory:
         return root
 
     return make
+
+
+# --------------------------------------------------------------------------- backbone weights
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache of our own, so that no test sees (or fills) the user's."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+@pytest.fixture(scope="session")
+def mobilenet_reference() -> torch.nn.Module:
+    """A randomly initialised torchvision MobileNetV2: the layout of the ImageNet file, without the download."""
+    torch.manual_seed(0)
+    return mobilenet_v2()
+
+
+@pytest.fixture
+def weights_file(tmp_path: Path, mobilenet_reference: torch.nn.Module) -> Path:
+    """``mobilenet_reference``'s state dict saved to a file, as a user would pass it to --weights."""
+    path = tmp_path / "weights" / "mobilenet_v2.pt"
+    path.parent.mkdir()
+    torch.save(mobilenet_reference.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def cached_imagenet(hub: Path, weights_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``weights_file`` in the hub cache under a torchvision-style name that carries its own hash prefix."""
+    prefix = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:8]
+    monkeypatch.setattr(weights, "IMAGENET_URL", f"https://download.invalid/models/mobilenet_v2-{prefix}.pth")
+    target = weights.imagenet_file()
+    target.parent.mkdir(parents=True)
+    return Path(shutil.copy(weights_file, target))
 
 
 # --------------------------------------------------------------------------- the quick demo

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from exbl_core import pipeline, runs
@@ -39,13 +40,18 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run taken through every step once; tests copy it so they never share state."""
     run = pipeline.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_TRAIN)
+    run_every_step(run)
+    return run.path
+
+
+def run_every_step(run: runs.Run) -> None:
+    """Train, pick images 0 and 1, refine and evaluate, on the CPU."""
     data = pipeline.load_data(run)
     device = pipeline.torch.device("cpu")
     pipeline.train_step(run, data, device)
     pipeline.pick_step(run, data, device, good=0, bad=1)
     pipeline.refine_step(run, data, device)
     pipeline.evaluate_step(run, data, device)
-    return run.path
 
 
 def copy_run(source: Path, runs_dir: Path, keep: tuple[str, ...]) -> runs.Run:
@@ -246,3 +252,71 @@ def test_two_sessions_starting_at_once_the_second_gets_the_running_job_not_anoth
     assert not second.exception
     labels = [b.label for b in second.button]
     assert "Start refinement" not in labels and "Cancel" in labels
+
+
+# --------------------------------------------------------------------------- backbone weights
+
+START = "Start the model from"
+
+
+def start_radio(at: AppTest):
+    return next(r for r in at.radio if r.label == START)
+
+
+def create_run(at: AppTest, name: str) -> AppTest:
+    at.text_input(key="run_name").set_value(name)
+    return next(b for b in at.button if b.label == "Create the run").click().run()
+
+
+def test_a_weights_file_chosen_on_the_page_is_recorded_in_the_run(runs_dir: Path, hub: Path, weights_file: Path) -> None:
+    at = open_page("pages/1_Data_and_model.py")
+    at.radio[1].set_value("Quick (tiny, under a minute)").run()
+    at.number_input(key="n_train-Quick (tiny, under a minute)").set_value(2)
+    at.selectbox(key="size-Quick (tiny, under a minute)").set_value(64)
+    assert start_radio(at).value == "Random weights"  # synthetic data: random by default
+    start_radio(at).set_value("A weights file").run()
+    at.text_input(key="weights_file").set_value(str(weights_file))
+    at = create_run(at, "mine")
+    assert not at.exception and not at.error
+    model = runs.read_json(runs_dir / "mine" / runs.CONFIG)["model"]
+    assert (model["weights"], model["weights_file"], model["frozen_blocks"]) == ("file", str(weights_file), 6)
+    assert any(f"Starts from the weights in {weights_file}" in c.value for c in at.caption)
+
+
+def test_a_foreign_weights_file_on_the_page_is_refused_naming_it(runs_dir: Path, hub: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "linear.pt"
+    torch.save(torch.nn.Linear(3, 3).state_dict(), foreign)
+    at = open_page("pages/1_Data_and_model.py")
+    start_radio(at).set_value("A weights file").run()
+    at.text_input(key="weights_file").set_value(str(foreign))
+    at = create_run(at, "mine")
+    assert len(at.error) == 1 and f"{foreign}: not a MobileNetV2 backbone" in at.error[0].value
+    assert not (runs_dir / "mine" / runs.CONFIG).exists()
+
+
+def test_imagenet_without_the_cached_file_says_how_to_get_it(runs_dir: Path, hub: Path) -> None:
+    at = open_page("pages/1_Data_and_model.py")
+    start_radio(at).set_value("ImageNet weights (as in the paper)").run()
+    assert any("python -m exbl_core weights --download" in c.value for c in at.caption)
+    at = create_run(at, "mine")
+    assert len(at.error) == 1 and "not in the local torch hub cache" in at.error[0].value
+    assert not (runs_dir / "mine").exists()
+
+
+def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path, cached_imagenet: Path) -> None:
+    at = open_page("pages/1_Data_and_model.py")
+    at.radio[0].set_value("A data set folder").run()
+    assert start_radio(at).value == "ImageNet weights (as in the paper)"
+
+
+def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, make_database, weights_file: Path) -> None:
+    spec = pipeline.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
+    run_every_step(pipeline.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
+    at = open_page(PAGES["compare"])
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["metric", "split", "unrefined", "eXBL", "Δ", "paper: unrefined", "paper: eXBL"]
+    assert table["paper: unrefined"].tolist() == [0.94, 0.95, 0.32, 0.32]
+    assert table["paper: eXBL"].tolist() == [0.89, 0.90, 0.34, 0.35]
+    captions = " ".join(c.value for c in at.caption)
+    assert "The paper's columns are its Table 1" in captions and f"Started from the weights in {weights_file}" in captions

@@ -6,13 +6,17 @@ step commands then work on private copies of its run folder.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from exbl_core import cli, pipeline, runs
 
@@ -156,3 +160,105 @@ def test_demo_on_a_data_set_smaller_than_the_paper_split_exits_2_with_the_number
     code, _, err = _main(capsys, "demo", "--data", str(root), "--out", str(tmp_path / "run"))
     assert code == 2
     assert "'COVID' has 2 usable images, fewer than the" in err
+
+
+# --------------------------------------------------------------------------- backbone weights
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_train_with_a_weights_file_records_it_and_trains_with_the_first_six_blocks_as_loaded(
+    tmp_path, weights_file, mobilenet_reference, capsys
+):
+    out = tmp_path / "run"
+    code, stdout, err = _main(
+        capsys, "train", "--run", str(out), "--quick", "--size", "32", "--epochs", "1", "--weights", str(weights_file)
+    )
+    assert code == 0, err
+    model = runs.read_json(out / "config.json")["model"]
+    assert model == {"weights": "file", "weights_file": str(weights_file), "weights_sha256": _sha256(weights_file), "frozen_blocks": 6}
+    assert f"Model: starts from the weights in {weights_file}" in stdout and "features[:6] frozen" in stdout
+    trained = torch.load(out / "unrefined.pt", weights_only=True)["state_dict"]
+    loaded = mobilenet_reference.state_dict()
+    assert torch.equal(trained["features.5.conv.0.0.weight"], loaded["features.5.conv.0.0.weight"]), "features[:6] must stay frozen"
+    assert not torch.equal(trained["features.6.conv.0.0.weight"], loaded["features.6.conv.0.0.weight"]), "features[6:] must train"
+
+
+def test_synthetic_data_starts_from_random_weights_by_default_and_says_so(demo_run):
+    model = runs.read_json(demo_run.path / "config.json")["model"]
+    assert model == {"weights": "random", "weights_file": None, "weights_sha256": None, "frozen_blocks": 0}
+    assert "Model: starts from random weights; every layer trained" in demo_run.stdout
+
+
+@pytest.mark.parametrize("damage", ["foreign", "truncated"])
+def test_train_with_a_bad_weights_file_exits_2_in_one_line_naming_it_and_writes_no_run(tmp_path, weights_file, capsys, damage):
+    if damage == "foreign":
+        torch.save(torch.nn.Linear(3, 3).state_dict(), weights_file)
+    else:
+        weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    out = tmp_path / "run"
+    code, _, err = _main(capsys, "train", "--run", str(out), "--quick", "--weights", str(weights_file))
+    assert code == 2 and err.startswith(f"error: {weights_file}: ") and err.count("\n") == 1
+    assert not (out / "config.json").exists()
+
+
+def test_train_on_real_data_starts_from_cached_imagenet_by_default(make_database, cached_imagenet, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ("train", "--run", str(out), "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "32")
+    code, stdout, err = _main(capsys, *argv, "--epochs", "1")
+    assert code == 0, err
+    model = runs.read_json(out / "config.json")["model"]
+    assert (model["weights"], model["weights_file"], model["weights_sha256"]) == (
+        "imagenet",
+        str(cached_imagenet),
+        _sha256(cached_imagenet),
+    )
+    assert "Model: starts from ImageNet weights (torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in stdout
+    # A run records one start: other weights for the same folder are refused, the same ones are fine.
+    code, _, err = _main(capsys, "train", "--run", str(out), "--weights", "random")
+    assert code == 2 and "was created to start from ImageNet weights" in err and "needs a new run folder" in err
+    assert _main(capsys, "train", "--run", str(out), "--weights", "imagenet")[0] == 0
+
+
+def test_train_on_real_data_without_cached_imagenet_starts_random_and_names_the_download_command(
+    make_database, hub, tmp_path, capsys, caplog
+):
+    out = tmp_path / "run"
+    argv = ("train", "--run", str(out), "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "32")
+    with caplog.at_level(logging.WARNING):
+        code, _, err = _main(capsys, *argv, "--epochs", "1")
+    assert code == 0, err
+    assert runs.read_json(out / "config.json")["model"]["weights"] == "random"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "starting from random weights" in warning and "python -m exbl_core weights --download" in warning
+
+
+def test_demo_on_real_data_puts_the_papers_table1_beside_ours_and_records_the_weights(make_database, weights_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ("demo", "--quick", "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "64")
+    code, stdout, err = _main(capsys, *argv, "--good", "0", "--bad", "1", "--weights", str(weights_file), "--out", str(out))
+    assert code == 0, err
+    note = f"Started from the weights in {weights_file} (SHA-256 {_sha256(weights_file)}); features[:6] frozen."
+    markdown = (out / "table1.md").read_text()
+    for text in (stdout, markdown):
+        assert "| metric | split | unrefined | eXBL | delta | paper: unrefined | paper: eXBL |" in text
+        assert "The paper's columns are its Table 1" in text and note in text
+    rows = {(r["metric"], r["split"]): r for r in csv.DictReader((out / "table1.csv").open())}
+    paper = {(m, s): (r["paper_unrefined"], r["paper_exbl"]) for (m, s), r in rows.items()}
+    assert paper == {
+        ("Accuracy", "val"): ("0.94", "0.89"),
+        ("Accuracy", "test"): ("0.95", "0.90"),
+        ("Activation Precision", "val"): ("0.32", "0.34"),
+        ("Activation Precision", "test"): ("0.32", "0.35"),
+    }
+    assert {(r["weights"], r["weights_sha256"], r["frozen_blocks"]) for r in rows.values()} == {("file", _sha256(weights_file), "6")}
+
+
+def test_synthetic_table1_has_no_paper_columns_but_says_what_it_started_from(demo_run):
+    markdown = (demo_run.path / "table1.md").read_text()
+    assert "paper" not in markdown.lower()
+    assert "Started from random weights; every layer trained." in markdown
+    header = (demo_run.path / "table1.csv").read_text().splitlines()[0]
+    assert header == "metric,split,unrefined,exbl,delta,weights,weights_file,weights_sha256,frozen_blocks"

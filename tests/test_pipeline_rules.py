@@ -1,12 +1,14 @@
-"""The pipeline's selection rules: which images the automatic pick and Figure 3 use."""
+"""The pipeline's rules: which images the automatic pick and Figure 3 use, and runs from before a setting existed."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from exbl_core import pipeline
+from exbl_core import pipeline, runs
 from exbl_core.data import VIRAL_PNEUMONIA, Split
+from exbl_core.synthetic import SyntheticConfig
+from exbl_core.training import TrainConfig
 
 
 def _split(labels: list[int]) -> Split:
@@ -39,3 +41,13 @@ def test_auto_pick_refuses_when_every_candidate_has_the_same_ap():
     labels = torch.tensor([0, 0])
     with pytest.raises(ValueError, match="same AP"):
         pipeline.auto_pick({"preds": labels.clone(), "ap": torch.tensor([0.4, 0.4])}, labels)
+
+
+def test_a_run_created_before_the_start_was_recorded_trains_from_the_default_and_notes_nothing(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=8)
+    run = pipeline.new_run(tmp_path / "old", SyntheticConfig(size=32, n_train=2, n_val=1, n_test=1), cfg, cfg)
+    config = run.config()
+    del config["model"]  # as written before config.json recorded the weights
+    runs.write_json(run.file(runs.CONFIG), config)
+    assert pipeline.start_weights(run) is None and pipeline.table1_note(run) is None
+    assert pipeline.train_step(run, pipeline.load_data(run), torch.device("cpu")).status == "done"
