@@ -8,6 +8,7 @@ and writes its results back atomically.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from exbl_core.gradcam import predict_with_cams
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, split_design
-from exbl_core.training import EventCallback, FitResult, TrainConfig, compute_exemplars, fit
+from exbl_core.training import EventCallback, FitResult, TrainConfig, TrainingError, compute_exemplars, fit
 
 EVAL_SPLITS = ("val", "test", "shortcut_test")
 AUTO_PICK_RULE = (
@@ -66,20 +67,61 @@ PAPER_TRAIN, PAPER_REFINE = TrainConfig(epochs=60), TrainConfig(epochs=100)
 # --------------------------------------------------------------------------- data
 
 
-def new_run(
-    out: str | Path,
-    data: SyntheticConfig | FolderSpec,
-    train: TrainConfig,
-    refine: TrainConfig,
-    overwrite: bool = False,
-) -> runs.Run:
-    """Create a run folder with config.json and split.json; checks a data folder first."""
+# Limits that every way into a run (CLI, app, config.json) is checked against, before
+# anything is written. MobileNetV2 halves the input five times, so 32 px is its smallest.
+SIZE_RANGE = (32, 1024)
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds
+MAX_DATA_BYTES = 8 * 2**30  # images and masks of every split, held in memory
+
+
+def check_data(spec: SyntheticConfig | FolderSpec) -> None:
+    """Refuse data settings that would crash, or quietly fill the memory, later on."""
+    counts = (spec.n_train, spec.n_val, spec.n_test) if isinstance(spec, SyntheticConfig) else (spec.train, spec.val, spec.test)
+    problems = []
+    if not SIZE_RANGE[0] <= spec.size <= SIZE_RANGE[1]:
+        problems.append(f"image size {spec.size} is outside {SIZE_RANGE[0]} to {SIZE_RANGE[1]} pixels")
+    if not SEED_RANGE[0] <= spec.seed <= SEED_RANGE[1]:
+        problems.append(f"seed {spec.seed} is outside {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    if min(counts) < 1:
+        problems.append(f"images per class {' '.join(map(str, counts))} (train, val, test) must each be at least 1")
+    images = 4 * (sum(counts) + (spec.n_test if isinstance(spec, SyntheticConfig) else 0))  # synthetic has two test splits
+    if not problems and images * spec.size**2 * 2 > MAX_DATA_BYTES:
+        problems.append(f"{images} images at {spec.size} px would take {images * spec.size**2 * 2 / 2**30:.0f} GiB of memory")
+    if problems:
+        raise ValueError("invalid data setting(s): " + "; ".join(problems))
+
+
+@dataclass
+class PreparedRun:
+    """A new run's config.json and split.json contents, and (for a data set folder) its loaded data."""
+
+    config: dict
+    split: dict
+    data: dict[str, Split] | None
+
+
+def prepare_run(data: SyntheticConfig | FolderSpec, train: TrainConfig, refine: TrainConfig) -> PreparedRun:
+    """Check every setting and read a data set folder in full, writing nothing.
+
+    So a bad setting, a missing or unreadable mask, or a data set too small for the split
+    fails before a run folder exists. With ``skip_bad``, what could not be read is listed
+    in split.json and left out of its lists. Synthetic data is generated later, on load.
+    """
+    check_data(data)
     if isinstance(data, FolderSpec):
+        data = replace(data, path=str(Path(data.path).expanduser().resolve()))  # valid from any working folder
         pairs, skipped = scan_dataset(data.path, skip_bad=data.skip_bad)
-        split = {"source": "folder", "skipped": skipped, **make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)}
-        data_cfg = {"source": "folder", **asdict(data)}
+        split = make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)
+        loaded = {}
+        for name in ("train", "val", "test"):
+            loaded[name] = load_entries(data.path, split[name], data.size, skip_bad=data.skip_bad)
+            kept = set(loaded[name].names)
+            split[name] = [entry for entry in split[name] if entry[1] in kept]
+            skipped += loaded[name].skipped
+        split_doc, data_cfg = {"source": "folder", "skipped": skipped, **split}, {"source": "folder", **asdict(data)}
     else:
-        split = None
+        loaded = None
+        split_doc = {"source": "synthetic", **{s: _synthetic_summary(data, s) for s in SPLITS}}
         data_cfg = {"source": "synthetic", **data.to_dict()}
     config = {
         "data": data_cfg,
@@ -87,11 +129,22 @@ def new_run(
         "refine": refine.to_dict(),
         "cam_class": {"display": "predicted", "loss": "true label"},
     }
-    run = runs.create_run(out, config, overwrite=overwrite)
-    if split is None:
-        split = {"source": "synthetic", **{s: _synthetic_summary(data, s) for s in SPLITS}}
-    runs.write_json(run.file(runs.SPLIT), split)
+    return PreparedRun(config, split_doc, loaded)
+
+
+def write_run(out: str | Path, prepared: PreparedRun) -> runs.Run:
+    """Write a prepared run's config.json and split.json; the caller holds the folder's lock."""
+    run = runs.create_run(out, prepared.config)
+    runs.write_json(run.file(runs.SPLIT), prepared.split)
     return run
+
+
+def new_run(out: str | Path, data: SyntheticConfig | FolderSpec, train: TrainConfig, refine: TrainConfig) -> runs.Run:
+    """Create a run folder with config.json and split.json, in a new or empty folder only."""
+    runs.check_target(out)
+    prepared = prepare_run(data, train, refine)
+    with runs.locked(out, create=True):
+        return write_run(out, prepared)
 
 
 def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
@@ -100,9 +153,29 @@ def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
 
 
 def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
-    cfg = dict(run.config()["data"])
-    source = cfg.pop("source")
-    return SyntheticConfig(**cfg) if source == "synthetic" else FolderSpec(**cfg)
+    """The run's data settings, checked: a hand-edited config.json gets an error naming it."""
+    try:
+        cfg = dict(run.config()["data"])
+        source = cfg.pop("source")
+        spec = {"synthetic": SyntheticConfig, "folder": FolderSpec}[source](**cfg)
+        check_data(spec)
+    except runs.RunError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise runs.RunError(f"{run.file(runs.CONFIG)}: its 'data' settings are not valid ({_reason(exc)})") from exc
+    return spec
+
+
+def _reason(exc: Exception) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+
+
+def check_config(run: runs.Run) -> runs.Run:
+    """Refuse a config.json of the wrong shape now, with one line naming it, instead of deep in a step."""
+    data_config(run)
+    for phase in ("train", "refine"):
+        train_config(run, phase)
+    return run
 
 
 def split_names(run: runs.Run) -> tuple[str, ...]:
@@ -126,7 +199,11 @@ def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str,
 
 
 def train_config(run: runs.Run, phase: str) -> TrainConfig:
-    return TrainConfig(**run.config()[phase])
+    """The run's training (``phase`` "train") or refinement ("refine") settings, checked."""
+    try:
+        return TrainConfig(**run.config()[phase])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise runs.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
 
 
 # --------------------------------------------------------------------------- model
@@ -142,11 +219,15 @@ def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | N
     return model.to(device or torch.device("cpu")).eval()
 
 
-def _checkpoint_writer(run: runs.Run, name: str, phase: str, image_size: int):
+def _checkpoint_writer(run: runs.Run, name: str, phase: str, cfg: TrainConfig, image_size: int):
+    """Writes each new best model, with the settings that made it; the first new unrefined.pt
+    also drops the files of the run or model it replaces (``runs.replacing``)."""
+
     def write(state: dict, epoch: int, record: dict) -> None:
-        runs.save_checkpoint(
-            run.file(name), state, {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"]}
-        )
+        meta = {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"], "settings": cfg.to_dict()}
+        runs.save_checkpoint(run.file(name), state, meta)
+        if name == runs.UNREFINED:
+            runs.settle(run.path)
 
     return write
 
@@ -159,6 +240,20 @@ def _recorder(run: runs.Run, on_event: EventCallback | None) -> EventCallback:
             on_event(event)
 
     return record
+
+
+def _fit_step(run: runs.Run, phase: str, name: str, cfg: TrainConfig, model, data, exemplars, on_event, cancel, device) -> FitResult:
+    """Run ``fit`` with its start recorded in history: the settings this attempt really used."""
+    record = _recorder(run, on_event)
+    record({"type": "start", "phase": phase, "epochs": cfg.epochs, "settings": cfg.to_dict(), "time": time.time()})
+    size = int(data["train"].images.shape[-1])
+    writer = _checkpoint_writer(run, name, Path(name).stem, cfg, size)
+    result = fit(model, data["train"], data["val"], cfg, exemplars, record, cancel, writer, device, phase=phase)
+    if result.status == "done" and result.best_epoch == 0:
+        raise TrainingError(
+            f"{phase}: no epoch reached a finite validation loss, so {run.file(name)} was not written; try a lower learning rate"
+        )
+    return result
 
 
 def train_step(
@@ -174,19 +269,7 @@ def train_step(
     # Real radiographs start from ImageNet weights when they are cached locally, as in the
     # paper; the synthetic demo always starts from random weights, so it runs the same everywhere.
     model = build_model(num_classes=len(CLASSES), pretrained=isinstance(data_config(run), FolderSpec)).to(device)
-    size = int(data["train"].images.shape[-1])
-    return fit(
-        model,
-        data["train"],
-        data["val"],
-        cfg,
-        None,
-        _recorder(run, on_event),
-        cancel,
-        _checkpoint_writer(run, runs.UNREFINED, "unrefined", size),
-        device,
-        phase="unrefined",
-    )
+    return _fit_step(run, "unrefined", runs.UNREFINED, cfg, model, data, None, on_event, cancel, device)
 
 
 def training_scores(model: torch.nn.Module, split: Split, tau: float = 5.0) -> dict[str, torch.Tensor]:
@@ -260,6 +343,14 @@ def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good:
     return pick
 
 
+def refine_settings(run: runs.Run, overrides: dict | None = None) -> TrainConfig:
+    """The run's refinement settings with ``overrides`` (a command-line or page setting wins), checked."""
+    try:
+        return replace(train_config(run, "refine"), **(overrides or {}))
+    except TypeError as exc:
+        raise ValueError(f"unknown refinement setting ({exc})") from exc
+
+
 def refine_step(
     run: runs.Run,
     data: dict[str, Split],
@@ -270,15 +361,13 @@ def refine_step(
 ) -> FitResult:
     """eXBL refinement from the unrefined model; refined.pt is rewritten at every new best epoch.
 
-    ``overrides`` (epochs, lambda_expl, lr, patience, ...) are saved into config.json first.
+    ``overrides`` (epochs, lambda_expl, lr, patience, ...) apply to this attempt; history and
+    refined.pt record them. config.json takes them only when the step ends with a model, so
+    a failed attempt leaves it as it was and a plain retry uses the settings that worked.
     """
     if not run.has(runs.EXEMPLARS):
         raise runs.RunError(f"{run.path}: pick a good and a bad explanation first ({runs.EXEMPLARS} is missing)")
-    cfg = replace(train_config(run, "refine"), **(overrides or {}))
-    if overrides:
-        config = run.config()
-        config["refine"] = cfg.to_dict()
-        runs.write_json(run.file(runs.CONFIG), config)
+    cfg = refine_settings(run, overrides)
     pick = runs.read_json(run.file(runs.EXEMPLARS))
     train = data["train"]
     good, bad = pick["good"]["index"], pick["bad"]["index"]
@@ -287,19 +376,12 @@ def refine_step(
     x = train.float_images(torch.tensor([good, bad]))
     ex = compute_exemplars(model, (x[0], int(train.labels[good])), (x[1], int(train.labels[bad])), cfg.explanation)
     torch.manual_seed(cfg.seed)
-    size = int(train.images.shape[-1])
-    return fit(
-        model,
-        train,
-        data["val"],
-        cfg,
-        ex,
-        _recorder(run, on_event),
-        cancel,
-        _checkpoint_writer(run, runs.REFINED, "refined", size),
-        device,
-        phase="refine",
-    )
+    result = _fit_step(run, "refine", runs.REFINED, cfg, model, data, ex, on_event, cancel, device)
+    if result.best_epoch > 0 and cfg != train_config(run, "refine"):
+        config = run.config()
+        config["refine"] = cfg.to_dict()
+        runs.write_json(run.file(runs.CONFIG), config)
+    return result
 
 
 # --------------------------------------------------------------------------- results
@@ -307,6 +389,8 @@ def refine_step(
 
 def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -> dict:
     """metrics.json: every metric for both models on val, test and (synthetic) shortcut_test."""
+    if not run.has(runs.UNREFINED):
+        raise runs.RunError(f"{run.path}: no model to evaluate yet ({runs.UNREFINED} is missing); run train first")
     tau = train_config(run, "refine").tau
     metrics: dict = {}
     for which in ("unrefined", "refined"):
@@ -347,6 +431,9 @@ def default_figure_rows(split: Split, unrefined_ap: torch.Tensor, n: int = 4) ->
 def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, rows: list[int] | None = None) -> list[dict]:
     """figure3.png (Viral Pneumonia test images, before and after) and Table 1 as CSV and Markdown."""
     test = data["test"]
+    outside = [r for r in rows or [] if not 0 <= r < len(test)]
+    if outside:
+        raise ValueError(f"figure row {outside[0]} is out of range: the test split has images 0 to {len(test) - 1}")
     unrefined = load_model(run, "unrefined", device)
     title = None
     if rows is None:

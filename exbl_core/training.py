@@ -58,13 +58,15 @@ class TrainConfig:
     tau: float = 5.0  # Activation Precision's top-k percentage, for validation AP
 
     def __post_init__(self) -> None:
+        # Finite as well as in range: inf passes "> 0", and a run with it trains nothing.
         checks = {
             "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
             "batch_size": self.batch_size >= 1,
             "patience": self.patience >= 1,
-            "lambda_expl": self.lambda_expl >= 0,
-            "margin": self.margin >= 0,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "lambda_expl": math.isfinite(self.lambda_expl) and self.lambda_expl >= 0,
+            "margin": math.isfinite(self.margin) and self.margin >= 0,
             "distance": self.distance in DISTANCES,
             "explanation": self.explanation in EXPLANATIONS,
         }

@@ -141,8 +141,6 @@ if not training_here:
     epochs = pipeline.train_config(run, "train").epochs
     st.caption(f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept.")
     if st.button(label, type="secondary" if run.has(runs.UNREFINED) else "primary", icon=":material/model_training:") and not live.busy():
-        for stale in (runs.REFINED, runs.EXEMPLARS, runs.METRICS):
-            run.file(stale).unlink(missing_ok=True)
         state.forget_pair(run)
         live.start("train", run, tasks.train_work(run, cache.data(run), cache.device()))
 live.job_panel(run, ("train", "demo"), phase="unrefined")
