@@ -68,8 +68,8 @@ PAPER_TRAIN, PAPER_REFINE = TrainConfig(epochs=60), TrainConfig(epochs=100)
 
 
 # Limits that every way into a run (CLI, app, config.json) is checked against, before
-# anything is written. MobileNetV2 halves the input five times, so 32 px is its smallest.
-SIZE_RANGE = (32, 1024)
+# anything is written. Below 16 px nothing of a radiograph is left to learn from.
+SIZE_RANGE = (16, 1024)
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds
 MAX_DATA_BYTES = 8 * 2**30  # images and masks of every split, held in memory
 

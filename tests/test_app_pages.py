@@ -202,7 +202,8 @@ def test_refinement_starts_in_the_background_and_cancels_quickly(runs_dir: Path,
 def test_a_second_start_is_refused_while_a_job_runs(runs_dir: Path, finished_run: Path) -> None:
     at = refine_page_with_pair(runs_dir, finished_run)
     release = threading.Event()
-    blocker = get_runner().start("train", "elsewhere", lambda emit, cancel: "done" if release.wait(30) else "cancelled")
+    (runs_dir / "elsewhere").mkdir()  # a job holds its run folder's lock, so the folder must exist
+    blocker = get_runner().start("train", str(runs_dir / "elsewhere"), lambda emit, cancel: "done" if release.wait(30) else "cancelled")
     try:
         next(b for b in at.button if b.label == "Start refinement").click().run()
         assert get_runner().job is blocker

@@ -216,6 +216,7 @@ def test_leftover_temporary_files_go_at_the_next_lock_and_the_users_stay(tmp_pat
 
 # --------------------------------------------------------------------------- one writer at a time
 
+
 def _hold(path: str, ready) -> None:
     with runs.locked(path):
         ready.set()
