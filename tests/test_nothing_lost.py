@@ -29,6 +29,8 @@ from exbl_core.training import TrainConfig, TrainingError
 from studio.jobs import JobRunner
 from tests.conftest import lung_mask, save_png
 
+# On-disk names: the lock of a run folder, and where a replaced run waits for the new first checkpoint.
+LOCK, ASIDE = ".lock", ".previous-run"
 TINY = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
 USER_FILES = {  # a user's own folder, with names a run would use too
     "config.json": b'{"my": "settings"}',
@@ -59,7 +61,7 @@ def refused(capsys, *argv: str) -> str:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (the lock file aside) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != runs.LOCK}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK}
 
 
 def user_folder(path: Path) -> Path:
@@ -81,7 +83,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(runs.LOCK)))
+    return Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(LOCK)))
 
 
 def _fail_before_any_checkpoint(monkeypatch) -> None:
@@ -124,7 +126,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_model_has_a_checkpoint(run_co
     monkeypatch.undo()
     code, err = _main(capsys, "train", "--run", run_copy, *TINY, "--seed", "4", "--epochs", "1", "--overwrite")
     assert code == 0, err
-    assert not (run_copy / runs.ASIDE).exists() and not (run_copy / runs.REFINED).exists()
+    assert not (run_copy / ASIDE).exists() and not (run_copy / runs.REFINED).exists()
     assert runs.read_json(run_copy / runs.CONFIG)["train"]["seed"] == 4
     assert (run_copy / "notes.txt").read_text() == "the user's own"
 
@@ -211,7 +213,7 @@ def test_a_command_line_setting_wins_over_config_json_on_a_retry(tmp_path, capsy
     assert config["data"]["size"] == 32 and config["data"]["seed"] == 7
     assert config["train"]["epochs"] == 1 and config["train"]["seed"] == 7
     assert runs.load_checkpoint(run.file(runs.UNREFINED), build_model(num_classes=4))["image_size"] == 32
-    assert not (run.path / runs.ASIDE).exists()
+    assert not (run.path / ASIDE).exists()
 
 
 # --------------------------------------------------------------------------- data sets, masks and paths
@@ -377,7 +379,7 @@ def test_any_sequence_of_commands_keeps_user_files_and_leaves_loadable_checkpoin
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = {"run": root / "run", "user": user_folder(root / "user"), "file": root / "a-file", "new": root / "new"}
-        shutil.copytree(tiny_run, paths["run"], dirs_exist_ok=True, ignore=shutil.ignore_patterns(runs.LOCK))
+        shutil.copytree(tiny_run, paths["run"], dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK))
         (paths["run"] / "notes.txt").write_text("the user's own")
         paths["file"].write_text("a file of the user's")
         user = {**{f"user/{k}": v for k, v in USER_FILES.items()}, "run/notes.txt": b"the user's own", "a-file": b"a file of the user's"}
@@ -387,6 +389,6 @@ def test_any_sequence_of_commands_keeps_user_files_and_leaves_loadable_checkpoin
             files = snapshot(root)
             assert {k: v for k, v in files.items() if k in user} == user, argv
             mine = {k for k in files if k not in user}
-            assert all(Path(k).name in runs.RUN_FILES and runs.ASIDE not in k for k in mine), (argv, mine)
+            assert all(Path(k).name in runs.RUN_FILES and ASIDE not in k for k in mine), (argv, mine)
             for name in (k for k in mine if k.endswith(".pt")):
                 runs.load_checkpoint(root / name, build_model(num_classes=4))
