@@ -217,7 +217,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # What a step needs, and the step that makes it: checked before any data is loaded.
-NEEDS = {"pick": (runs.UNREFINED, "train"), "refine": (runs.EXEMPLARS, "pick"), "evaluate": (runs.UNREFINED, "train")}
+NEEDS = {
+    "pick": (runs.UNREFINED, "train"),
+    "refine": (runs.EXEMPLARS, "pick"),
+    "evaluate": (runs.UNREFINED, "train"),
+    "figure": (runs.REFINED, "refine"),
+}
 
 
 def cmd_step(args: argparse.Namespace) -> int:

@@ -156,8 +156,11 @@ def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
     """The run's data settings, checked: a hand-edited config.json gets an error naming it."""
     try:
         cfg = dict(run.config()["data"])
-        source = cfg.pop("source")
-        spec = {"synthetic": SyntheticConfig, "folder": FolderSpec}[source](**cfg)
+        kinds = {"synthetic": SyntheticConfig, "folder": FolderSpec}
+        source = cfg.pop("source", None)
+        if source not in kinds:
+            raise ValueError(f"source {source!r} is neither 'synthetic' nor 'folder'")
+        spec = kinds[source](**cfg)
         check_data(spec)
     except runs.RunError:
         raise
