@@ -14,10 +14,10 @@ run: .venv/.installed
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
 demo: .venv/.installed
-	$(PY) -m exbl_core demo
+	$(PY) -m exbl_core demo --overwrite
 
 demo-quick: .venv/.installed
-	$(PY) -m exbl_core demo --quick
+	$(PY) -m exbl_core demo --quick --overwrite
 
 test: .venv/.installed
 	$(PY) -m pytest -q

@@ -168,7 +168,10 @@ def ensure_trained_run(run_dir: Path | None = None) -> Path:
         print(f"Training a checkpoint with the quick demo into {run_dir} ...", flush=True)
         CACHE.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "exbl_core", "demo", "--quick", "--out", str(run_dir)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "exbl_core", "demo", "--quick", "--out", str(run_dir), "--overwrite"],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     return run_dir
 

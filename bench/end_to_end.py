@@ -19,7 +19,7 @@ DEMOS = {"quick": ["--quick"], "default": []}
 
 
 def command(which: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "exbl_core", "demo", *DEMOS[which], "--out", str(out)]
+    return [sys.executable, "-m", "exbl_core", "demo", *DEMOS[which], "--out", str(out), "--overwrite"]
 
 
 def measure(which: str, quick_out: Path = DEFAULT_RUN) -> dict:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from exbl_core.data import DataError
 from exbl_core.figures import model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS
-from exbl_core.training import TrainingError, choose_device
+from exbl_core.synthetic import SyntheticConfig
+from exbl_core.training import TrainConfig, TrainingError, choose_device
 
 DEFAULT_OUT = Path("runs") / "demo"
 
@@ -83,37 +87,96 @@ def _refine_overrides(args: argparse.Namespace) -> dict:
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
-def _data_spec(args: argparse.Namespace, preset: pipeline.Preset):
-    if args.data:
-        train, val, test = args.per_class
-        return pipeline.FolderSpec(str(args.data), args.size or 224, train, val, test, args.seed, args.skip_bad)
-    data = preset.data if args.size is None else replace(preset.data, size=args.size)
-    return replace(data, seed=args.seed)
+def _finite(lowest: float, inclusive: bool) -> Callable[[float], bool]:
+    return lambda v: math.isfinite(v) and (v >= lowest if inclusive else v > lowest)
+
+
+# Every option's rule, checked before anything is read or written; a new option adds a line.
+OPTION_RULES: dict[str, tuple[Callable, str]] = {
+    "size": (lambda v: pipeline.SIZE_RANGE[0] <= v <= pipeline.SIZE_RANGE[1], "must be {} to {} pixels".format(*pipeline.SIZE_RANGE)),
+    "seed": (lambda v: pipeline.SEED_RANGE[0] <= v <= pipeline.SEED_RANGE[1], "must be {} to {}".format(*pipeline.SEED_RANGE)),
+    "per_class": (lambda v: min(v) >= 1, "needs at least 1 image per class in each of train, val and test"),
+    "epochs": (lambda v: v >= 1, "must be at least 1"),
+    "patience": (lambda v: v >= 1, "must be at least 1"),
+    "lr": (_finite(0.0, inclusive=False), "must be a finite number above 0"),
+    "lambda_expl": (_finite(0.0, inclusive=True), "must be a finite number, 0 or more"),
+    "margin": (_finite(0.0, inclusive=True), "must be a finite number, 0 or more"),
+    "good": (lambda v: v >= 0, "must be a training-image index, 0 or more"),
+    "bad": (lambda v: v >= 0, "must be a training-image index, 0 or more"),
+    "rows": (lambda v: min(v) >= 0, "must be test-image indices, 0 or more"),
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse an option outside its rule with one line naming it, before anything happens."""
+    for name, (ok, rule) in OPTION_RULES.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else value
+            raise ValueError(f"--{name.replace('_', '-')} {shown}: {rule}")
 
 
 def _presets(args: argparse.Namespace) -> pipeline.Preset:
     preset = pipeline.QUICK if getattr(args, "quick", False) else pipeline.DEMO
     if args.data and not getattr(args, "quick", False):
         preset = replace(preset, train=pipeline.PAPER_TRAIN, refine=pipeline.PAPER_REFINE)
-    return replace(preset, train=replace(preset.train, seed=args.seed), refine=replace(preset.refine, seed=args.seed))
+    return preset
+
+
+DataSpec = SyntheticConfig | pipeline.FolderSpec
+
+
+def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[DataSpec, TrainConfig, TrainConfig]:
+    """Data, training and refinement settings: the run's (the presets' for a new run or with
+    --quick), with every option given on the command line applied on top: a given option wins."""
+    preset = _presets(args)
+    if run is None or args.quick:
+        data, train, refine = preset.data, preset.train, preset.refine
+    else:
+        data, train, refine = pipeline.data_config(run), pipeline.train_config(run, "train"), pipeline.train_config(run, "refine")
+    if args.data is not None:
+        path = str(args.data.expanduser().resolve())
+        data = replace(data, path=path) if isinstance(data, pipeline.FolderSpec) else pipeline.FolderSpec(path)
+    if args.skip_bad and not isinstance(data, pipeline.FolderSpec):
+        raise ValueError("--skip-bad applies to a data set folder: give --data too")
+    given = {"size": args.size, "seed": args.seed, "skip_bad": args.skip_bad or None}
+    if args.per_class is not None:
+        names = ("train", "val", "test") if isinstance(data, pipeline.FolderSpec) else ("n_train", "n_val", "n_test")
+        given.update(zip(names, args.per_class, strict=True))
+    data = replace(data, **{k: v for k, v in given.items() if v is not None})
+    if getattr(args, "epochs", None) is not None:
+        train = replace(train, epochs=args.epochs)
+    if args.seed is not None:
+        train, refine = replace(train, seed=args.seed), replace(refine, seed=args.seed)
+    return data, train, refine
+
+
+@contextlib.contextmanager
+def _starting(out: Path, prepared: pipeline.PreparedRun, replacing_run: bool) -> Iterator[tuple[runs.Run, dict]]:
+    """Write a prepared run under its lock; an old run there is kept aside until the first checkpoint."""
+    with runs.locked(out, create=True), runs.replacing(out) if replacing_run else contextlib.nullcontext():
+        run = pipeline.write_run(out, prepared)
+        yield run, prepared.data or pipeline.load_data(run)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    check_options(args)
+    replacing_run = runs.check_target(args.out, overwrite=args.overwrite)
     preset = _presets(args)
+    prepared = pipeline.prepare_run(*_settings(args, None), args.weights)
     device = choose_device()
     _say(f"eXBL demo on {'the data set in ' + str(args.data) if args.data else 'synthetic chest X-ray phantoms'}, device {device}")
-    run = pipeline.new_run(args.out, _data_spec(args, preset), preset.train, preset.refine, overwrite=True, start=args.weights)
-    data = pipeline.load_data(run)
-    _say("Data: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
-    steps = ["train", "oracle"] if preset.oracle else ["train"]
-    steps += ["pick", *(("refine", m) for m in preset.methods), "evaluate", "figure"]
-    for step in steps:
-        if isinstance(step, tuple):
-            args.method = step[1]
-            step = step[0]
-        if _run_step(step, args, run, data, device) != 0:
-            return 1
+    with _starting(args.out, prepared, replacing_run) as (run, data):
+        _say("Data: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
+        for step in ("train", "oracle") if preset.oracle else ("train",):
+            _run_step(step, args, run, data, device)
+        _run_step("pick", args, run, data, device)
+        for method in preset.methods:
+            args.method = method
+            _run_step("refine", args, run, data, device)
+        for step in ("evaluate", "figure"):
+            _run_step(step, args, run, data, device)
     _say(f"Demo finished in {time.perf_counter() - started:.0f} s.")
     return 0
 
@@ -162,18 +225,57 @@ def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, de
     return 0
 
 
-def cmd_step(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train in a new run folder, or in a run that has no model yet; --overwrite starts a run over."""
+    check_options(args)
+    existing = runs.check_target(args.run, overwrite=True)
     device = choose_device()
-    if args.command == "train" and not runs.Run(Path(args.run)).has(runs.CONFIG):
-        preset = _presets(args)
-        train_cfg = preset.train if args.epochs is None else replace(preset.train, epochs=args.epochs)
-        run = pipeline.new_run(args.run, _data_spec(args, preset), train_cfg, preset.refine, start=args.weights)
-    else:
-        run = runs.open_run(args.run)
+    if existing and not args.overwrite:
+        with runs.locked(args.run):
+            run = pipeline.check_config(runs.open_run(args.run))
+            if run.has(runs.UNREFINED):
+                raise runs.RunError(
+                    f"{run.path}: already has a trained model ({runs.UNREFINED}); pass --overwrite to train a new one "
+                    "(the old run is kept until the new model's first checkpoint), or choose another --run"
+                )
+            settings = _settings(args, run)
+            if settings == (pipeline.data_config(run), pipeline.train_config(run, "train"), pipeline.train_config(run, "refine")):
+                return _run_step("train", args, run, pipeline.load_data(run), device)
+            # A setting given now wins: the run starts over with it, and its files come back if this attempt fails.
+            prepared = pipeline.prepare_run(*settings, args.weights)
+            with _starting(run.path, prepared, replacing_run=True) as (run, data):
+                return _run_step("train", args, run, data, device)
+    prepared = pipeline.prepare_run(*_settings(args, None), args.weights)
+    with _starting(args.run, prepared, existing) as (run, data):
+        return _run_step("train", args, run, data, device)
+
+
+# What a step needs, and the step that makes it: checked before any data is loaded.
+NEEDS = {
+    "pick": (runs.UNREFINED, "train"),
+    "refine": (runs.EXEMPLARS, "pick"),
+    "evaluate": (runs.UNREFINED, "train"),
+    "figure": (runs.UNREFINED, "train"),
+}
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    check_options(args)
+    runs.open_run(args.run)  # before the lock, whose file may only ever go into a run folder
+    device = choose_device()
+    with runs.locked(args.run):
+        run = pipeline.check_config(runs.open_run(args.run))
+        if args.command in NEEDS:
+            name, maker = NEEDS[args.command]
+            if not run.has(name):
+                raise runs.RunError(f"{run.path}: nothing to {args.command} yet ({name} is missing); run {maker} first")
+        if args.command == "figure" and not run.refined():
+            raise runs.RunError(f"{run.path}: nothing to figure yet (no refined model); run refine first")
+        if args.command == "refine":
+            pipeline.refine_settings(run, _refine_overrides(args))
         if getattr(args, "weights", None) is not None:
             _check_same_start(run, args.weights)
-    data = pipeline.load_data(run)
-    return _run_step(args.command, args, run, data, device)
+        return _run_step(args.command, args, run, pipeline.load_data(run), device)
 
 
 def _check_same_start(run: runs.Run, choice: str) -> None:
@@ -221,15 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     def data_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", type=Path, help="COVID-19 Radiography Database folder (default: synthetic phantoms)")
         p.add_argument("--size", type=int, help="image size in pixels (default: 128 synthetic, 224 real)")
-        p.add_argument("--seed", type=int, default=0, help="seed for data, split and training (default: 0)")
-        p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and images without masks, and list them")
+        p.add_argument("--seed", type=int, help="seed for data, split and training (default: 0)")
+        p.add_argument(
+            "--skip-bad",
+            action="store_true",
+            help="with --data: skip unreadable images and images without a usable mask, and list them in split.json",
+        )
         p.add_argument(
             "--per-class",
             type=int,
             nargs=3,
-            default=(800, 300, 200),
             metavar=("TRAIN", "VAL", "TEST"),
-            help="with --data: images per class in each split (default: the paper's 800 300 200)",
+            help="images per class in each split (default: the paper's 800 300 200 with --data, the preset's otherwise)",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the run already in this folder; it is kept aside until the new model's first checkpoint",
         )
 
     def weights_option(p: argparse.ArgumentParser) -> None:
@@ -266,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
 
     demo = sub.add_parser("demo", help="run the whole workflow with defaults (about 4 minutes on 2 CPU cores)")
-    demo.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run folder to write (default: {DEFAULT_OUT}); replaced if it exists")
+    demo.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"new or empty folder for the run (default: {DEFAULT_OUT}); see --overwrite"
+    )
     demo.add_argument("--quick", action="store_true", help="tiny data and few epochs: a smoke test in under a minute")
     data_options(demo)
     weights_option(demo)
@@ -284,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_study, data=None, seed=0)
 
     helps = {
-        "train": "train the unrefined model (creates the run folder if needed)",
+        "train": "train the unrefined model (creates the run folder if needed; a trained run needs --overwrite)",
         "oracle": "train the oracle: the same model on phantoms whose child anatomy is independent of the class",
         "pick": "choose the good and bad explanation (automatic unless --good/--bad)",
         "refine": "refine a copy of the unrefined model with one method (default: the paper's eXBL)",
@@ -305,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
             refine_options(p)
         if name == "figure":
             p.add_argument("--rows", type=int, nargs="+", help="test-image indices (default: 4 Viral Pneumonia images)")
-        p.set_defaults(func=cmd_step)
+        p.set_defaults(func=cmd_train if name == "train" else cmd_step)
 
     w = sub.add_parser("weights", help="say whether the ImageNet weights are cached; --download fetches them")
     w.add_argument(
@@ -323,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, runs.RunError, runs.CheckpointError, TrainingError, ValueError) as exc:
+    except (DataError, runs.RunError, runs.CheckpointError, TrainingError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

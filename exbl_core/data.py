@@ -8,7 +8,6 @@ as grayscale uint8 in [0, 255]; the model normalises for itself, so that
 
 from __future__ import annotations
 
-import glob
 import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +145,20 @@ def _resize(arr: np.ndarray, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0, 0]
 
 
+def binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """Lung pixels: above half the mask's own maximum, so 0/1, 0/255 and 16-bit masks all work.
+
+    A mask with no lung pixel, or one that is lung everywhere, would make every AP on its
+    image meaningless (0 or 1 whatever the model does), so it is refused naming the file.
+    """
+    binary = mask > mask.max() / 2
+    if not binary.any():
+        raise DataError(f"{path}: lung mask is empty (no pixel above half its maximum)")
+    if binary.all():
+        raise DataError(f"{path}: lung mask covers the whole image, so it marks no lung")
+    return binary
+
+
 def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One image (uint8 [1,S,S]) and its lung mask (bool [S,S]) at the training size."""
     image = read_gray(image_path)
@@ -157,7 +170,7 @@ def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[torch.Tenso
     if abs(ih / iw - mh / mw) > 0.02:
         raise DataError(f"{mask_path}: mask is {mw}x{mh} but its image {image_path.name} is {iw}x{ih}; their shapes do not match")
     img = (_resize(image, size, "bilinear").clamp(0, 1) * 255).round().to(torch.uint8)[None]
-    msk = _resize((mask > 0.5).astype(np.float32), size, "nearest") > 0.5
+    msk = _resize(binary_mask(mask, mask_path).astype(np.float32), size, "nearest") > 0.5
     return img, msk
 
 
@@ -166,6 +179,35 @@ def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[torch.Tenso
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def mask_index(masks_dir: Path) -> dict[str, list[Path]]:
+    """The image files in a masks folder, by file name without its extension."""
+    index: dict[str, list[Path]] = {}
+    for p in _image_files(masks_dir):
+        index.setdefault(p.stem, []).append(p)
+    return index
+
+
+def find_mask(image: Path, index: dict[str, list[Path]]) -> Path:
+    """The lung mask of ``image``: the file of the same name, or else the one file of the same
+    name with another image extension (a DICOM image with a PNG mask).
+
+    Names are compared exactly, never as patterns: ``Normal-1.old.png`` is not a mask of
+    ``Normal-1.png``, and with both ``Normal-1.png`` and ``Normal-1.jpg`` present the
+    image ``Normal-1.png`` takes ``Normal-1.png``. Two candidates and no exact name is an error.
+    """
+    candidates = index.get(image.stem, [])
+    exact = [p for p in candidates if p.name == image.name]
+    if exact:
+        return exact[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    masks_dir = image.parent.parent / "masks"
+    if not candidates:
+        raise DataError(f"{image}: no lung mask with the same name in {masks_dir}")
+    names = ", ".join(p.name for p in candidates)
+    raise DataError(f"{image}: several files in {masks_dir} could be its lung mask ({names}); keep one, named {image.name}")
 
 
 def scan_dataset(root: str | Path, skip_bad: bool = False) -> tuple[dict[str, list[tuple[Path, Path]]], list[str]]:
@@ -195,16 +237,15 @@ def scan_dataset(root: str | Path, skip_bad: bool = False) -> tuple[dict[str, li
         for sub in (images_dir, masks_dir):
             if not sub.is_dir():
                 raise DataError(f"{sub}: folder is missing; each class needs images/ and masks/")
-        masks = {p.stem: p for p in _image_files(masks_dir)}
+        masks = mask_index(masks_dir)
         found = []
         for image in _image_files(images_dir):
-            mask = masks.get(image.stem)
-            if mask is None:
+            try:
+                found.append((image, find_mask(image, masks)))
+            except DataError as exc:
                 if not skip_bad:
-                    raise DataError(f"{image}: no lung mask with the same name in {masks_dir}")
-                skipped.append(f"{image}: no lung mask")
-                continue
-            found.append((image, mask))
+                    raise
+                skipped.append(str(exc))
         if not found:
             raise DataError(f"{images_dir}: class folder holds no images with masks")
         pairs[cls] = found
@@ -235,17 +276,14 @@ def make_split(pairs: dict[str, list[tuple[Path, Path]]], sizes: SplitSizes, see
 def load_entries(root: str | Path, entries: list[tuple[int, str]], size: int, skip_bad: bool = False, workers: int = 4) -> Split:
     """Load a list of ``(label, relative image path)`` into a Split at ``size`` x ``size``."""
     root = Path(root)
+    masks_dirs = {(root / rel).parent.parent / "masks" for _, rel in entries}
+    indexes = {d: mask_index(d) if d.is_dir() else {} for d in masks_dirs}
 
     def load(entry: tuple[int, str]):
         label, rel = entry
         image_path = root / rel
-        cls_dir = image_path.parent.parent
-        # Escaped: a name such as "scan [1].png" must not be read as a glob pattern.
-        masks = [p for p in (cls_dir / "masks").glob(f"{glob.escape(image_path.stem)}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
         try:
-            if not masks:
-                raise DataError(f"{image_path}: no lung mask with the same name in {cls_dir / 'masks'}")
-            return load_pair(image_path, masks[0], size)
+            return load_pair(image_path, find_mask(image_path, indexes[image_path.parent.parent / "masks"]), size)
         except DataError as exc:
             if not skip_bad:
                 raise

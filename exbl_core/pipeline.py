@@ -8,6 +8,7 @@ and writes its results back atomically.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -17,11 +18,11 @@ from exbl_core import runs, weights
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, table1_csv, table1_markdown, table1_rows
 from exbl_core.gradcam import predict_with_cams
-from exbl_core.methods import METHODS, Pick, check_data, get_method
+from exbl_core.methods import Pick, check_feedback, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
-from exbl_core.training import EventCallback, FitResult, TrainConfig, fit
+from exbl_core.training import EventCallback, FitResult, TrainConfig, TrainingError, fit
 from exbl_core.verdict import shortcut_verdict
 
 EVAL_SPLITS = ("val", "test", "shortcut_test")
@@ -71,27 +72,67 @@ PAPER_TRAIN, PAPER_REFINE = TrainConfig(epochs=60), TrainConfig(epochs=100)
 # --------------------------------------------------------------------------- data
 
 
-def new_run(
-    out: str | Path,
-    data: SyntheticConfig | FolderSpec,
-    train: TrainConfig,
-    refine: TrainConfig,
-    overwrite: bool = False,
-    start: str | Path | None = None,
-) -> runs.Run:
-    """Create a run folder with config.json and split.json; checks a data folder and the weights first.
+# Limits that every way into a run (CLI, app, config.json) is checked against, before
+# anything is written. Below 16 px nothing of a radiograph is left to learn from.
+SIZE_RANGE = (16, 1024)
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds
+MAX_DATA_BYTES = 8 * 2**30  # images and masks of every split, held in memory
 
+
+def check_data(spec: SyntheticConfig | FolderSpec) -> None:
+    """Refuse data settings that would crash, or quietly fill the memory, later on."""
+    counts = (spec.n_train, spec.n_val, spec.n_test) if isinstance(spec, SyntheticConfig) else (spec.train, spec.val, spec.test)
+    problems = []
+    if not SIZE_RANGE[0] <= spec.size <= SIZE_RANGE[1]:
+        problems.append(f"image size {spec.size} is outside {SIZE_RANGE[0]} to {SIZE_RANGE[1]} pixels")
+    if not SEED_RANGE[0] <= spec.seed <= SEED_RANGE[1]:
+        problems.append(f"seed {spec.seed} is outside {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    if min(counts) < 1:
+        problems.append(f"images per class {' '.join(map(str, counts))} (train, val, test) must each be at least 1")
+    images = 4 * (sum(counts) + (spec.n_test if isinstance(spec, SyntheticConfig) else 0))  # synthetic has two test splits
+    if not problems and images * spec.size**2 * 2 > MAX_DATA_BYTES:
+        problems.append(f"{images} images at {spec.size} px would take {images * spec.size**2 * 2 / 2**30:.0f} GiB of memory")
+    if problems:
+        raise ValueError("invalid data setting(s): " + "; ".join(problems))
+
+
+@dataclass
+class PreparedRun:
+    """A new run's config.json and split.json contents, and (for a data set folder) its loaded data."""
+
+    config: dict
+    split: dict
+    data: dict[str, Split] | None
+
+
+def prepare_run(
+    data: SyntheticConfig | FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
+) -> PreparedRun:
+    """Check every setting and read a data set folder in full, writing nothing.
+
+    So a bad setting, a missing or unreadable mask, or a data set too small for the split
+    fails before a run folder exists. With ``skip_bad``, what could not be read is listed
+    in split.json and left out of its lists. Synthetic data is generated later, on load.
     ``start`` is the backbone to train from: ``imagenet``, ``random`` or a weights file
-    (``None``: ImageNet for real data when cached, else random; see ``weights.resolve``).
+    (``None``: ImageNet for real data when cached, else random; see ``weights.resolve``);
     config.json records the choice with the file's SHA-256 and the frozen blocks.
     """
+    check_data(data)
     model_start = weights.resolve(start, real_data=isinstance(data, FolderSpec))
     if isinstance(data, FolderSpec):
+        data = replace(data, path=str(Path(data.path).expanduser().resolve()))  # valid from any working folder
         pairs, skipped = scan_dataset(data.path, skip_bad=data.skip_bad)
-        split = {"source": "folder", "skipped": skipped, **make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)}
-        data_cfg = {"source": "folder", **asdict(data)}
+        split = make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)
+        loaded = {}
+        for name in ("train", "val", "test"):
+            loaded[name] = load_entries(data.path, split[name], data.size, skip_bad=data.skip_bad)
+            kept = set(loaded[name].names)
+            split[name] = [entry for entry in split[name] if entry[1] in kept]
+            skipped += loaded[name].skipped
+        split_doc, data_cfg = {"source": "folder", "skipped": skipped, **split}, {"source": "folder", **asdict(data)}
     else:
-        split = None
+        loaded = None
+        split_doc = {"source": "synthetic", **{s: _synthetic_summary(data, s) for s in SPLITS}}
         data_cfg = {"source": "synthetic", **data.to_dict()}
     config = {
         "data": data_cfg,
@@ -100,11 +141,24 @@ def new_run(
         "model": model_start.to_dict(),
         "cam_class": {"display": "predicted", "loss": "true label"},
     }
-    run = runs.create_run(out, config, overwrite=overwrite)
-    if split is None:
-        split = {"source": "synthetic", **{s: _synthetic_summary(data, s) for s in SPLITS}}
-    runs.write_json(run.file(runs.SPLIT), split)
+    return PreparedRun(config, split_doc, loaded)
+
+
+def write_run(out: str | Path, prepared: PreparedRun) -> runs.Run:
+    """Write a prepared run's config.json and split.json; the caller holds the folder's lock."""
+    run = runs.create_run(out, prepared.config)
+    runs.write_json(run.file(runs.SPLIT), prepared.split)
     return run
+
+
+def new_run(
+    out: str | Path, data: SyntheticConfig | FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
+) -> runs.Run:
+    """Create a run folder with config.json and split.json, in a new or empty folder only."""
+    runs.check_target(out)
+    prepared = prepare_run(data, train, refine, start)
+    with runs.locked(out, create=True):
+        return write_run(out, prepared)
 
 
 def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
@@ -113,9 +167,32 @@ def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
 
 
 def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
-    cfg = dict(run.config()["data"])
-    source = cfg.pop("source")
-    return SyntheticConfig(**cfg) if source == "synthetic" else FolderSpec(**cfg)
+    """The run's data settings, checked: a hand-edited config.json gets an error naming it."""
+    try:
+        cfg = dict(run.config()["data"])
+        kinds = {"synthetic": SyntheticConfig, "folder": FolderSpec}
+        source = cfg.pop("source", None)
+        if source not in kinds:
+            raise ValueError(f"source {source!r} is neither 'synthetic' nor 'folder'")
+        spec = kinds[source](**cfg)
+        check_data(spec)
+    except runs.RunError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise runs.RunError(f"{run.file(runs.CONFIG)}: its 'data' settings are not valid ({_reason(exc)})") from exc
+    return spec
+
+
+def _reason(exc: Exception) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+
+
+def check_config(run: runs.Run) -> runs.Run:
+    """Refuse a config.json of the wrong shape now, with one line naming it, instead of deep in a step."""
+    data_config(run)
+    for phase in ("train", "refine"):
+        train_config(run, phase)
+    return run
 
 
 def split_names(run: runs.Run) -> tuple[str, ...]:
@@ -139,7 +216,11 @@ def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str,
 
 
 def train_config(run: runs.Run, phase: str) -> TrainConfig:
-    return TrainConfig(**run.config()[phase])
+    """The run's training (``phase`` "train") or refinement ("refine") settings, checked."""
+    try:
+        return TrainConfig(**run.config()[phase])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise runs.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
 
 
 def start_weights(run: runs.Run) -> weights.StartWeights | None:
@@ -159,15 +240,9 @@ def model_file(name: str) -> str:
     return {"unrefined": runs.UNREFINED, "oracle": runs.ORACLE}.get(name) or runs.refined_file(name)
 
 
-def refined_models(run: runs.Run) -> list[str]:
-    """The methods this run has refined with, in the registry's order (the paper's first)."""
-    held = set(run.refined())
-    return [m for m in METHODS if m in held]
-
-
 def models_in(run: runs.Run) -> list[str]:
     """Every model the run holds: unrefined, oracle (when trained), then each refined method."""
-    return [m for m in ("unrefined", "oracle") if run.has(model_file(m))] + refined_models(run)
+    return [m for m in ("unrefined", "oracle") if run.has(model_file(m))] + run.refined()
 
 
 def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | None = None) -> torch.nn.Module:
@@ -188,11 +263,15 @@ def oracle_data(run: runs.Run) -> dict[str, Split]:
     return {s: generate_split(s, oracle_config(spec)) for s in ("train", "val")}
 
 
-def _checkpoint_writer(run: runs.Run, name: str, phase: str, image_size: int):
+def _checkpoint_writer(run: runs.Run, name: str, phase: str, cfg: TrainConfig, image_size: int):
+    """Writes each new best model, with the settings that made it; the first new unrefined.pt
+    also drops the files of the run or model it replaces (``runs.replacing``)."""
+
     def write(state: dict, epoch: int, record: dict) -> None:
-        runs.save_checkpoint(
-            run.file(name), state, {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"]}
-        )
+        meta = {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"], "settings": cfg.to_dict()}
+        runs.save_checkpoint(run.file(name), state, meta)
+        if name == runs.UNREFINED:
+            runs.settle(run.path)
 
     return write
 
@@ -206,6 +285,26 @@ def _recorder(run: runs.Run, on_event: EventCallback | None, **tags) -> EventCal
             on_event(event)
 
     return record
+
+
+def _fit_step(
+    run: runs.Run, phase: str, name: str, cfg: TrainConfig, model, data, objective, on_event, cancel, device, **tags
+) -> FitResult:
+    """Run ``fit`` with its start recorded in history: the settings this attempt really used.
+
+    ``tags`` (a refinement's ``method``) go into every event, so that the history tells
+    the attempts of several methods apart.
+    """
+    record = _recorder(run, on_event, **tags)
+    record({"type": "start", "phase": phase, "epochs": cfg.epochs, "settings": cfg.to_dict(), "time": time.time()})
+    size = int(data["train"].images.shape[-1])
+    writer = _checkpoint_writer(run, name, Path(name).stem, cfg, size)
+    result = fit(model, data["train"], data["val"], cfg, objective, record, cancel, writer, device, phase=phase)
+    if result.status == "done" and result.best_epoch == 0:
+        raise TrainingError(
+            f"{phase}: no epoch reached a finite validation loss, so {run.file(name)} was not written; try a lower learning rate"
+        )
+    return result
 
 
 def train_step(
@@ -231,19 +330,7 @@ def train_step(
     model = build_model(num_classes=len(CLASSES), backbone=backbone, freeze=False)
     freeze_early_blocks(model, start.frozen_blocks)
     model = model.to(device)
-    size = int(fit_data["train"].images.shape[-1])
-    return fit(
-        model,
-        fit_data["train"],
-        fit_data["val"],
-        cfg,
-        None,
-        _recorder(run, on_event),
-        cancel,
-        _checkpoint_writer(run, model_file(role), role, size),
-        device,
-        phase=role,
-    )
+    return _fit_step(run, role, model_file(role), cfg, model, fit_data, None, on_event, cancel, device)
 
 
 def training_scores(model: torch.nn.Module, split: Split, tau: float = 5.0) -> dict[str, torch.Tensor]:
@@ -317,6 +404,14 @@ def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good:
     return pick
 
 
+def refine_settings(run: runs.Run, overrides: dict | None = None) -> TrainConfig:
+    """The run's refinement settings with ``overrides`` (a command-line or page setting wins), checked."""
+    try:
+        return replace(train_config(run, "refine"), **(overrides or {}))
+    except TypeError as exc:
+        raise ValueError(f"unknown refinement setting ({exc})") from exc
+
+
 def refine_step(
     run: runs.Run,
     data: dict[str, Split],
@@ -327,37 +422,28 @@ def refine_step(
 ) -> FitResult:
     """Refine a copy of the unrefined model with one method; its checkpoint is rewritten at every new best epoch.
 
-    ``overrides`` (method, epochs, lambda_expl, lr, patience, ...) are saved into config.json first.
+    ``overrides`` (method, epochs, lambda_expl, lr, patience, ...) apply to this attempt; history
+    and the checkpoint record them. config.json takes them only when the step ends with a
+    model, so a failed attempt leaves it as it was and a plain retry uses the settings that worked.
     """
     if not run.has(runs.EXEMPLARS):
         raise runs.RunError(f"{run.path}: pick a good and a bad explanation first ({runs.EXEMPLARS} is missing)")
-    cfg = replace(train_config(run, "refine"), **(overrides or {}))
+    cfg = refine_settings(run, overrides)
     method = get_method(cfg.method)
     train = data["train"]
-    check_data(method, train)
-    if overrides:
-        config = run.config()
-        config["refine"] = cfg.to_dict()
-        runs.write_json(run.file(runs.CONFIG), config)
+    check_feedback(method, train)
     pick = runs.read_json(run.file(runs.EXEMPLARS))
     good, bad = pick["good"]["index"], pick["bad"]["index"]
     validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
     objective = method.prepare(model, train, Pick(good, bad), cfg)
     torch.manual_seed(cfg.seed)
-    size = int(train.images.shape[-1])
-    return fit(
-        model,
-        train,
-        data["val"],
-        cfg,
-        objective,
-        _recorder(run, on_event, method=method.name),
-        cancel,
-        _checkpoint_writer(run, model_file(method.name), "refine", size),
-        device,
-        phase="refine",
-    )
+    result = _fit_step(run, "refine", model_file(method.name), cfg, model, data, objective, on_event, cancel, device, method=method.name)
+    if result.best_epoch > 0 and cfg != train_config(run, "refine"):
+        config = run.config()
+        config["refine"] = cfg.to_dict()
+        runs.write_json(run.file(runs.CONFIG), config)
+    return result
 
 
 # --------------------------------------------------------------------------- results
@@ -365,6 +451,8 @@ def refine_step(
 
 def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -> dict:
     """metrics.json: every metric of every model on val, test and (synthetic) shortcut_test, and each refinement's verdict."""
+    if not run.has(runs.UNREFINED):
+        raise runs.RunError(f"{run.path}: no model to evaluate yet ({runs.UNREFINED} is missing); run train first")
     tau = train_config(run, "refine").tau
     models: dict = {}
     for name in models_in(run):
@@ -378,7 +466,7 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
     if "unrefined" in models and "shortcut_test" in models["unrefined"]:
         metrics["shortcut_gap"] = {name: shortcut_gap(m["test"], m["shortcut_test"]) for name, m in models.items()}
         metrics["verdicts"] = {
-            name: shortcut_verdict(models["unrefined"], models[name], models.get("oracle")).to_dict() for name in refined_models(run)
+            name: shortcut_verdict(models["unrefined"], models[name], models.get("oracle")).to_dict() for name in run.refined()
         }
     if run.has(runs.EXEMPLARS):
         pick = runs.read_json(run.file(runs.EXEMPLARS))
@@ -407,6 +495,9 @@ def default_figure_rows(split: Split, unrefined_ap: torch.Tensor, n: int = 4) ->
 def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, rows: list[int] | None = None) -> list[dict]:
     """figure3.png (Viral Pneumonia test images, unrefined and every refined model) and Table 1 as CSV and Markdown."""
     test = data["test"]
+    outside = [r for r in rows or [] if not 0 <= r < len(test)]
+    if outside:
+        raise ValueError(f"figure row {outside[0]} is out of range: the test split has images 0 to {len(test) - 1}")
     unrefined = load_model(run, "unrefined", device)
     title = None
     if rows is None:
@@ -418,7 +509,7 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
     for i in rows:
         if not 0 <= i < len(test):
             raise ValueError(f"figure row {i} is out of range: the test split has images 0 to {len(test) - 1}")
-    names = ["unrefined", *refined_models(run)]
+    names = ["unrefined", *run.refined()]
     idx = torch.tensor(rows, dtype=torch.long)
     x = test.float_images(idx)
     results = {name: predict_with_cams(unrefined if name == "unrefined" else load_model(run, name, device), x) for name in names}

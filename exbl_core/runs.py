@@ -6,15 +6,25 @@ checkpoint or JSON file behind: the previous version stays intact. Checkpoints c
 their architecture, classes and format version, and are loaded with
 ``weights_only=True``: a file from another model, another version or a pickle that
 runs code gets a clear error, never a silent mix.
+
+The tool owns only the files it names below (``RUN_FILES``), in folders marked as runs
+by their config.json: it never writes into, or deletes from, a folder that is not a
+run, and never touches a file it did not name. One writer at a time holds a run's
+lock (``locked``); replacing a run or its model first moves the old files aside
+(``set_aside``) and drops them only once the new model's first checkpoint exists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +32,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import CLASSES
+from exbl_core.methods import METHODS
 from exbl_core.model import ARCH
 
 RUN_FORMAT = "exbl-run"
@@ -44,6 +55,19 @@ TABLE1_MD = "table1.md"
 def refined_file(method: str) -> str:
     """The refined checkpoint of one method: a run can hold one per method, side by side."""
     return f"refined-{method}.pt"
+
+
+REFINED_FILES = tuple(refined_file(m) for m in METHODS)
+# Every file a run folder may hold that the tool wrote; nothing else is ever replaced or deleted.
+RUN_FILES = (CONFIG, SPLIT, UNREFINED, ORACLE, *REFINED_FILES, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+# What a trained model brings with it: set aside together when the model is replaced.
+MODEL_FILES = (UNREFINED, ORACLE, *REFINED_FILES, EXEMPLARS, EXEMPLARS_PNG, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+LOCK = ".lock"
+ASIDE = ".previous-run"
+# atomic_write_bytes's temporary files: ".<owned name>.<random>.tmp"
+_TEMP = re.compile(r"^\.(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.[^/]+\.tmp$")
+
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -88,17 +112,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Strict JSON only: ``Infinity`` or ``NaN`` in a settings file would break every later reader."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise RunError(f"{path}: holds a value that is not a finite number ({exc}); nothing was written") from exc
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> dict:
+    """A JSON object from ``path``; anything else (a list, a number, a folder) is a ``RunError`` naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise RunError(f"{path}: file not found") from exc
-    except json.JSONDecodeError as exc:
+    except IsADirectoryError as exc:
+        raise RunError(f"{path}: is a folder, not a file") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
 
 
 def save_checkpoint(path: str | Path, state_dict: dict, meta: dict) -> None:
@@ -209,8 +244,8 @@ class Run:
         return events
 
     def refined(self) -> list[str]:
-        """The methods this run holds a refined checkpoint of, in file-name order."""
-        return sorted(p.name[len("refined-") : -len(".pt")] for p in self.path.glob(refined_file("*")) if p.is_file())
+        """The methods this run holds a refined checkpoint of, in the registry's order (the paper's first)."""
+        return [m for m in METHODS if self.has(refined_file(m))]
 
     def stage(self) -> str:
         """How far the run has come: new, trained, picked, refined or evaluated."""
@@ -225,16 +260,53 @@ class Run:
         return "new"
 
 
-def create_run(path: str | Path, config: dict, overwrite: bool = False) -> Run:
-    """Make a run folder and write its config.json (with format and version stamped in)."""
+def _config_is_ours(path: Path) -> bool:
+    """True when ``path``/config.json was written by this tool (any version): the folder is a run."""
+    try:
+        return read_json(path / CONFIG).get("format") == RUN_FORMAT
+    except RunError:
+        return False
+
+
+def check_target(path: str | Path, overwrite: bool = False) -> bool:
+    """May a new run be written at ``path``? True when it replaces a run there (needs ``overwrite``).
+
+    Writes nothing. A missing or empty folder is fine; a file, a folder holding anything
+    that is not a run (the user's own files), and an existing run without ``overwrite``
+    are refused with a ``RunError`` that says so, before any data is loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        raise RunError(f"{path}: is a file, not a run folder")
+    if (path / CONFIG).is_file() and _config_is_ours(path):
+        if not overwrite:
+            raise RunError(f"{path}: a run already exists here; pass --overwrite to replace it, or choose another folder")
+        return True
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK, ASIDE) and not _TEMP.match(p.name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise RunError(
+            f"{path}: folder is not empty and is not a run (it holds {foreign[0]!r}{more}); "
+            "nothing was touched: choose a new or empty folder"
+        )
+    return False
+
+
+def create_run(path: str | Path, config: dict) -> Run:
+    """Write a new run's config.json (format, version, architecture and classes stamped in).
+
+    The caller has checked the folder with ``check_target`` (and set an old run aside);
+    an existing config.json is never overwritten here.
+    """
     run = Run(Path(path))
-    if run.has(CONFIG) and not overwrite:
-        raise RunError(f"{run.path}: a run already exists here; choose another --out or remove it")
-    run.path.mkdir(parents=True, exist_ok=True)
-    for stale in (UNREFINED, ORACLE, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD, SPLIT):
-        run.file(stale).unlink(missing_ok=True)
-    for method in run.refined():
-        run.file(refined_file(method)).unlink(missing_ok=True)
+    if run.has(CONFIG):
+        raise RunError(f"{run.path}: a run already exists here; pass --overwrite to replace it, or choose another folder")
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{run.path}: the run folder could not be created ({exc.strerror or exc})") from exc
     write_json(run.file(CONFIG), {"format": RUN_FORMAT, "version": FORMAT_VERSION, "arch": ARCH, "classes": list(CLASSES), **config})
     return run
 
@@ -242,18 +314,161 @@ def create_run(path: str | Path, config: dict, overwrite: bool = False) -> Run:
 def open_run(path: str | Path) -> Run:
     """Open an existing run folder, refusing one written by another version or model."""
     run = Run(Path(path))
-    if not run.path.is_dir():
+    if not run.path.exists():
         raise RunError(f"{run.path}: run folder does not exist")
+    if not run.path.is_dir():
+        raise RunError(f"{run.path}: is a file, not a run folder")
     if not run.has(CONFIG):
         raise RunError(f"{run.path}: not a run folder (no {CONFIG})")
     cfg = run.config()
-    if cfg.get("format") != RUN_FORMAT or cfg.get("version") != FORMAT_VERSION:
+    if cfg.get("format") != RUN_FORMAT:
+        raise RunError(f"{run.path}: not a run folder (its {CONFIG} was not written by eXBL Studio)")
+    if cfg.get("version") != FORMAT_VERSION:
         raise RunError(
             f"{run.path}: run written by an incompatible version (format {cfg.get('format')!r} v{cfg.get('version')}); start a new run"
         )
     if cfg.get("arch") != ARCH or cfg.get("classes") != list(CLASSES):
         raise RunError(f"{run.path}: run is for another model ({cfg.get('arch')!r}, classes {cfg.get('classes')})")
     return run
+
+
+# --------------------------------------------------------------------------- one writer at a time
+
+_held: dict[str, tuple[int, int]] = {}  # run folder -> (thread holding its lock, nesting depth)
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, create: bool = False) -> Iterator[None]:
+    """Hold the run folder's lock: a second writer, in any process or thread, gets a ``RunError``.
+
+    The lock is ``flock`` on ``.lock`` in the folder, so the kernel releases it when its
+    process dies, however it dies: a lock left by a killed process is simply taken over.
+    The file names the holder's process id for the refusal message. Taking the lock
+    also cleans up after a killed writer (``recover``). Nested use in one thread is allowed.
+    With ``create`` a missing folder is made first (it is then the tool's own).
+    """
+    path = Path(path)
+    key = os.path.abspath(path)
+    me = threading.get_ident()
+    with _held_guard:
+        holder = _held.get(key)
+        if holder is not None and holder[0] == me:
+            _held[key] = (me, holder[1] + 1)
+    if holder is not None and holder[0] == me:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] = (me, _held[key][1] - 1)
+        return
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"{path}: the run folder could not be created ({exc.strerror or exc})") from exc
+    fd = _acquire(path)
+    with _held_guard:
+        _held[key] = (me, 1)
+    try:
+        recover(path)
+        yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # an empty lock file means "free"; a pid in an unlocked file means "its holder died"
+        os.close(fd)
+
+
+def holds_lock(path: str | Path) -> bool:
+    """True when the calling thread holds ``path``'s lock."""
+    held = _held.get(os.path.abspath(path))
+    return held is not None and held[0] == threading.get_ident()
+
+
+def _acquire(path: Path) -> int:
+    lock_file = path / LOCK
+    if not path.is_dir():
+        raise RunError(f"{path}: {'is a file, not a run folder' if path.exists() else 'run folder does not exist'}")
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise WriteError(f"{lock_file}: the run folder's lock could not be opened ({exc.strerror or exc})") from exc
+    previous = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise RunError(f"{path}: run folder is in use by process {previous or '(unknown)'}; wait for it to finish, or stop it") from exc
+    if previous and previous != str(os.getpid()):
+        log.info("%s: process %s ended without releasing the run folder; taking it over", path, previous)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+# --------------------------------------------------------------------------- replacing a run or its model
+
+
+def recover(path: str | Path) -> None:
+    """Clean up after a writer that was killed: its temporary files, and an unsettled replacement."""
+    path = Path(path)
+    for p in path.iterdir():
+        if _TEMP.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+    settle(path)
+
+
+def set_aside(path: str | Path, names: tuple[str, ...]) -> None:
+    """Move the run's files ``names`` into ``.previous-run/`` until ``settle`` decides their fate.
+
+    unrefined.pt moves first, so an interrupted move is restored by ``settle``, which
+    keeps the aside files unless a new unrefined.pt exists. ``names`` must include it.
+    """
+    path = Path(path)
+    assert UNREFINED in names and holds_lock(path), "set_aside needs unrefined.pt among the names, under the run's lock"
+    aside = path / ASIDE
+    try:
+        aside.mkdir(exist_ok=True)
+        for name in sorted(names, key=lambda n: n != UNREFINED):
+            if (path / name).is_file():
+                os.replace(path / name, aside / name)
+    except OSError as exc:
+        raise WriteError(f"{path}: could not set the previous run's files aside ({exc.strerror or exc})") from exc
+
+
+def settle(path: str | Path) -> None:
+    """Drop the set-aside files once a new unrefined.pt exists; otherwise put them back."""
+    path = Path(path)
+    aside = path / ASIDE
+    if not aside.is_dir():
+        return
+    replaced = (path / UNREFINED).is_file()
+    try:
+        for name in RUN_FILES:
+            if (aside / name).is_file():
+                if replaced:
+                    (aside / name).unlink()
+                else:
+                    os.replace(aside / name, path / name)
+        aside.rmdir()  # fails, and keeps the folder, if something that is not ours was put there
+    except OSError as exc:
+        log.warning("%s: could not settle %s (%s)", path, ASIDE, exc.strerror or exc)
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, names: tuple[str, ...] = RUN_FILES) -> Iterator[None]:
+    """Set ``names`` aside for a new model: they are dropped at its first checkpoint, else restored.
+
+    The checkpoint writer calls ``settle`` right after the first new unrefined.pt, and the
+    end of the block settles again, so a failure or cancel before it puts the old files back.
+    """
+    set_aside(path, names)
+    try:
+        yield
+    finally:
+        settle(path)
 
 
 def list_runs(root: str | Path) -> list[Run]:

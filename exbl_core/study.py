@@ -84,12 +84,16 @@ def seed_run(
 ) -> dict:
     """Train, pick, refine and evaluate one seed in ``out/seed-N``; returns its metrics.json."""
     folder = out / f"seed-{seed}"
-    if _is_seed_run(folder):
-        run = runs.open_run(folder)
-    else:
+    if not _is_seed_run(folder):
         train = replace(preset.train, seed=seed)
         refine = replace(preset.refine, seed=seed)
-        run = pipeline.new_run(folder, replace(preset.data, seed=seed), train, refine)
+        pipeline.new_run(folder, replace(preset.data, seed=seed), train, refine)
+    with runs.locked(folder):
+        return _seed_steps(runs.open_run(folder), seed, methods, device, progress)
+
+
+def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.device, progress: Progress) -> dict:
+    """Every step of one seed that is not finished yet, under the run's lock."""
     data: dict[str, Split] = pipeline.load_data(run)
     for role in ("unrefined", "oracle"):
         if not (run.has(pipeline.model_file(role)) and _finished(run, role)):

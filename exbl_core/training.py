@@ -63,14 +63,16 @@ class TrainConfig:
     tau: float = 5.0  # Activation Precision's top-k percentage, for validation AP
 
     def __post_init__(self) -> None:
+        # Finite as well as in range: inf passes "> 0", and a run with it trains nothing.
         checks = {
             "epochs": self.epochs >= 1,
-            "lr": 0 < self.lr < math.inf,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
             "batch_size": self.batch_size >= 1,
             "patience": self.patience >= 1,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "method": self.method in METHODS,
-            "lambda_expl": self.lambda_expl is None or 0 <= self.lambda_expl < math.inf,
-            "margin": 0 <= self.margin < math.inf,
+            "lambda_expl": self.lambda_expl is None or (math.isfinite(self.lambda_expl) and self.lambda_expl >= 0),
+            "margin": math.isfinite(self.margin) and self.margin >= 0,
             "shift": 0 <= self.shift < 0.5,
             "distance": self.distance in DISTANCES,
             "explanation": self.explanation in EXPLANATIONS,

@@ -56,7 +56,7 @@ def shortcut_verdict(unrefined: dict, model: dict, oracle: dict | None = None) -
     test_acc = model["test"]["accuracy"]
     st_before, st_after = unrefined["shortcut_test"]["accuracy"], model["shortcut_test"]["accuracy"]
     kept = test_acc >= MIN_TEST_ACCURACY
-    accuracy_note = "" if kept else f", but test accuracy fell to {test_acc:.3f} (below {MIN_TEST_ACCURACY:.2f})"
+    accuracy_note = "" if kept else f", but test accuracy is {test_acc:.3f} (below {MIN_TEST_ACCURACY:.2f})"
     if oracle is not None:
         share = recovered(st_after, st_before, oracle["shortcut_test"]["accuracy"])
         if share is None:

@@ -170,8 +170,6 @@ if not training_here:
         + ("" if start is None else f" Starts from {weights.describe(start)}.")
     )
     if st.button(label, type="secondary" if run.has(runs.UNREFINED) else "primary", icon=":material/model_training:") and not live.busy():
-        for stale in (runs.REFINED, runs.EXEMPLARS, runs.METRICS):
-            run.file(stale).unlink(missing_ok=True)
         state.forget_pair(run)
         live.start("train", run, tasks.train_work(run, cache.data(run), cache.device()))
 live.job_panel(run, ("train", "demo"), phase="unrefined")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
+from exbl_core import runs
+
 Emit = Callable[[dict], None]
 Work = Callable[[Emit, threading.Event], str]
 
@@ -64,7 +66,10 @@ class JobRunner:
     @staticmethod
     def _run(job: Job, work: Work) -> None:
         try:
-            status = work(job.events.append, job.cancel)
+            # The run folder's lock, as the command line takes it: a CLI step on the same run
+            # refuses while this job runs, and this job refuses while one is running there.
+            with runs.locked(job.run_path):
+                status = work(job.events.append, job.cancel)
         except Exception as exc:  # the page shows the message; the log keeps the traceback
             traceback.print_exc()
             job.error = str(exc) or type(exc).__name__

@@ -18,7 +18,6 @@ from studio.jobs import Emit, Work
 
 
 def _train(run: runs.Run, data: dict[str, Split], device: torch.device, emit: Emit, cancel: threading.Event) -> str:
-    emit({"type": "start", "phase": "unrefined", "epochs": pipeline.train_config(run, "train").epochs})
     status = pipeline.train_step(run, data, device, emit, cancel).status
     if status == "done":
         emit({"type": "step", "step": "warm", "message": "Computing GradCAM for Explore…"})
@@ -27,7 +26,6 @@ def _train(run: runs.Run, data: dict[str, Split], device: torch.device, emit: Em
 
 
 def _refine(run: runs.Run, data: dict[str, Split], device: torch.device, emit: Emit, cancel: threading.Event, overrides: dict) -> str:
-    emit({"type": "start", "phase": "refine", "epochs": overrides.get("epochs", pipeline.train_config(run, "refine").epochs)})
     return pipeline.refine_step(run, data, device, emit, cancel, overrides).status
 
 
@@ -40,8 +38,16 @@ def _evaluate(run: runs.Run, data: dict[str, Split], device: torch.device, emit:
 
 
 def train_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> Work:
-    """Train the unrefined model."""
-    return lambda emit, cancel: _train(run, data, device, emit, cancel)
+    """Train the unrefined model. Training again sets the old model and its results aside;
+    they are dropped at the new model's first checkpoint, and come back if it never gets one."""
+
+    def work(emit: Emit, cancel: threading.Event) -> str:
+        if not run.has(runs.UNREFINED):
+            return _train(run, data, device, emit, cancel)
+        with runs.replacing(run.path, runs.MODEL_FILES):
+            return _train(run, data, device, emit, cancel)
+
+    return work
 
 
 def refine_work(run: runs.Run, data: dict[str, Split], device: torch.device, good: int, bad: int, overrides: dict) -> Work:

@@ -145,6 +145,24 @@ def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Pat
     assert (runs_dir / "mine" / runs.UNREFINED).is_file()
 
 
+def test_training_again_keeps_the_old_model_and_results_until_the_new_first_checkpoint(
+    runs_dir: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.REFINED, runs.METRICS))
+    before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".lock"}
+
+    def fails_at_once(*_args, **_kwargs):
+        raise pipeline.TrainingError("unrefined training: the loss became nan in epoch 1, batch 1")
+
+    monkeypatch.setattr(pipeline, "fit", fails_at_once)
+    at = open_page("pages/1_Data_and_model.py")
+    next(b for b in at.button if b.label.startswith("Train again")).click().run()
+    assert get_runner().wait(60)
+    assert get_runner().job.status == "failed" and "nan" in get_runner().job.error
+    after = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".lock"}
+    assert {k: v for k, v in after.items() if k != runs.HISTORY} == {k: v for k, v in before.items() if k != runs.HISTORY}
+
+
 def test_a_bad_folder_shows_a_clear_message_not_a_traceback(runs_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "not-a-dataset"
     (bad / "Cats").mkdir(parents=True)
@@ -208,7 +226,8 @@ def test_refinement_starts_in_the_background_and_cancels_quickly(runs_dir: Path,
 def test_a_second_start_is_refused_while_a_job_runs(runs_dir: Path, finished_run: Path) -> None:
     at = refine_page_with_pair(runs_dir, finished_run)
     release = threading.Event()
-    blocker = get_runner().start("train", "elsewhere", lambda emit, cancel: "done" if release.wait(30) else "cancelled")
+    (runs_dir / "elsewhere").mkdir()  # a job holds its run folder's lock, so the folder must exist
+    blocker = get_runner().start("train", str(runs_dir / "elsewhere"), lambda emit, cancel: "done" if release.wait(30) else "cancelled")
     try:
         next(b for b in at.button if b.label == "Start refinement").click().run()
         assert get_runner().job is blocker

@@ -103,6 +103,34 @@ def test_mask_threshold_is_the_middle_of_the_8_bit_range(tmp_path):
     assert msk.tolist() == [[False, False], [True, True]]
 
 
+@pytest.mark.parametrize("top", [1, 255, 65535])
+def test_masks_are_binarised_at_half_their_own_maximum(tmp_path, top):
+    """A mask stored as 0/1 (or 16-bit) marks the same lungs as one stored as 0/255."""
+    lungs = lung_mask(64, 64) > 0
+    mask = save_png(tmp_path / "m.png", (lungs * top).astype(np.uint16 if top > 255 else np.uint8))
+    image = save_png(tmp_path / "i.png", np.zeros((64, 64), np.uint8))
+    _, msk = load_pair(image, mask, size=64)
+    assert torch.equal(msk, torch.from_numpy(lungs))
+
+
+def test_the_mask_with_the_images_exact_name_wins_over_other_extensions(make_database):
+    root = make_database(per_class=1)
+    masks = root / "Normal" / "masks"
+    save_png(masks / "Normal-1.jpg", 255 - lung_mask(256, 256))  # another file of the same stem: not this image's mask
+    pairs, _ = scan_dataset(root)
+    assert pairs["Normal"][0][1] == masks / "Normal-1.png"
+    loaded = load_entries(root, [(2, "Normal/images/Normal-1.png")], size=32)
+    assert torch.equal(loaded.masks[0], load_pair(root / "Normal/images/Normal-1.png", masks / "Normal-1.png", 32)[1])
+
+
+def test_a_dicom_image_takes_the_png_mask_of_the_same_name(make_database):
+    root = make_database(per_class=1)
+    shutil.copy(DICOM_FILE, root / "COVID" / "images" / "COVID-1.dcm")
+    (root / "COVID" / "images" / "COVID-1.png").unlink()
+    pairs, _ = scan_dataset(root)
+    assert pairs["COVID"] == [(root / "COVID/images/COVID-1.dcm", root / "COVID/masks/COVID-1.png")]
+
+
 def test_folder_data_set_goes_through_a_run_folder(make_database, tmp_path):
     root = make_database(per_class=4)
     spec = pipeline.FolderSpec(path=str(root), size=32, train=2, val=1, test=1, seed=3)

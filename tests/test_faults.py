@@ -195,11 +195,51 @@ def test_skip_bad_lists_images_without_mask_and_goes_on(make_database):
 
 
 def test_skip_bad_list_is_saved_in_the_run_split(make_database, tmp_path):
-    root = make_database(per_class=3)
+    root = make_database(per_class=4)
     (root / "Normal" / "masks" / "Normal-3.png").unlink()
-    spec = pipeline.FolderSpec(path=str(root), size=32, train=1, val=1, test=0, skip_bad=True)
+    spec = pipeline.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
     run = pipeline.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
     assert any("Normal-3.png" in s for s in runs.read_json(run.file(runs.SPLIT))["skipped"])
+
+
+def test_a_file_whose_name_only_starts_like_the_image_is_never_its_mask(make_database):
+    """Masks match by exact name: ``Normal-1.old.png`` is not the mask of ``Normal-1.png``."""
+    root = make_database(per_class=1)
+    masks = root / "Normal" / "masks"
+    (masks / "Normal-1.png").rename(masks / "Normal-1.old.png")
+    with pytest.raises(DataError, match=r"Normal-1\.png: no lung mask with the same name"):
+        load_entries(root, [(2, "Normal/images/Normal-1.png")], size=32)
+    with pytest.raises(DataError, match=r"Normal-1\.png: no lung mask"):
+        scan_dataset(root)
+
+
+def test_two_possible_masks_and_none_of_the_exact_name_is_refused_naming_both(make_database):
+    root = make_database(per_class=1)
+    masks = root / "COVID" / "masks"
+    (masks / "COVID-1.png").rename(masks / "COVID-1.jpeg")
+    save_png(masks / "COVID-1.jpg", lung_mask(256, 256))
+    with pytest.raises(DataError, match=r"COVID-1\.png: several files .* could be its lung mask \(COVID-1\.jpeg, COVID-1\.jpg\)"):
+        scan_dataset(root)
+
+
+@pytest.mark.parametrize("kind", ["empty", "full"])
+def test_an_empty_or_full_mask_is_refused_naming_it(tmp_path, kind):
+    image = save_png(tmp_path / "x.png", np.zeros((32, 32), np.uint8))
+    mask = save_png(tmp_path / "m.png", np.full((32, 32), 0 if kind == "empty" else 255, np.uint8))
+    with pytest.raises(DataError, match=r"m\.png: lung mask (is empty|covers the whole image)"):
+        load_pair(image, mask, size=32)
+
+
+def test_an_empty_mask_is_skipped_and_listed_in_split_json_with_skip_bad(make_database, tmp_path):
+    root = make_database(per_class=3)  # a split of 1 + 1 + 1 takes every image, the bad one too
+    save_png(root / "Lung_Opacity" / "masks" / "Lung_Opacity-2.png", np.zeros((256, 256), np.uint8))
+    spec = pipeline.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
+    run = pipeline.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
+    split = runs.read_json(run.file(runs.SPLIT))
+    listed = [s for s in split["skipped"] if "Lung_Opacity-2.png: lung mask is empty" in s]
+    used = [rel for name in ("train", "val", "test") for _, rel in split[name]]
+    assert listed and "Lung_Opacity/images/Lung_Opacity-2.png" not in used
+    assert len(pipeline.load_data(run)["train"]) == len(split["train"])
 
 
 def test_mask_whose_aspect_ratio_differs_is_refused_naming_the_mask(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from exbl_core.data import Split
 from exbl_core.gradcam import gradcam
-from exbl_core.methods import METHODS, Batch, Pick, check_data, get_method
+from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
 from exbl_core.methods.counterexamples import paste_objective
 from exbl_core.methods.gradcam_mask import outside_share
 from exbl_core.methods.region import avoid_region
@@ -68,9 +68,9 @@ def test_a_masks_method_refuses_data_without_lung_masks(tiny_data):
         method = get_method(name)
         if method.needs_masks:
             with pytest.raises(ValueError, match=f"method '{name}' needs a lung mask"):
-                check_data(method, no_masks)
+                check_feedback(method, no_masks)
         else:
-            check_data(method, no_masks)
+            check_feedback(method, no_masks)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -19,7 +19,7 @@ from exbl_core.data import Split
 from exbl_core.methods import counterexamples, exbl, gradcam_mask, rrr
 from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pick
 
-__all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pick", "check_data", "get_method"]
+__all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pick", "check_feedback", "get_method"]
 
 METHODS: dict[str, Method] = {m.name: m for m in (exbl.EXBL, exbl.EXBL_CAM, rrr.METHOD, gradcam_mask.METHOD, counterexamples.METHOD)}
 """Every method, in the order the CLI, the app and the study list them: the paper's first."""
@@ -32,7 +32,7 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def check_data(method: Method, train: Split) -> None:
+def check_feedback(method: Method, train: Split) -> None:
     """Refuse a method that needs lung masks on data without them."""
     if method.needs_masks and (train.masks is None or not bool(train.masks.flatten(1).any(1).all())):
         raise ValueError(f"method {method.name!r} needs a lung mask for every training image, and this data set lacks some")
