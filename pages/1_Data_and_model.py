@@ -15,6 +15,8 @@ from studio import cache, live, pages, state, tasks, views
 SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
 PRESETS = {"Demo (a few minutes)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
 SIZES = (64, 96, 128, 160, 224, 299)
+# A data set folder trains as the command line trains it: with the paper's settings.
+PAPER = replace(pipeline.DEMO, train=pipeline.PAPER_TRAIN, refine=pipeline.PAPER_REFINE)
 
 pages.setup("Data and model")
 
@@ -52,6 +54,12 @@ def folder_settings() -> pipeline.FolderSpec:
     test = c4.number_input("Test per class", 1, 10_000, 200)
     seed = c5.number_input("Split seed", 0, 10_000, 0)
     skip_bad = st.checkbox("Skip unreadable images and list them, instead of stopping at the first one")
+    t, r = PAPER.train, PAPER.refine
+    st.caption(
+        f"A data set folder trains with the paper's settings, as the command line does: Adam at learning rate {t.lr:g}, "
+        f"up to {t.epochs} epochs for the unrefined model and up to {r.epochs} for refinement, early stopping with patience "
+        f"{t.patience}. Expect hours on a CPU."
+    )
     return pipeline.FolderSpec(path.strip(), int(size), int(train), int(val), int(test), int(seed), skip_bad)
 
 
@@ -60,7 +68,7 @@ def new_run_form() -> None:
     if source == SYNTHETIC:
         spec, preset = synthetic_settings()
     else:
-        spec, preset = folder_settings(), pipeline.DEMO
+        spec, preset = folder_settings(), PAPER
     c1, c2 = st.columns(2)
     epochs = c1.number_input("Training epochs (early stopping may end sooner)", 1, 200, preset.train.epochs)
     st.session_state.setdefault("run_name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -134,13 +142,15 @@ st.subheader(f"Run '{run.name}'")
 data_summary(run)
 
 st.subheader("Unrefined model")
-training_here = live.job_on(run) is not None
-live.note_other_job(run, ("train", "demo"))
+job = live.job_on(run)
+training_here = job is not None and job.kind in ("train", "demo")
+locked = live.other_job_note(run, ("train", "demo"))
 if not training_here:
     label = "Train again (replaces the model and any refinement)" if run.has(runs.UNREFINED) else "Train the unrefined model"
     epochs = pipeline.train_config(run, "train").epochs
     st.caption(f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept.")
-    if st.button(label, type="secondary" if run.has(runs.UNREFINED) else "primary", icon=":material/model_training:") and not live.busy():
+    primary = "secondary" if run.has(runs.UNREFINED) else "primary"
+    if st.button(label, type=primary, icon=":material/model_training:", disabled=locked) and not live.refused():
         for stale in (runs.REFINED, runs.EXEMPLARS, runs.METRICS):
             run.file(stale).unlink(missing_ok=True)
         state.forget_pair(run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from exbl_core import pipeline, runs
@@ -26,28 +28,33 @@ for col, role, color in zip(cols, state.ROLES, (views.GOOD_RGB, views.BAD_RGB), 
     i = pair[role]
     col.image(
         views.pair_tile(images[i], scores["cams"][i], color),
-        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, AP {scores['ap'][i]:.2f}",
+        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, " + views.nowrap(f"AP {scores['ap'][i]:.2f}"),
         width="stretch",
     )
 st.page_link(pages.EXPLORE, label="Change the pair on Explore", icon=":material/swap_horiz:")
 
-refining_here = live.job_on(run) is not None
-live.note_other_job(run, ("refine", "demo"))
+RUN_KINDS = ("refine", "demo")
+job = live.job_on(run)
+refining_here = job is not None and job.kind in RUN_KINDS
+locked = live.other_job_note(run, RUN_KINDS)
 cfg = pipeline.train_config(run, "refine")
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs", 1, 200, cfg.epochs)
-    lambda_expl = c2.number_input("λ explanation", 0.0, 100.0, cfg.lambda_expl, 0.1, help="Weight of the eXBL loss against cross-entropy.")
-    lr = c3.number_input("Learning rate", 1e-6, 1e-1, cfg.lr, format="%.0e", step=1e-5)
-    patience = c4.number_input("Early-stopping patience (epochs)", 1, 50, cfg.patience)
+    epochs = c1.number_input("Epochs", 1, 200, cfg.epochs, disabled=locked)
+    lambda_expl = c2.number_input(
+        "λ explanation", 0.0, 100.0, cfg.lambda_expl, 0.1, help="Weight of the eXBL loss against cross-entropy.", disabled=locked
+    )
+    lr = c3.number_input("Learning rate", 1e-6, 1e-1, cfg.lr, format="%.0e", step=1e-5, disabled=locked)
+    patience = c4.number_input("Early-stopping patience (epochs)", 1, 50, cfg.patience, disabled=locked)
     with st.expander("Advanced"):
         a1, a2, a3 = st.columns(3)
-        margin = a1.number_input("Triplet margin", 0.0, 100.0, cfg.margin, 0.1)
+        margin = a1.number_input("Triplet margin", 0.0, 100.0, cfg.margin, 0.1, disabled=locked)
         distance = a2.selectbox(
             "Distance",
             DISTANCES,
             index=DISTANCES.index(cfg.distance),
             help="euclidean is the paper's; normalized scales each explanation to unit length first, which keeps more triplets active.",
+            disabled=locked,
         )
         kind = a3.selectbox(
             "Explanation E",
@@ -56,8 +63,11 @@ with st.container(border=True):
             format_func={"gray_cam": "image × GradCAM (paper)", "cam": "GradCAM alone"}.get,
             help="gray_cam is the paper's E = image × GradCAM. cam uses GradCAM alone: the paper's E weights attention on bright "
             "bone most and on the dark lungs least.",
+            disabled=locked,
         )
-    if not refining_here and st.button("Start refinement", type="primary", icon=":material/play_arrow:") and not live.busy():
+    if locked:
+        st.caption("The settings are locked while a job runs.")
+    elif st.button("Start refinement", type="primary", icon=":material/play_arrow:") and not live.refused():
         overrides = {
             "epochs": int(epochs),
             "lambda_expl": float(lambda_expl),
@@ -69,6 +79,34 @@ with st.container(border=True):
         }
         live.start("refine", run, tasks.refine_work(run, cache.data(run), cache.device(), pair["good"], pair["bad"], overrides))
 
-live.job_panel(run, ("refine", "demo"), phase="refine")
-if run.has(runs.REFINED) and not refining_here:
-    st.page_link(pages.COMPARE, label="Next: compare before and after", icon=":material/arrow_forward:")
+
+def pair_words(good: int, bad: int) -> str:
+    return f"good #{good}, bad #{bad}"
+
+
+# Curves and results belong to the pair they came from: only the running job's, or the last
+# refinement's when it used the pair shown above (exemplars.json is saved at each Start).
+saved = state.saved_pair(run)
+same_pair = saved is not None and saved[:2] == (pair["good"], pair["bad"])
+started = "" if saved is None else time.strftime("%d %b %H:%M", time.localtime(saved[2]))
+if refining_here:
+    live_pair = next(((e["good"], e["bad"]) for e in reversed(job.events) if e.get("step") == "pair"), None)
+    st.caption(f"Live: the running {live.JOB_NAMES[job.kind]}, with the pair {pair_words(*live_pair) if live_pair else 'being saved'}.")
+elif same_pair and run.has(runs.REFINED):
+    st.caption(f"The last refinement of this run, with this pair ({pair_words(*saved[:2])}), started {started}.")
+elif saved is not None and run.has(runs.REFINED):
+    st.info(
+        f"No refinement with this pair yet. The run's refined model came from {pair_words(*saved[:2])} (started {started}); "
+        "Start refines the unrefined model again and replaces it."
+    )
+else:
+    st.caption("No refinement yet: press Start. The live losses appear here.")
+live.job_panel(run, RUN_KINDS, phase="refine", history=same_pair)
+if same_pair and run.has(runs.REFINED) and not refining_here:
+    metrics = state.current_metrics(run)
+    if metrics is not None and "refined" in metrics:
+        st.subheader("Result")
+        views.model_summary(metrics["unrefined"], metrics["refined"])
+        st.page_link(pages.COMPARE, label="Next: compare before and after", icon=":material/arrow_forward:")
+    else:
+        st.page_link(pages.COMPARE, label="Next: evaluate and compare on Compare", icon=":material/arrow_forward:")

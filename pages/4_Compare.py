@@ -1,4 +1,4 @@
-"""Compare: Figure 3 before and after, Table 1 with deltas, the shortcut test, and downloads."""
+"""Compare: the verdict on the shortcut test, Table 1 with deltas, Figure 3 before and after, and downloads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
 from exbl_core.figures import table1_csv, table1_rows
-from studio import cache, live, pages, tasks, views
+from studio import cache, live, pages, state, tasks, views
+
+FIGURE_MAX_ROWS = 8  # more rows make a page too tall to compare, and slow to draw
 
 pages.setup("Compare")
 
@@ -17,16 +19,30 @@ if not run.has(runs.REFINED):
     views.empty_state("No refined model yet: start eXBL refinement on Refine.", pages.REFINE, "Refine")
     st.stop()
 
+KINDS = ("evaluate", "refine", "demo")
 busy_here = live.job_on(run) is not None
-stale = not run.has(runs.METRICS) or run.file(runs.METRICS).stat().st_mtime < run.file(runs.REFINED).stat().st_mtime
-if stale and not busy_here:
+locked = live.other_job_note(run, KINDS)
+metrics = state.current_metrics(run)
+if metrics is None and not busy_here:
     st.info("The metrics are older than the refined model (or missing), for example after a cancelled refinement.")
-    if st.button("Evaluate both models", type="primary", icon=":material/calculate:") and not live.busy():
+    if st.button("Evaluate both models", type="primary", icon=":material/calculate:", disabled=locked) and not live.refused():
         live.start("evaluate", run, tasks.evaluate_work(run, cache.data(run), cache.device()))
-if stale or busy_here:
-    live.job_panel(run, ("evaluate", "refine", "demo"))
+if metrics is None or busy_here:
+    live.job_panel(run, KINDS)
     st.stop()
-metrics = runs.read_json(run.file(runs.METRICS))
+
+st.subheader("Verdict")
+views.model_summary(metrics["unrefined"], metrics["refined"])
+gaps = metrics.get("shortcut_gap", {})
+if "unrefined" in gaps and "refined" in gaps:
+    vp = {w: (g["vp_recall_confounded"], g["vp_recall_shortcut_test"]) for w, g in gaps.items()}
+    st.caption(
+        "The shortcut test split shows children in every class: a model that still uses the shortcut loses accuracy there "
+        "and calls children Viral Pneumonia. AP alone can look fixed while the shortcut is still used. "
+        f"Viral Pneumonia recall, confounded → shortcut test: unrefined {vp['unrefined'][0]:.2f} → {vp['unrefined'][1]:.2f}; "
+        f"eXBL {vp['refined'][0]:.2f} → {vp['refined'][1]:.2f}."
+    )
+
 rows = table1_rows(metrics)
 st.subheader("Table 1")
 st.dataframe(
@@ -36,40 +52,23 @@ st.dataframe(
     | {"Δ": st.column_config.NumberColumn(format="%+.3f")},
 )
 
-gaps = metrics.get("shortcut_gap", {})
-if "unrefined" in gaps and "refined" in gaps:
-    st.subheader("Shortcut test")
-    st.caption(
-        "The shortcut test split shows children in every class. A model that still uses the shortcut loses accuracy there "
-        "and calls children Viral Pneumonia. AP alone can look fixed while the shortcut is still used: read both."
-    )
-    cards = (("Accuracy, confounded test", "test"), ("Accuracy, shortcut test", "shortcut_test"), ("Shortcut gap", None))
-    for col, (title, key) in zip(st.columns(3), cards, strict=True):
-        before = metrics["unrefined"][key]["accuracy"] if key else gaps["unrefined"]["accuracy_gap"]
-        after = metrics["refined"][key]["accuracy"] if key else gaps["refined"]["accuracy_gap"]
-        col.metric(
-            title, f"{after:.3f}", f"{after - before:+.3f} vs {before:.3f} unrefined", delta_color="inverse" if key is None else "normal"
-        )
-    vp = {w: (g["vp_recall_confounded"], g["vp_recall_shortcut_test"]) for w, g in gaps.items()}
-    st.caption(
-        f"Viral Pneumonia recall, confounded → shortcut test: unrefined {vp['unrefined'][0]:.2f} → {vp['unrefined'][1]:.2f}; "
-        f"eXBL {vp['refined'][0]:.2f} → {vp['refined'][1]:.2f}."
-    )
-
 st.subheader("Before and after (the paper's Figure 3)")
-st.caption(f"Preselected: {pipeline.FIGURE_ROWS_RULE}. Add or remove any test image.")
 test = cache.split(run, "test")
-options = list(range(len(test)))
+default_rows = pipeline.default_figure_rows(test, torch.from_numpy(cache.scores(run, "unrefined", "test")["ap"]))
 chosen = st.multiselect(
-    "Test images",
-    options,
-    default=pipeline.default_figure_rows(test, torch.from_numpy(cache.scores(run, "unrefined", "test")["ap"])),
+    f"Test images (up to {FIGURE_MAX_ROWS})",
+    list(range(len(test))),
+    default=default_rows,
     format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
-    help="Viral Pneumonia is the class the shortcut hides behind.",
+    help="Preselected: " + pipeline.FIGURE_ROWS_RULE + ". Viral Pneumonia is the class the shortcut hides behind.",
+    max_selections=FIGURE_MAX_ROWS,
+    select_all=False,
+    key=f"figure-rows-{run.path}",
+    persist_state="session",
 )
 figure = None
 if chosen:
-    figure = cache.figure3_png(run, chosen)
+    figure = cache.figure3_png(run, chosen, pipeline.FIGURE_ROWS_RULE if chosen == default_rows else "Test images chosen on Compare")
     st.image(figure, width="stretch")
 else:
     st.info("Choose one or more test images above to see them before and after.")

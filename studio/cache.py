@@ -97,7 +97,7 @@ def scores(run: runs.Run, which: str, split_name: str) -> dict[str, np.ndarray]:
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing Figure 3…")
-def _figure3_png(run_path: str, rows: tuple[int, ...], mtimes: tuple[float, float], data_key: str, tau: float) -> bytes:
+def _figure3_png(run_path: str, rows: tuple[int, ...], title: str, mtimes: tuple[float, float], data_key: str, tau: float) -> bytes:
     test = _split(run_path, "test", data_key)
     before = _scores(run_path, "unrefined", "test", mtimes[0], data_key, tau)
     after = _scores(run_path, "refined", "test", mtimes[1], data_key, tau)
@@ -107,13 +107,17 @@ def _figure3_png(run_path: str, rows: tuple[int, ...], mtimes: tuple[float, floa
         for i in idx
     ]
     cams_before, cams_after = torch.from_numpy(before["cams"][idx]), torch.from_numpy(after["cams"][idx])
-    return figure_png(figure3(test.float_images(torch.tensor(idx)), cams_before, cams_after, labels))
+    return figure_png(figure3(test.float_images(torch.tensor(idx)), cams_before, cams_after, labels, title=title))
 
 
-def figure3_png(run: runs.Run, rows: list[int]) -> bytes:
-    """The paper's Figure 3 for the chosen test images, before and after, as PNG bytes (cached)."""
+def figure3_png(run: runs.Run, rows: list[int], title: str) -> bytes:
+    """The paper's Figure 3 for the chosen test images, before and after, as PNG bytes (cached).
+
+    ``title`` says how the rows were chosen; it is drawn into the image, so a downloaded
+    figure still says what it shows.
+    """
     mtimes = (_mtime(run, runs.UNREFINED), _mtime(run, runs.REFINED))
-    return _figure3_png(str(run.path), tuple(rows), mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)
+    return _figure3_png(str(run.path), tuple(rows), title, mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)
 
 
 def warm(run: runs.Run, which: str, splits: tuple[str, ...]) -> None:

@@ -67,3 +67,24 @@ def set_pair(run: runs.Run, good: int, bad: int) -> None:
 def forget_pair(run: runs.Run) -> None:
     """Drop the marks after retraining: they described the old model's explanations."""
     st.session_state.setdefault("picks", {}).pop(str(run.path), None)
+
+
+def current_metrics(run: runs.Run) -> dict | None:
+    """metrics.json when it describes the run's refined model; None when missing or older than it.
+
+    A refinement rewrites refined.pt at every new best epoch and evaluates only when it
+    ends, so after a cancel the metrics describe an older model and no view may show them.
+    """
+    if not (run.has(runs.METRICS) and run.has(runs.REFINED)):
+        return None
+    if run.file(runs.METRICS).stat().st_mtime < run.file(runs.REFINED).stat().st_mtime:
+        return None
+    return runs.read_json(run.file(runs.METRICS))
+
+
+def saved_pair(run: runs.Run) -> tuple[int, int, float] | None:
+    """``(good, bad, time)`` of the pair the latest refinement started with (exemplars.json), or None."""
+    if not run.has(runs.EXEMPLARS):
+        return None
+    saved = runs.read_json(run.file(runs.EXEMPLARS))
+    return saved["good"]["index"], saved["bad"]["index"], run.file(runs.EXEMPLARS).stat().st_mtime
