@@ -59,18 +59,18 @@ else:
     cache.prefetch(run)
     st.markdown(f"**{run.name}** in `{run.path.parent}`")
     steps(run)
-    live.job_panel(run, ALL_JOBS)
+    live.job_panel(run, ALL_JOBS, after="outcome")
     result(run)
 
 st.subheader("Run the whole demo")
-busy = live.other_job_note(run, ALL_JOBS) if run is not None else live.running_job() is not None
+busy = live.other_job_note(run, ALL_JOBS)
 quick = st.toggle("Quick version (tiny data, about a minute)", value=False, disabled=busy)
 preset = pipeline.QUICK if quick else pipeline.DEMO
 st.caption(
     "Generates synthetic chest X-ray phantoms, trains the unrefined model, picks the pair automatically by AP, refines "
     f"with eXBL and evaluates: {preset.train.epochs} + {preset.refine.epochs} epochs on "
     f"{4 * preset.data.n_train} training images at {preset.data.size}×{preset.data.size}. "
-    "While it runs, the bar below shows the time left, and you can switch pages."
+    "While it runs, this page shows the time left, and you can switch pages."
 )
 if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=busy) and not live.refused():
     with st.spinner("Creating the run…"):

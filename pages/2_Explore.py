@@ -11,7 +11,7 @@ import torch
 from exbl_core import pipeline
 from exbl_core.data import CLASSES
 from exbl_core.figures import overlay
-from studio import cache, pages, state, views
+from studio import cache, live, pages, progress, state, views
 
 PER_PAGE = 12
 COLUMNS = 3
@@ -30,6 +30,9 @@ MARK_CSS = "".join(
 pages.setup("Explore")
 
 run = pages.trained_run()
+job = live.job_on(run)
+if job is not None and job.kind in ("train", "demo") and progress.current_step(job.events) == 0:
+    live.other_job_note(run, (), "Until it ends, these explanations come from the best epoch so far, and they change as it trains.")
 
 
 def filters(split, scores) -> np.ndarray:

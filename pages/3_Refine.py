@@ -10,6 +10,7 @@ from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from studio import cache, live, pages, state, tasks, views
+from studio.jobs import Job
 
 pages.setup("Refine")
 
@@ -89,19 +90,24 @@ def pair_words(good: int, bad: int) -> str:
 saved = state.saved_pair(run)
 same_pair = saved is not None and saved[:2] == (pair["good"], pair["bad"])
 started = "" if saved is None else time.strftime("%d %b %H:%M", time.localtime(saved[2]))
-if refining_here:
+
+
+def live_caption(job: Job) -> str:
     live_pair = next(((e["good"], e["bad"]) for e in reversed(job.events) if e.get("step") == "pair"), None)
-    st.caption(f"Live: the running {live.JOB_NAMES[job.kind]}, with the pair {pair_words(*live_pair) if live_pair else 'being saved'}.")
-elif same_pair and run.has(runs.REFINED):
-    st.caption(f"The last refinement of this run, with this pair ({pair_words(*saved[:2])}), started {started}.")
-elif saved is not None and run.has(runs.REFINED):
-    st.info(
-        f"No refinement with this pair yet. The run's refined model came from {pair_words(*saved[:2])} (started {started}); "
-        "Start refines the unrefined model again and replaces it."
-    )
-else:
-    st.caption("No refinement yet: press Start. The live losses appear here.")
-live.job_panel(run, RUN_KINDS, phase="refine", history=same_pair)
+    return f"Live: the running {live.JOB_NAMES[job.kind]}, with the pair {pair_words(*live_pair) if live_pair else 'being saved'}."
+
+
+if not refining_here:  # a running job's panel says itself which pair it refines with (live_caption)
+    if same_pair and run.has(runs.REFINED):
+        st.caption(f"The last refinement of this run, with this pair ({pair_words(*saved[:2])}), started {started}.")
+    elif saved is not None and run.has(runs.REFINED):
+        st.info(
+            f"No refinement with this pair yet. The run's refined model came from {pair_words(*saved[:2])} (started {started}); "
+            "Start refines the unrefined model again and replaces it."
+        )
+    else:
+        st.caption("No refinement yet: press Start. The live losses appear here.")
+live.job_panel(run, RUN_KINDS, phase="refine", after="curves" if same_pair else "nothing", describe=live_caption)
 if same_pair and run.has(runs.REFINED) and not refining_here:
     metrics = state.current_metrics(run)
     if metrics is not None and "refined" in metrics:

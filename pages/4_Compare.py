@@ -33,6 +33,11 @@ if metrics is None or busy_here:
 
 st.subheader("Verdict")
 views.model_summary(metrics["unrefined"], metrics["refined"])
+st.caption(
+    "A verdict on this one run. The numbers differ between runs and machines (thread count, GPU, nondeterministic "
+    "kernels), often by more than a refinement moves them: `python -m exbl_core study --out DIR` reports medians "
+    "and spreads over several seeds."
+)
 gaps = metrics.get("shortcut_gap", {})
 if "unrefined" in gaps and "refined" in gaps:
     vp = {w: (g["vp_recall_confounded"], g["vp_recall_shortcut_test"]) for w, g in gaps.items()}

@@ -9,7 +9,9 @@ message about a job is drawn outside them: it would stay on screen after the job
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import streamlit as st
 
@@ -20,6 +22,7 @@ from studio.jobs import Job, Work, get_runner
 POLL_SECONDS = 1.0
 JOB_PAGES = {"train": pages.DATA, "refine": pages.REFINE, "evaluate": pages.COMPARE, "demo": pages.HOME}
 JOB_NAMES = {"train": "training", "refine": "refinement", "evaluate": "evaluation", "demo": "demo"}
+LOCKED = "Only one job runs at a time, so Start comes back when it has finished."
 
 
 def running_job() -> Job | None:
@@ -58,17 +61,19 @@ def job_on(run: runs.Run) -> Job | None:
     return job if job is not None and job.run_path == str(run.path) else None
 
 
-def other_job_note(run: runs.Run, kinds: tuple[str, ...]) -> bool:
+def other_job_note(run: runs.Run | None, kinds: tuple[str, ...], then: str = LOCKED) -> bool:
     """Say which job runs, with Cancel and a link to watch it, when this page's panel does not show it.
 
-    ``kinds`` are the jobs this page's panel shows for ``run``. Returns True while any job
-    runs, so that the page can lock its settings and Start button; the note reruns the page
-    when the job ends, so the lock and the note never outlive it.
+    ``kinds`` are the jobs this page's panel shows for ``run``; ``then`` says what the job
+    means for this page. Returns True while any job runs, so that the page can lock its
+    settings and Start button; the note reruns the page when the job ends, so the lock and
+    the note never outlive it.
     """
     job = running_job()
     if job is None:
         return False
-    if job.run_path == str(run.path) and job.kind in kinds:
+    here = run is not None and job.run_path == str(run.path)
+    if here and job.kind in kinds:
         return True
 
     @st.fragment(run_every=POLL_SECONDS)
@@ -76,10 +81,9 @@ def other_job_note(run: runs.Run, kinds: tuple[str, ...]) -> bool:
         now = get_runner().job
         if now is not job or not job.running:
             st.rerun()
-        where = "this run" if job.run_path == str(run.path) else f"run '{Path(job.run_path).name}'"
+        where = "this run" if here else f"run '{Path(job.run_path).name}'"
         st.info(
-            f"A {JOB_NAMES[job.kind]} job is running on {where}: {progress.job_progress(job.events, job.started, time.time()).text}. "
-            "Only one job runs at a time, so Start comes back when it has finished."
+            f"A {JOB_NAMES[job.kind]} job is running on {where}: {progress.job_progress(job.events, job.started, time.time()).text}. {then}"
         )
         with st.container(horizontal=True):
             st.page_link(JOB_PAGES[job.kind], label=f"Watch the {JOB_NAMES[job.kind]}", icon=":material/visibility:")
@@ -103,13 +107,23 @@ def _latest_phase(events: list[dict]) -> str | None:
     return next((e["phase"] for e in reversed(events) if e.get("phase") in progress.PHASES), None)
 
 
-def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None, history: bool = True) -> None:
+def job_panel(
+    run: runs.Run,
+    kinds: tuple[str, ...],
+    phase: str | None = None,
+    after: Literal["curves", "outcome", "nothing"] = "curves",
+    describe: Callable[[Job], str] | None = None,
+) -> None:
     """Progress and curves for ``run``: live while a job of ``kinds`` runs on it, else the latest results.
 
     ``phase`` picks the curves ("unrefined" or "refine"); None follows whatever phase the
-    job runs now, and shows nothing when no job of ``kinds`` has run on ``run``. With
-    ``history`` False, only a running job is shown: a page whose inputs changed since the
-    last job (Refine with a new pair) must not show that job's curves as if they were its own.
+    job runs now, and shows nothing when no job of ``kinds`` has run on ``run``. ``after``
+    says what stays once no job runs: "curves" (and how the last job ended), "outcome" (only
+    how it ended: Home, which shows the result instead) or "nothing" (a page whose inputs
+    changed since the last job, like Refine with a new pair, must not show that job's curves
+    or its end as if they were its own).
+    ``describe`` turns a running job into a caption above its progress (say, which pair it
+    refines with), drawn in the panel so that it follows the job's events.
     """
     runner = get_runner()
 
@@ -125,6 +139,8 @@ def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None, h
         running = mine(job) and job.running
         if running:
             st.session_state["watching"] = job.started
+            if describe is not None:
+                st.caption(describe(job))
             if job.cancel.is_set():
                 st.progress(0.0, text="Cancelling: stops after the current batch and keeps the best checkpoint so far…")
             else:
@@ -136,7 +152,9 @@ def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None, h
         elif mine(job) and st.session_state.get("watching") == job.started:
             del st.session_state["watching"]
             st.rerun()
-        if not running and not history:
+        if not running and after != "curves":
+            if after == "outcome" and mine(job):
+                _outcome(job)
             return
         events = list(job.events) if mine(job) else run.history() if phase else []
         shown = phase or _latest_phase(events)

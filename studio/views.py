@@ -77,7 +77,14 @@ def curves(events: list[dict]) -> go.Figure:
     if batches:
         x = [e["epoch"] - 1 + e["batch"] / e["batches"] for e in batches]
         fig.add_scatter(
-            x=x, y=[e["loss"] for e in batches], name="batch loss", mode="lines", line={"width": 1, "color": "#bbbbbb"}, row=1, col=1
+            x=x,
+            y=[e["loss"] for e in batches],
+            name="batch loss",
+            mode="lines+markers",  # markers: the first batch is a single point, which a line alone does not draw
+            line={"width": 1, "color": "#bbbbbb"},
+            marker={"size": 3},
+            row=1,
+            col=1,
         )
     ex = [e["epoch"] for e in epochs]
     refining = any("expl" in e for e in epochs)
@@ -85,9 +92,11 @@ def curves(events: list[dict]) -> go.Figure:
     for key, (name, line) in lines.items():
         if key == "ce" or refining:
             fig.add_scatter(x=ex, y=[e.get(key) for e in epochs], name=name, mode="lines+markers", line=line, row=1, col=1)
-    right = [("val_accuracy", "val accuracy"), ("val_ap", "val AP")] + [("active_triplets", "active triplets (share)")] * refining
-    for key, name in right:
-        fig.add_scatter(x=ex, y=[e.get(key) for e in epochs], name=name, mode="lines+markers", row=1, col=2)
+    right = {"val_accuracy": ("val accuracy", "#2ca02c"), "val_ap": ("val AP", "#9467bd")}
+    if refining:
+        right["active_triplets"] = ("active triplets (share)", "#ff7f0e")
+    for key, (name, color) in right.items():  # fixed colours: a metric looks the same on every page
+        fig.add_scatter(x=ex, y=[e.get(key) for e in epochs], name=name, mode="lines+markers", line={"color": color}, row=1, col=2)
     if refining and epochs and epochs[-1].get("active_triplets") == 0:
         fig.add_annotation(
             text=EXPLANATION_SILENT, x=0.5, y=1.0, xref="x domain", yref="y domain", showarrow=False, bgcolor="#fff3cd", row=1, col=1
