@@ -72,7 +72,8 @@ st.caption(
     f"{4 * preset.data.n_train} training images at {preset.data.size}×{preset.data.size}. "
     "While it runs, this page shows the time left, and you can switch pages."
 )
-if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=busy) and not live.refused():
+locked_help = "One job runs at a time: this comes back when the running job has finished, or when you cancel it." if busy else None
+if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=busy, help=locked_help) and not live.refused():
     with st.spinner("Creating the run…"):
         run = pipeline.new_run(cache.runs_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", preset.data, preset.train, preset.refine)
     state.select_run(run)

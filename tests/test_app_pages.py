@@ -308,6 +308,19 @@ def test_the_figure_picker_takes_at_most_8_rows_offers_no_select_all_and_keeps_t
     assert at.multiselect[0].value == [2, 0]
 
 
+def test_without_a_shortcut_test_the_summary_says_there_is_no_verdict() -> None:
+    def summary() -> None:
+        from studio import views
+
+        split = {"accuracy": 0.9, "activation_precision": 0.5}
+        views.model_summary({"test": split}, {"test": split | {"accuracy": 0.95}})
+
+    at = AppTest.from_function(summary).run()
+    assert not at.exception
+    assert "no verdict" in infos(at) and [m.label for m in at.metric] == ["Accuracy, confounded test", "Activation Precision, test"]
+    assert all(m.proto.color != MetricProto.MetricColor.GREEN for m in at.metric)
+
+
 def test_home_states_the_verdict_and_links_to_compare_when_the_run_is_done(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     at = open_page("app.py")
