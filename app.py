@@ -2,6 +2,8 @@
 
 ``st.navigation`` rather than the ``pages/`` folder's automatic menu, so that the menu
 says "Home" instead of the entry file's name, and each page has a stable, readable URL.
+The pages have no menu icons: Streamlit turns a page's icon into the tab's favicon, and
+fetches a Material icon's favicon from a font host on the internet.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from studio import pages
 
 st.navigation(
     [
-        st.Page(pages.HOME, title="Home", icon=":material/home:", url_path="home", default=True),
-        st.Page(pages.DATA, title="Data and model", icon=":material/dataset:", url_path="Data_and_model"),
-        st.Page(pages.EXPLORE, title="Explore", icon=":material/grid_view:", url_path="Explore"),
-        st.Page(pages.REFINE, title="Refine", icon=":material/tune:", url_path="Refine"),
-        st.Page(pages.COMPARE, title="Compare", icon=":material/compare:", url_path="Compare"),
+        st.Page(pages.HOME, title="Home", url_path="home", default=True),
+        st.Page(pages.DATA, title="Data and model", url_path="Data_and_model"),
+        st.Page(pages.EXPLORE, title="Explore", url_path="Explore"),
+        st.Page(pages.REFINE, title="Refine", url_path="Refine"),
+        st.Page(pages.COMPARE, title="Compare", url_path="Compare"),
     ]
 ).run()

@@ -113,7 +113,7 @@ with sync_playwright() as pw:
         grid_shown(main)
         print(f"Explore, training split 200 images, after training in the app: {time.perf_counter() - t:.2f}s")
         t = time.perf_counter()
-        page.get_by_text("Test images").click()
+        page.get_by_text("Test images", exact=True).click()
         expect(main.get_by_text("Switch in the sidebar")).to_be_visible(timeout=60000)
         grid_shown(main)
         page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=60000)

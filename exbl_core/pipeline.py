@@ -255,6 +255,11 @@ def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | N
     return model.to(device or torch.device("cpu")).eval()
 
 
+def can_train_oracle(run: runs.Run) -> bool:
+    """An oracle needs synthetic data (only a phantom can redraw the confounder) and is trained once."""
+    return isinstance(data_config(run), SyntheticConfig) and not run.has(runs.ORACLE)
+
+
 def oracle_data(run: runs.Run) -> dict[str, Split]:
     """The oracle's training and validation splits: the same phantoms, child drawn independently of the class."""
     spec = data_config(run)

@@ -59,6 +59,13 @@ def check_request(out: Path, seeds: list[int], methods: list[str]) -> None:
             raise StudyError(f"{out / STUDY_JSON}: not a study file; choose another --out")
 
 
+def find_study(run_path: Path) -> Path | None:
+    """The study a run belongs to (its parent folder), else the newest study beside it; None if there is none."""
+    parent = run_path.parent
+    candidates = [parent] + sorted((p for p in parent.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in candidates if (p / STUDY_MD).is_file() and (p / STUDY_JSON).is_file()), None)
+
+
 def _is_seed_run(path: Path) -> bool:
     if not (path.is_dir() and path.name.startswith("seed-")):
         return False

@@ -1,4 +1,4 @@
-"""Home: what eXBL is, where the current run stands, and the one-click demo."""
+"""Home: what eXBL is, where the current run stands, its result, and the one-click demo."""
 
 from __future__ import annotations
 
@@ -7,23 +7,50 @@ import time
 import streamlit as st
 
 from exbl_core import pipeline, runs
-from studio import cache, live, pages, state, tasks, views
+from exbl_core.figures import model_label
+from studio import cache, live, pages, progress, state, tasks, views
 
 pages.setup("eXBL Studio")
 st.markdown(
     "A chest X-ray classifier can score well for the wrong reason: here the synthetic data set ties Viral Pneumonia "
     "to children, and the model learns to look at the shoulders' growth plates instead of the lungs. "
-    "**eXBL** (explanation-based bias learning) fixes this from just **one good and one bad GradCAM explanation**: "
-    "it refines the model so that every explanation moves towards the good one and away from the bad one. "
-    "Afterwards, a *shortcut test*, where children appear in every class, shows whether the shortcut was really unlearned."
+    "**eXBL** (explanation-based learning) tries to unlearn this from just **one good and one bad GradCAM explanation**: "
+    "it refines the model so that every explanation moves towards the good one and away from the bad one. Other "
+    "methods use the same two clicks, or a lung mask for every image. "
+    "A *shortcut test*, where children appear in every class, then shows whether the shortcut was really unlearned."
 )
 
-STEPS = (
-    ("Data and unrefined model", runs.UNREFINED, pages.DATA),
-    ("One good and one bad explanation", runs.EXEMPLARS, pages.EXPLORE),
-    ("eXBL refinement", runs.REFINED, pages.REFINE),
-    ("Before and after", runs.METRICS, pages.COMPARE),
-)
+STEP_PAGES = (pages.DATA, pages.EXPLORE, pages.REFINE, pages.COMPARE)
+STEP_ICONS = {"done": ":material/check_circle:", "running": ":material/pending:", "not yet": ":material/radio_button_unchecked:"}
+ALL_JOBS = tuple(live.JOB_PAGES)
+
+
+def steps(run: runs.Run) -> None:
+    """The workflow's four steps and their true state: a step a job is rewriting is running, not done."""
+
+    @st.fragment(run_every=live.POLL_SECONDS if live.job_on(run) else None)
+    def draw() -> None:
+        job = live.job_on(run)
+        has = [run.has(runs.UNREFINED), run.has(runs.EXEMPLARS), bool(run.refined()), state.current_metrics(run) is not None]
+        for label, page, status in zip(
+            progress.STEPS, STEP_PAGES, progress.step_states(has, job and progress.current_step(job.events)), strict=True
+        ):
+            st.page_link(page, label=f"{label}: {status}", icon=STEP_ICONS[status])
+
+    draw()
+
+
+def result(run: runs.Run) -> None:
+    """The headline: the computed verdict and the numbers behind it, and the way to Compare."""
+    metrics = state.current_metrics(run)
+    if metrics is None or live.job_on(run):
+        return
+    st.subheader("Result")
+    models = metrics["models"]
+    for name in run.refined():
+        views.model_summary(models["unrefined"], models[name], models.get("oracle"), name=model_label(name))
+    st.page_link(pages.COMPARE, label="See before and after, Table 1 and the downloads on Compare", icon=":material/arrow_forward:")
+
 
 st.subheader("Current run")
 run = state.current_run()
@@ -34,26 +61,24 @@ if run is None:
 else:
     cache.prefetch(run)
     st.markdown(f"**{run.name}** in `{run.path.parent}`")
-    for label, name, page in STEPS:
-        done = run.has(name)
-        st.page_link(
-            page,
-            label=f"{label}: {'done' if done else 'not yet'}",
-            icon=":material/check_circle:" if done else ":material/radio_button_unchecked:",
-        )
+    steps(run)
+    live.job_panel(run, ALL_JOBS, after="outcome")
+    result(run)
 
 st.subheader("Run the whole demo")
-quick = st.toggle("Quick version (tiny data, about a minute)", value=False)
+busy = live.other_job_note(run, ALL_JOBS)
+quick = st.toggle("Quick version (tiny data, about a minute)", value=False, disabled=busy)
 preset = pipeline.QUICK if quick else pipeline.DEMO
 st.caption(
     "Generates synthetic chest X-ray phantoms, trains the unrefined model, picks the pair automatically by AP, refines "
-    f"with eXBL and evaluates: {preset.train.epochs} + {preset.refine.epochs} epochs on "
-    f"{4 * preset.data.n_train} training images at {preset.data.size}×{preset.data.size}. You can switch pages while it runs."
+    f"with {' and '.join(model_label(m) for m in preset.methods)} and evaluates: "
+    f"{preset.train.epochs} + {len(preset.methods)} × {preset.refine.epochs} epochs on "
+    f"{4 * preset.data.n_train} training images at {preset.data.size}×{preset.data.size}. "
+    "While it runs, this page shows the time left, and you can switch pages."
 )
-if st.button("Run the demo", type="primary", icon=":material/play_arrow:") and not live.busy():
+locked_help = "One job runs at a time: this comes back when the running job has finished, or when you cancel it." if busy else None
+if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=busy, help=locked_help) and not live.refused():
     with st.spinner("Creating the run…"):
         run = pipeline.new_run(cache.runs_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", preset.data, preset.train, preset.refine)
     state.select_run(run)
-    live.start("demo", run, tasks.demo_work(run, cache.device()))
-if run is not None:
-    live.job_panel(run, ("demo",))
+    live.start("demo", run, tasks.demo_work(run, cache.device(), preset.methods))

@@ -16,6 +16,8 @@ SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set fo
 PRESETS = {"Demo (a few minutes)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
 SIZES = (64, 96, 128, 160, 224, 299)
 STARTS = {"Random weights": weights.RANDOM, "ImageNet weights (as in the paper)": weights.IMAGENET, "A weights file": weights.FILE}
+# A data set folder trains as the command line trains it: with the paper's settings.
+PAPER = replace(pipeline.DEMO, train=pipeline.PAPER_TRAIN, refine=pipeline.PAPER_REFINE)
 
 pages.setup("Data and model")
 
@@ -53,6 +55,12 @@ def folder_settings() -> pipeline.FolderSpec:
     test = c4.number_input("Test per class", 1, 10_000, 200)
     seed = c5.number_input("Split seed", 0, 10_000, 0)
     skip_bad = st.checkbox("Skip unreadable images and list them, instead of stopping at the first one")
+    t, r = PAPER.train, PAPER.refine
+    st.caption(
+        f"A data set folder trains with the paper's settings, as the command line does: Adam at learning rate {t.lr:g}, "
+        f"up to {t.epochs} epochs for the unrefined model and up to {r.epochs} for refinement, early stopping with patience "
+        f"{t.patience}. Expect hours on a CPU."
+    )
     return pipeline.FolderSpec(path.strip(), int(size), int(train), int(val), int(test), int(seed), skip_bad)
 
 
@@ -79,7 +87,7 @@ def new_run_form() -> None:
     if source == SYNTHETIC:
         spec, preset = synthetic_settings()
     else:
-        spec, preset = folder_settings(), pipeline.DEMO
+        spec, preset = folder_settings(), PAPER
     start = start_setting(real_data=source == FOLDER)
     c1, c2 = st.columns(2)
     epochs = c1.number_input("Training epochs (early stopping may end sooner)", 1, 200, preset.train.epochs)
@@ -159,8 +167,9 @@ st.subheader(f"Run '{run.name}'")
 data_summary(run)
 
 st.subheader("Unrefined model")
-training_here = live.job_on(run) is not None
-live.note_other_job(run, ("train", "demo"))
+job = live.job_on(run)
+training_here = job is not None and job.kind in ("train", "demo")
+locked = live.other_job_note(run, ("train", "demo"))
 if not training_here:
     label = "Train again (replaces the model and any refinement)" if run.has(runs.UNREFINED) else "Train the unrefined model"
     epochs = pipeline.train_config(run, "train").epochs
@@ -169,7 +178,8 @@ if not training_here:
         f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept."
         + ("" if start is None else f" Starts from {weights.describe(start)}.")
     )
-    if st.button(label, type="secondary" if run.has(runs.UNREFINED) else "primary", icon=":material/model_training:") and not live.busy():
+    primary = "secondary" if run.has(runs.UNREFINED) else "primary"
+    if st.button(label, type=primary, icon=":material/model_training:", disabled=locked) and not live.refused():
         state.forget_pair(run)
         live.start("train", run, tasks.train_work(run, cache.data(run), cache.device()))
 live.job_panel(run, ("train", "demo"), phase="unrefined")

@@ -11,16 +11,28 @@ import torch
 from exbl_core import pipeline
 from exbl_core.data import CLASSES
 from exbl_core.figures import overlay
-from studio import cache, pages, state, views
+from studio import cache, live, pages, progress, state, views
 
 PER_PAGE = 12
 COLUMNS = 3
 ANY = "Any"
-SPLITS = {"Training images (pick the pair here)": "train", "Test images": "test"}
+SPLITS = {
+    "Training images (pick the pair here)": "train",
+    "Test images": "test",
+    "Shortcut test images (children in every class)": "shortcut_test",
+}
+# A marked button takes its frame's colour (Streamlit's primary colour is red for both).
+MARK_CSS = "".join(
+    f'[class*="st-key-{role}-"] button[data-testid="stBaseButton-primary"] {{background: rgb{rgb}; border-color: rgb{rgb}; color: white}}'
+    for role, rgb in (("good", views.GOOD_RGB), ("bad", views.BAD_RGB))
+)
 
 pages.setup("Explore")
 
 run = pages.trained_run()
+job = live.job_on(run)
+if job is not None and job.kind in ("train", "demo") and progress.current_step(job.events) == 0:
+    live.other_job_note(run, (), "Until it ends, these explanations come from the best epoch so far, and they change as it trains.")
 
 
 def filters(split, scores) -> np.ndarray:
@@ -53,14 +65,15 @@ def filters(split, scores) -> np.ndarray:
 
 
 def on_mark(role: str, index: int) -> None:
-    st.session_state["mark_message"] = state.mark(run, role, index)
+    refused = state.mark(run, role, index)
+    st.session_state["mark_message"] = None if refused is None else (index, refused)
 
 
 def on_suggest(scores: dict, labels: torch.Tensor) -> None:
     try:
         good, bad = pipeline.auto_pick({k: torch.from_numpy(v) for k, v in scores.items()}, labels)
     except ValueError as exc:
-        st.session_state["mark_message"] = str(exc)
+        st.session_state["mark_message"] = (None, str(exc))
         return
     state.set_pair(run, good, bad)
     st.session_state["mark_message"] = None
@@ -70,30 +83,30 @@ def on_suggest(scores: dict, labels: torch.Tensor) -> None:
 
 
 def caption(split, scores, i: int) -> str:
+    """The tile's caption, with non-breaking spaces inside each part, so that "AP" never wraps away from its value."""
     true, pred = CLASSES[int(split.labels[i])], CLASSES[int(scores["preds"][i])]
-    mark = "✓" if true == pred else "✗"
-    child = " · child" if split.child is not None and bool(split.child[i]) else ""
-    return f"#{i} {true} → {pred} {mark} · AP {scores['ap'][i]:.2f}{child}"
+    parts = [f"#{i} {true}", f"→ {pred} {'✓' if true == pred else '✗'}", f"· AP {scores['ap'][i]:.2f}"]
+    if split.child is not None and bool(split.child[i]):
+        parts.append("· child")
+    return " ".join(views.nowrap(p) for p in parts)
 
 
+@st.dialog("One image, large", width="large")
 def big_view(split, scores, i: int) -> None:
-    """One image large: input, CAM and overlay, with opacity and colour map to play with."""
-    with st.container(border=True):
-        c0, c1, c2 = st.columns([2, 2, 1])
-        c0.markdown(f"**Image {caption(split, scores, i)}**")
-        alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05)
-        cmap = c2.selectbox("Colour map", views.COLORMAPS)
-        image, cam, mask = split.float_images(i)[0].numpy(), scores["cams"][i], split.masks[i].numpy()
-        a, b, c = st.columns(3)
-        a.image(views.with_outline(image, mask), caption="Input, lungs outlined", width="stretch")
-        b.image(views.cam_rgb(cam, cmap), caption=f"GradCAM for '{CLASSES[int(scores['preds'][i])]}'", width="stretch")
-        c.image(overlay(image, cam, alpha, cmap), caption="Overlay", width="stretch")
-        if st.button("Close the large view", icon=":material/close:"):
-            st.session_state.pop("view")
-            st.rerun()
+    """One image large, over the page where it was clicked: input, CAM and overlay, with opacity and colour map."""
+    st.markdown(f"**Image {caption(split, scores, i)}**")
+    c1, c2 = st.columns([3, 1])
+    alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05)
+    cmap = c2.selectbox("Colour map", views.COLORMAPS)
+    image, cam, mask = split.float_images(i)[0].numpy(), scores["cams"][i], split.masks[i].numpy()
+    a, b, c = st.columns(3)
+    a.image(views.with_outline(image, mask), caption="Input, lungs outlined", width="stretch")
+    b.image(views.cam_rgb(cam, cmap), caption=f"Unrefined model's GradCAM for '{CLASSES[int(scores['preds'][i])]}'", width="stretch")
+    c.image(overlay(image, cam, alpha, cmap), caption="Overlay", width="stretch")
 
 
-split_name = SPLITS[st.sidebar.radio("Images", list(SPLITS))]
+available = pipeline.split_names(run)
+split_name = SPLITS[st.sidebar.radio("Images", [label for label, name in SPLITS.items() if name in available])]
 split = cache.split(run, split_name)
 scores = cache.scores(run, "unrefined", split_name)
 picking = split_name == "train"
@@ -108,8 +121,9 @@ with st.container(border=True):
         c2.button("Suggest a pair by AP", icon=":material/auto_awesome:", on_click=on_suggest, args=(scores, train_labels))
     if pair["good"] is not None and pair["bad"] is not None:
         c3.page_link(pages.REFINE, label="Next: refine with this pair", icon=":material/arrow_forward:")
-    if st.session_state.get("mark_message"):
-        st.warning(st.session_state["mark_message"])
+    message = st.session_state.pop("mark_message", None)  # shown once, next to the tile it is about
+    if message is not None and message[0] is None:
+        st.warning(message[1])
     elif st.session_state.get("suggested"):
         st.success(st.session_state.pop("suggested"))
     if picking:
@@ -118,18 +132,18 @@ with st.container(border=True):
             "(the shoulders, the text markers). Press again to unmark."
         )
     else:
-        st.caption("The pair comes from the training images, which refinement trains on; test images stay unseen. Switch in the sidebar.")
-
-view = st.session_state.get("view")
-if view is not None and view[0] == split_name:
-    big_view(split, scores, view[1])
+        st.caption("The pair is marked on training images, which refinement trains on; test images stay unseen. Switch in the sidebar.")
+st.html(f"<style>{MARK_CSS}</style>")
 
 idx = filters(split, scores)
 if len(idx) == 0:
     st.info("No image matches these filters: loosen them in the sidebar.")
     st.stop()
 n_pages = math.ceil(len(idx) / PER_PAGE)
-st.caption(f"{len(idx)} of {len(split)} images. Left: input; right: GradCAM of the predicted class over it.")
+st.caption(
+    f"{len(idx)} of {len(split)} images. Left: the input; right: the **unrefined** model's GradCAM for its predicted class, "
+    "over the input. These are the explanations before refinement: the ones you judge."
+)
 page = st.pagination(n_pages, key=f"page-{split_name}") if n_pages > 1 else 1
 images = split.float_images()[:, 0].numpy()
 cols = st.columns(COLUMNS)
@@ -142,4 +156,10 @@ for k, i in enumerate(idx[(page - 1) * PER_PAGE : page * PER_PAGE].tolist()):
         if picking:
             for r in state.ROLES:
                 row.button(r.capitalize(), key=f"{r}-{i}", type="primary" if role == r else "secondary", on_click=on_mark, args=(r, i))
-        row.button("Zoom", key=f"zoom-{i}", on_click=st.session_state.__setitem__, args=("view", (split_name, i)))
+        row.button("Zoom", key=f"zoom-{i}", on_click=st.session_state.__setitem__, args=("zoom", (split_name, i)))
+        if message is not None and message[0] == i:
+            st.warning(message[1])
+
+zoom = st.session_state.pop("zoom", None)
+if zoom is not None and zoom[0] == split_name:
+    big_view(split, scores, zoom[1])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline
 from exbl_core.data import CLASSES
+from exbl_core.figures import model_label
 from exbl_core.losses import DISTANCES, EXPLANATIONS
+from exbl_core.methods import METHODS
 from studio import cache, live, pages, state, tasks, views
+from studio.jobs import Job
 
 pages.setup("Refine")
 
@@ -20,34 +25,56 @@ if pair["good"] is None or pair["bad"] is None:
 train = cache.split(run, "train")
 scores = cache.scores(run, "unrefined", "train")
 images = train.float_images()[:, 0].numpy()
-st.caption("eXBL pulls every explanation towards the good one and away from the bad one, while keeping the classification loss.")
+st.caption("Every method starts from the unrefined model and uses this pair; the lung-mask methods use every image's mask too.")
 cols = st.columns(2)
 for col, role, color in zip(cols, state.ROLES, (views.GOOD_RGB, views.BAD_RGB), strict=True):
     i = pair[role]
     col.image(
         views.pair_tile(images[i], scores["cams"][i], color),
-        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, AP {scores['ap'][i]:.2f}",
+        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, " + views.nowrap(f"AP {scores['ap'][i]:.2f}"),
         width="stretch",
     )
 st.page_link(pages.EXPLORE, label="Change the pair on Explore", icon=":material/swap_horiz:")
 
-refining_here = live.job_on(run) is not None
-live.note_other_job(run, ("refine", "demo"))
+RUN_KINDS = ("refine", "demo")
+job = live.job_on(run)
+refining_here = job is not None and job.kind in RUN_KINDS
+locked = live.other_job_note(run, RUN_KINDS)
 cfg = pipeline.train_config(run, "refine")
+FEEDBACK = {"two-clicks": "needs only the two clicks", "masks": "needs a lung mask for every training image"}
 with st.container(border=True):
+    names = list(METHODS)
+    method = st.selectbox(
+        "Method",
+        names,
+        index=names.index(cfg.method),
+        format_func=lambda m: f"{model_label(m)} ({FEEDBACK[METHODS[m].feedback]})",
+        disabled=locked,
+        key=f"method-{run.path}",
+    )
+    st.caption(f"{METHODS[method].summary[0].upper()}{METHODS[method].summary[1:]}. Source: {METHODS[method].source}.")
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs", 1, 200, cfg.epochs)
-    lambda_expl = c2.number_input("λ explanation", 0.0, 100.0, cfg.lambda_expl, 0.1, help="Weight of the eXBL loss against cross-entropy.")
-    lr = c3.number_input("Learning rate", 1e-6, 1e-1, cfg.lr, format="%.0e", step=1e-5)
-    patience = c4.number_input("Early-stopping patience (epochs)", 1, 50, cfg.patience)
+    epochs = c1.number_input("Epochs", 1, 200, cfg.epochs, disabled=locked)
+    lambda_expl = c2.number_input(
+        "λ (the method's term)",
+        0.0,
+        100.0,
+        cfg.weight if cfg.method == method else METHODS[method].default_lambda,
+        0.1,
+        help="Weight of the method's loss term against cross-entropy (counterexamples adds no term).",
+        disabled=locked or METHODS[method].term_name is None,
+    )
+    lr = c3.number_input("Learning rate", 1e-6, 1e-1, cfg.lr, format="%.0e", step=1e-5, disabled=locked)
+    patience = c4.number_input("Early-stopping patience (epochs)", 1, 50, cfg.patience, disabled=locked)
     with st.expander("Advanced"):
         a1, a2, a3 = st.columns(3)
-        margin = a1.number_input("Triplet margin", 0.0, 100.0, cfg.margin, 0.1)
+        margin = a1.number_input("Triplet margin", 0.0, 100.0, cfg.margin, 0.1, disabled=locked)
         distance = a2.selectbox(
             "Distance",
             DISTANCES,
             index=DISTANCES.index(cfg.distance),
             help="euclidean is the paper's; normalized scales each explanation to unit length first, which keeps more triplets active.",
+            disabled=locked,
         )
         kind = a3.selectbox(
             "Explanation E",
@@ -56,9 +83,13 @@ with st.container(border=True):
             format_func={"gray_cam": "image × GradCAM (paper)", "cam": "GradCAM alone"}.get,
             help="gray_cam is the paper's E = image × GradCAM. cam uses GradCAM alone: the paper's E weights attention on bright "
             "bone most and on the dark lungs least.",
+            disabled=locked,
         )
-    if not refining_here and st.button("Start refinement", type="primary", icon=":material/play_arrow:") and not live.busy():
+    if locked:
+        st.caption("The settings are locked while a job runs.")
+    elif st.button("Start refinement", type="primary", icon=":material/play_arrow:") and not live.refused():
         overrides = {
+            "method": method,
             "epochs": int(epochs),
             "lambda_expl": float(lambda_expl),
             "lr": float(lr),
@@ -69,6 +100,40 @@ with st.container(border=True):
         }
         live.start("refine", run, tasks.refine_work(run, cache.data(run), cache.device(), pair["good"], pair["bad"], overrides))
 
-live.job_panel(run, ("refine", "demo"), phase="refine")
-if run.has(runs.REFINED) and not refining_here:
-    st.page_link(pages.COMPARE, label="Next: compare before and after", icon=":material/arrow_forward:")
+
+def pair_words(good: int, bad: int) -> str:
+    return f"good #{good}, bad #{bad}"
+
+
+# Curves and results belong to the pair they came from: only the running job's, or the last
+# refinement's when it used the pair shown above (exemplars.json is saved at each Start).
+saved = state.saved_pair(run)
+same_pair = saved is not None and saved[:2] == (pair["good"], pair["bad"])
+started = "" if saved is None else time.strftime("%d %b %H:%M", time.localtime(saved[2]))
+
+
+def live_caption(job: Job) -> str:
+    live_pair = next(((e["good"], e["bad"]) for e in reversed(job.events) if e.get("step") == "pair"), None)
+    return f"Live: the running {live.JOB_NAMES[job.kind]}, with the pair {pair_words(*live_pair) if live_pair else 'being saved'}."
+
+
+if not refining_here:  # a running job's panel says itself which pair it refines with (live_caption)
+    if same_pair and run.has(pipeline.model_file(method)):
+        st.caption(f"The last refinement of this run, with this pair ({pair_words(*saved[:2])}), started {started}.")
+    elif saved is not None and run.has(pipeline.model_file(method)):
+        st.info(
+            f"No refinement with this pair yet. The run's refined models came from {pair_words(*saved[:2])} (started {started}); "
+            "Start refines the unrefined model again with this pair and replaces the chosen method's model."
+        )
+    else:
+        st.caption("No refinement yet: press Start. The live losses appear here.")
+live.job_panel(run, RUN_KINDS, phase="refine", after="curves" if same_pair else "nothing", describe=live_caption)
+if same_pair and run.has(pipeline.model_file(method)) and not refining_here:
+    metrics = state.current_metrics(run)
+    if metrics is not None and method in metrics["models"]:
+        models = metrics["models"]
+        st.subheader("Result")
+        views.model_summary(models["unrefined"], models[method], models.get("oracle"), name=model_label(method))
+        st.page_link(pages.COMPARE, label="Next: compare before and after", icon=":material/arrow_forward:")
+    else:
+        st.page_link(pages.COMPARE, label="Next: evaluate and compare on Compare", icon=":material/arrow_forward:")

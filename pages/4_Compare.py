@@ -1,100 +1,136 @@
-"""Compare: Figure 3 before and after, Table 1 with deltas, the shortcut test, and downloads."""
+"""Compare: every refined model side by side: verdicts on the shortcut test, Table 1, Figure 3 and downloads."""
 
 from __future__ import annotations
 
 import streamlit as st
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline, runs, study
 from exbl_core.data import CLASSES
-from exbl_core.figures import PAPER_NOTE
-from studio import cache, live, pages, tasks, views
+from exbl_core.figures import PAPER_NOTE, model_label, table1_columns
+from studio import cache, live, pages, state, tasks, views
+
+FIGURE_MAX_ROWS = 8  # more rows make a page too tall to compare, and slow to draw
 
 pages.setup("Compare")
 
 run = pages.trained_run()
-if not run.has(runs.REFINED):
-    views.empty_state("No refined model yet: start eXBL refinement on Refine.", pages.REFINE, "Refine")
+if not run.refined():
+    views.empty_state("No refined model yet: start a refinement on Refine.", pages.REFINE, "Refine")
     st.stop()
 
+KINDS = ("evaluate", "refine", "demo", "oracle")
 busy_here = live.job_on(run) is not None
-stale = not run.has(runs.METRICS) or run.file(runs.METRICS).stat().st_mtime < run.file(runs.REFINED).stat().st_mtime
-if stale and not busy_here:
-    st.info("The metrics are older than the refined model (or missing), for example after a cancelled refinement.")
-    if st.button("Evaluate both models", type="primary", icon=":material/calculate:") and not live.busy():
+locked = live.other_job_note(run, KINDS)
+metrics = state.current_metrics(run)
+if metrics is None and not busy_here:
+    st.info("The metrics are older than a model of this run (or missing), for example after a cancelled refinement.")
+    if st.button("Evaluate every model", type="primary", icon=":material/calculate:", disabled=locked) and not live.refused():
         live.start("evaluate", run, tasks.evaluate_work(run, cache.data(run), cache.device()))
-if stale or busy_here:
-    live.job_panel(run, ("evaluate", "refine", "demo"))
+if metrics is None or busy_here:
+    live.job_panel(run, KINDS)
     st.stop()
-metrics = runs.read_json(run.file(runs.METRICS))
-rows = pipeline.table1(run, metrics)
-PAPER = {"paper_unrefined": "paper: unrefined", "paper_exbl": "paper: eXBL"}
-st.subheader("Table 1")
-st.dataframe(
-    [
-        {"metric": r["metric"], "split": r["split"], "unrefined": r["unrefined"], "eXBL": r["exbl"], "Δ": r["delta"]}
-        | {label: r[key] for key, label in PAPER.items() if key in r}
-        for r in rows
-    ],
-    hide_index=True,
-    column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("unrefined", "eXBL")}
-    | {"Δ": st.column_config.NumberColumn(format="%+.3f")}
-    | {label: st.column_config.NumberColumn(format="%.2f") for label in PAPER.values()},
+
+models = metrics["models"]
+refined = [m for m in run.refined() if m in models]
+oracle = models.get("oracle")
+st.subheader("Verdicts")
+for name in refined:
+    with st.container(border=True):
+        views.model_summary(models["unrefined"], models[name], oracle, name=model_label(name))
+if oracle is None and pipeline.can_train_oracle(run):
+    st.info(
+        "These verdicts compare the shortcut gap only. The full verdict measures how much of an oracle's shortcut-test "
+        "accuracy a refinement wins back; the oracle is the same model trained on phantoms whose child anatomy does not "
+        "follow the class. Training it takes about as long as the unrefined model."
+    )
+    if st.button("Train the oracle", icon=":material/model_training:", disabled=locked) and not live.refused():
+        live.start("oracle", run, tasks.oracle_work(run, cache.data(run), cache.device()))
+st.caption(
+    "A verdict on this one run. The numbers differ between runs and machines (thread count, GPU, nondeterministic "
+    "kernels), often by more than a refinement moves them: `python -m exbl_core study --out DIR` reports medians "
+    "and spreads over several seeds."
 )
-if rows and "paper_unrefined" in rows[0]:
+gaps = metrics.get("shortcut_gap", {})
+if gaps:
+    recalls = "; ".join(
+        f"{model_label(m)} {g['vp_recall_confounded']:.2f} → {g['vp_recall_shortcut_test']:.2f}" for m, g in gaps.items() if m in models
+    )
+    st.caption(
+        "The shortcut test split shows children in every class: a model that still uses the shortcut loses accuracy there "
+        "and calls children Viral Pneumonia. AP alone can look fixed while the shortcut is still used. "
+        f"Viral Pneumonia recall, confounded → shortcut test: {recalls}."
+    )
+
+rows = pipeline.table1(run, metrics)
+st.subheader("Table 1")
+columns = table1_columns(rows)
+table = []
+for r in rows:
+    line = {"metric": r["metric"], "split": r["split"]}
+    for m in columns:
+        line[model_label(m)] = r["values"].get(m)
+        if m not in ("unrefined", "oracle") and r["values"].get(m) is not None:
+            line[f"Δ {model_label(m)}"] = r["values"][m] - r["values"]["unrefined"]
+    if "paper" in r:
+        line["paper: unrefined"], line["paper: eXBL"] = r["paper"]
+    table.append(line)
+number = st.column_config.NumberColumn(format="%.3f")
+st.dataframe(
+    table,
+    hide_index=True,
+    column_config={
+        k: st.column_config.NumberColumn(format="%+.3f") if k.startswith("Δ") else number for k in table[0] if k not in ("metric", "split")
+    }
+    if table
+    else None,
+)
+if rows and "paper" in rows[0]:
     st.caption(PAPER_NOTE)
 if note := pipeline.table1_note(run):
     st.caption(note)
 
-gaps = metrics.get("shortcut_gap", {})
-if "unrefined" in gaps and "refined" in gaps:
-    st.subheader("Shortcut test")
-    st.caption(
-        "The shortcut test split shows children in every class. A model that still uses the shortcut loses accuracy there "
-        "and calls children Viral Pneumonia. AP alone can look fixed while the shortcut is still used: read both."
-    )
-    cards = (("Accuracy, confounded test", "test"), ("Accuracy, shortcut test", "shortcut_test"), ("Shortcut gap", None))
-    for col, (title, key) in zip(st.columns(3), cards, strict=True):
-        before = metrics["unrefined"][key]["accuracy"] if key else gaps["unrefined"]["accuracy_gap"]
-        after = metrics["refined"][key]["accuracy"] if key else gaps["refined"]["accuracy_gap"]
-        col.metric(
-            title, f"{after:.3f}", f"{after - before:+.3f} vs {before:.3f} unrefined", delta_color="inverse" if key is None else "normal"
-        )
-    vp = {w: (g["vp_recall_confounded"], g["vp_recall_shortcut_test"]) for w, g in gaps.items()}
-    st.caption(
-        f"Viral Pneumonia recall, confounded → shortcut test: unrefined {vp['unrefined'][0]:.2f} → {vp['unrefined'][1]:.2f}; "
-        f"eXBL {vp['refined'][0]:.2f} → {vp['refined'][1]:.2f}."
-    )
-
 st.subheader("Before and after (the paper's Figure 3)")
-st.caption(f"Preselected: {pipeline.FIGURE_ROWS_RULE}. Add or remove any test image.")
 test = cache.split(run, "test")
-options = list(range(len(test)))
+default_rows = pipeline.default_figure_rows(test, torch.from_numpy(cache.scores(run, "unrefined", "test")["ap"]))
 chosen = st.multiselect(
-    "Test images",
-    options,
-    default=pipeline.default_figure_rows(test, torch.from_numpy(cache.scores(run, "unrefined", "test")["ap"])),
+    f"Test images (up to {FIGURE_MAX_ROWS})",
+    list(range(len(test))),
+    default=default_rows,
     format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
-    help="Viral Pneumonia is the class the shortcut hides behind.",
+    help="Preselected: " + pipeline.FIGURE_ROWS_RULE + ". Viral Pneumonia is the class the shortcut hides behind.",
+    max_selections=FIGURE_MAX_ROWS,
+    select_all=False,
+    key=f"figure-rows-{run.path}",
+    persist_state="session",
 )
 figure = None
 if chosen:
-    figure = cache.figure3_png(run, chosen)
+    figure = cache.figure3_png(run, chosen, pipeline.FIGURE_ROWS_RULE if chosen == default_rows else "Test images chosen on Compare")
     st.image(figure, width="stretch")
 else:
     st.info("Choose one or more test images above to see them before and after.")
 
+study_dir = study.find_study(run.path)
+if study_dir is not None:
+    st.subheader("How reliable is one run? The study")
+    st.caption(f"`{study_dir}`: every method on the same unrefined models over several seeds; one dot per seed.")
+    if (study_dir / study.STUDY_PNG).is_file():
+        st.image(str(study_dir / study.STUDY_PNG), width="stretch")
+    st.markdown((study_dir / study.STUDY_MD).read_text(encoding="utf-8"))
+
 st.subheader("Downloads")
-d1, d2, d3 = st.columns(3)
+columns = st.columns(2 + len(refined))
 if figure is not None:
-    d1.download_button("Figure 3 (PNG)", figure, file_name=f"{run.name}-figure3.png", mime="image/png", icon=":material/image:")
-d2.download_button(
+    columns[0].download_button("Figure 3 (PNG)", figure, file_name=f"{run.name}-figure3.png", mime="image/png", icon=":material/image:")
+columns[1].download_button(
     "Table 1 (CSV)", pipeline.table1_csv_text(run, rows), file_name=f"{run.name}-table1.csv", mime="text/csv", icon=":material/table:"
 )
-d3.download_button(
-    "Refined checkpoint",
-    run.file(runs.REFINED).read_bytes(),
-    file_name=f"{run.name}-refined.pt",
-    mime="application/octet-stream",
-    icon=":material/download:",
-)
+for col, name in zip(columns[2:], refined, strict=True):
+    col.download_button(
+        f"{model_label(name)} checkpoint",
+        run.file(runs.refined_file(name)).read_bytes(),
+        file_name=f"{run.name}-{runs.refined_file(name)}",
+        mime="application/octet-stream",
+        icon=":material/download:",
+    )

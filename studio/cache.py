@@ -20,7 +20,7 @@ import torch
 
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES, Split
-from exbl_core.figures import figure3, figure_png
+from exbl_core.figures import figure3, figure_png, model_label
 from exbl_core.training import choose_device
 from studio.jobs import get_runner
 
@@ -76,7 +76,7 @@ def _model(run_path: str, which: str, mtime: float) -> torch.nn.Module:
 
 
 def checkpoint_name(which: str) -> str:
-    return {"unrefined": runs.UNREFINED, "refined": runs.REFINED}[which]
+    return pipeline.model_file(which)
 
 
 def model(run: runs.Run, which: str) -> torch.nn.Module:
@@ -97,23 +97,30 @@ def scores(run: runs.Run, which: str, split_name: str) -> dict[str, np.ndarray]:
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing Figure 3…")
-def _figure3_png(run_path: str, rows: tuple[int, ...], mtimes: tuple[float, float], data_key: str, tau: float) -> bytes:
+def _figure3_png(
+    run_path: str, rows: tuple[int, ...], title: str, models: tuple[str, ...], mtimes: tuple[float, ...], data_key: str, tau: float
+) -> bytes:
     test = _split(run_path, "test", data_key)
-    before = _scores(run_path, "unrefined", "test", mtimes[0], data_key, tau)
-    after = _scores(run_path, "refined", "test", mtimes[1], data_key, tau)
+    scores = {m: _scores(run_path, m, "test", t, data_key, tau) for m, t in zip(models, mtimes, strict=True)}
     idx = list(rows)
     labels = [
-        f"#{i} true {CLASSES[int(test.labels[i])]}\nunref: {CLASSES[int(before['preds'][i])]}\neXBL: {CLASSES[int(after['preds'][i])]}"
+        f"#{i} true {CLASSES[int(test.labels[i])]}\n"
+        + "\n".join(f"{model_label(m)}: {CLASSES[int(s['preds'][i])]}" for m, s in scores.items())
         for i in idx
     ]
-    cams_before, cams_after = torch.from_numpy(before["cams"][idx]), torch.from_numpy(after["cams"][idx])
-    return figure_png(figure3(test.float_images(torch.tensor(idx)), cams_before, cams_after, labels))
+    cam_sets = {m: torch.from_numpy(s["cams"][idx]) for m, s in scores.items()}
+    return figure_png(figure3(test.float_images(torch.tensor(idx)), cam_sets, labels, title=title))
 
 
-def figure3_png(run: runs.Run, rows: list[int]) -> bytes:
-    """The paper's Figure 3 for the chosen test images, before and after, as PNG bytes (cached)."""
-    mtimes = (_mtime(run, runs.UNREFINED), _mtime(run, runs.REFINED))
-    return _figure3_png(str(run.path), tuple(rows), mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)
+def figure3_png(run: runs.Run, rows: list[int], title: str) -> bytes:
+    """The paper's Figure 3 for the chosen test images, unrefined and every refined model, as PNG bytes (cached).
+
+    ``title`` says how the rows were chosen; it is drawn into the image, so a downloaded
+    figure still says what it shows.
+    """
+    models = ("unrefined", *run.refined())
+    mtimes = tuple(_mtime(run, pipeline.model_file(m)) for m in models)
+    return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)
 
 
 def warm(run: runs.Run, which: str, splits: tuple[str, ...]) -> None:

@@ -26,7 +26,11 @@ Work = Callable[[Emit, threading.Event], str]
 
 @dataclass
 class Job:
-    """One background job. ``events`` only grows, so readers may take a snapshot without a lock."""
+    """One background job. ``events`` only grows, so readers may take a snapshot without a lock.
+
+    Each event carries ``t``, the time it arrived: the progress line measures seconds
+    per epoch from it, and training events do not carry wall-clock times themselves.
+    """
 
     kind: str  # "train", "refine", "evaluate" or "demo": what the status line says
     run_path: str
@@ -69,7 +73,7 @@ class JobRunner:
             # The run folder's lock, as the command line takes it: a CLI step on the same run
             # refuses while this job runs, and this job refuses while one is running there.
             with runs.locked(job.run_path):
-                status = work(job.events.append, job.cancel)
+                status = work(lambda event: job.events.append({**event, "t": time.time()}), job.cancel)
         except Exception as exc:  # the page shows the message; the log keeps the traceback
             traceback.print_exc()
             job.error = str(exc) or type(exc).__name__

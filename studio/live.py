@@ -1,100 +1,129 @@
 """The live view of a background job: status line, progress bar, Cancel and the curves.
 
-It is an ``st.fragment`` that reruns itself every second while a job runs, so only the
-panel redraws, not the page; when the job ends it reruns the whole page once, so that
-the page can show what the job produced.
+Both views here are ``st.fragment``s that rerun themselves every second while a job
+runs, so only they redraw, not the page; when the job ends they rerun the whole page
+once, so that the page shows what the job produced and unlocks its Start button. No
+message about a job is drawn outside them: it would stay on screen after the job ended.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import streamlit as st
 
 from exbl_core import runs
-from studio import pages, views
+from studio import pages, progress, views
 from studio.jobs import Job, Work, get_runner
 
 POLL_SECONDS = 1.0
-PHASES = {"unrefined": "Training the unrefined model", "refine": "eXBL refinement"}
+JOB_PAGES = {"train": pages.DATA, "refine": pages.REFINE, "evaluate": pages.COMPARE, "oracle": pages.COMPARE, "demo": pages.HOME}
+JOB_NAMES = {"train": "training", "refine": "refinement", "evaluate": "evaluation", "oracle": "oracle training", "demo": "demo"}
+LOCKED = "Only one job runs at a time, so Start comes back when it has finished."
 
 
-def busy() -> bool:
-    """True, with a polite message, when a job is running: one job at a time, process-wide."""
+def running_job() -> Job | None:
+    """The job running now, on any run: one at a time per server, so pages lock their Start buttons meanwhile."""
     job = get_runner().job
-    if job is None or not job.running:
-        return False
-    st.warning(
-        f"Another job is already running ({job.kind} on run '{Path(job.run_path).name}'). "
-        "Only one training runs at a time: wait for it to finish, or cancel it on its page."
-    )
-    return True
+    return job if job is not None and job.running else None
+
+
+def refused() -> bool:
+    """True, with a brief message, when a job runs already: another session started one since this page drew.
+
+    A toast rather than a warning: a warning would stay on the page after the job ended.
+    """
+    other = running_job()
+    if other is not None:
+        st.toast(
+            f"Another job is already running ({JOB_NAMES[other.kind]} on run '{Path(other.run_path).name}'), "
+            "so this one did not start. Only one job runs at a time."
+        )
+    return other is not None
 
 
 def start(kind: str, run: runs.Run, work: Work) -> None:
-    """Start a job and redraw the page, or say why not (another one started in the meantime)."""
+    """Start a job and redraw the page, or say briefly why not (another session started one first)."""
     job = get_runner().start(kind, str(run.path), work)
     if job is None:
-        busy()
+        refused()
         return
     st.session_state["watching"] = job.started
     st.rerun()  # redraw the page in its running state: no Start button, live panel polling
 
 
-JOB_PAGES = {"train": pages.DATA, "refine": pages.REFINE, "evaluate": pages.COMPARE, "demo": pages.HOME}
-
-
 def job_on(run: runs.Run) -> Job | None:
     """The running job working on ``run``, if any: pages hide their Start buttons meanwhile."""
-    job = get_runner().job
-    return job if job is not None and job.running and job.run_path == str(run.path) else None
+    job = running_job()
+    return job if job is not None and job.run_path == str(run.path) else None
 
 
-def note_other_job(run: runs.Run, kinds: tuple[str, ...]) -> None:
-    """Say so, with a link, when a job this page does not show (say, training) is busy with the run."""
-    job = job_on(run)
-    if job is not None and job.kind not in kinds:
-        st.info(f"A {job.kind} job is running on this run; this page's Start button comes back when it has finished.")
-        st.page_link(JOB_PAGES[job.kind], label=f"Watch the {job.kind} job", icon=":material/visibility:")
+def other_job_note(run: runs.Run | None, kinds: tuple[str, ...], then: str = LOCKED) -> bool:
+    """Say which job runs, with Cancel and a link to watch it, when this page's panel does not show it.
 
+    ``kinds`` are the jobs this page's panel shows for ``run``; ``then`` says what the job
+    means for this page. Returns True while any job runs, so that the page can lock its
+    settings and Start button; the note reruns the page when the job ends, so the lock and
+    the note never outlive it.
+    """
+    job = running_job()
+    if job is None:
+        return False
+    here = run is not None and job.run_path == str(run.path)
+    if here and job.kind in kinds:
+        return True
 
-def _status_line(job: Job) -> tuple[str, float | None]:
-    """What the job is doing now, and how far the current phase has come (0 to 1)."""
-    if job.cancel.is_set():
-        return "Cancelling: stops after the current batch and keeps the best checkpoint so far…", None
-    epochs = next((e["epochs"] for e in reversed(job.events) if e["type"] == "start"), None)
-    for e in reversed(job.events):
-        label = PHASES.get(e.get("phase", ""), "")
-        if e["type"] == "batch_end" and epochs:
-            done = (e["epoch"] - 1 + e["batch"] / e["batches"]) / epochs
-            return f"{label}: epoch {e['epoch']} of {epochs}, batch {e['batch']} of {e['batches']}", min(done, 1.0)
-        if e["type"] == "epoch_end":
-            return f"{label}: epoch {e['epoch']} of {e['epochs']} done, validating…", e["epoch"] / e["epochs"]
-        if e["type"] == "start":
-            return f"{label}: starting…", 0.0
-        if e["type"] == "step":
-            return e["message"], None
-    return "Starting…", None
+    @st.fragment(run_every=POLL_SECONDS)
+    def note() -> None:
+        now = get_runner().job
+        if now is not job or not job.running:
+            st.rerun()
+        where = "this run" if here else f"run '{Path(job.run_path).name}'"
+        st.info(
+            f"A {JOB_NAMES[job.kind]} job is running on {where}: {progress.job_progress(job.events, job.started, time.time()).text}. {then}"
+        )
+        with st.container(horizontal=True):
+            st.page_link(JOB_PAGES[job.kind], label=f"Watch the {JOB_NAMES[job.kind]}", icon=":material/visibility:")
+            st.button("Cancel it", key="cancel-other", icon=":material/stop:", disabled=job.cancel.is_set(), on_click=get_runner().cancel)
 
-
-def _latest_phase(events: list[dict]) -> str | None:
-    return next((e["phase"] for e in reversed(events) if e.get("phase") in PHASES), None)
+    note()
+    return True
 
 
 def _outcome(job: Job) -> None:
+    took = progress.duration((job.finished or time.time()) - job.started)
     if job.status == "done":
-        st.success(f"The {job.kind} job finished.")
+        st.success(f"The {JOB_NAMES[job.kind]} finished in {took}.")
     elif job.status == "cancelled":
-        st.warning(f"The {job.kind} job was cancelled. The best checkpoint saved before that is kept.")
+        st.warning(f"The {JOB_NAMES[job.kind]} was cancelled after {took}. The best checkpoint saved before that is kept.")
     elif job.status == "failed":
-        st.error(f"The {job.kind} job failed: {job.error}")
+        st.error(f"The {JOB_NAMES[job.kind]} failed after {took}: {job.error}")
 
 
-def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None) -> None:
-    """Progress and curves for ``run``: live while a job of ``kinds`` runs on it, else from its history.
+def _latest_phase(events: list[dict]) -> str | None:
+    return next((e["phase"] for e in reversed(events) if e.get("phase") in progress.PHASES), None)
+
+
+def job_panel(
+    run: runs.Run,
+    kinds: tuple[str, ...],
+    phase: str | None = None,
+    after: Literal["curves", "outcome", "nothing"] = "curves",
+    describe: Callable[[Job], str] | None = None,
+) -> None:
+    """Progress and curves for ``run``: live while a job of ``kinds`` runs on it, else the latest results.
 
     ``phase`` picks the curves ("unrefined" or "refine"); None follows whatever phase the
-    job runs now, and shows nothing when no job of ``kinds`` has run on ``run``.
+    job runs now, and shows nothing when no job of ``kinds`` has run on ``run``. ``after``
+    says what stays once no job runs: "curves" (and how the last job ended), "outcome" (only
+    how it ended: Home, which shows the result instead) or "nothing" (a page whose inputs
+    changed since the last job, like Refine with a new pair, must not show that job's curves
+    or its end as if they were its own).
+    ``describe`` turns a running job into a caption above its progress (say, which pair it
+    refines with), drawn in the panel so that it follows the job's events.
     """
     runner = get_runner()
 
@@ -107,22 +136,32 @@ def job_panel(run: runs.Run, kinds: tuple[str, ...], phase: str | None = None) -
     @st.fragment(run_every=every)
     def panel() -> None:
         job = runner.job
-        if mine(job) and job.running:
+        running = mine(job) and job.running
+        if running:
             st.session_state["watching"] = job.started
-            text, done = _status_line(job)
-            st.progress(done if done is not None else 0.0, text=text)
+            if describe is not None:
+                st.caption(describe(job))
+            if job.cancel.is_set():
+                st.progress(0.0, text="Cancelling: stops after the current batch and keeps the best checkpoint so far…")
+            else:
+                now = progress.job_progress(job.events, job.started, time.time())
+                st.progress(now.fraction or 0.0, text=now.text)
             st.button(
                 "Cancel", key=f"cancel-{'-'.join(kinds)}", icon=":material/stop:", disabled=job.cancel.is_set(), on_click=runner.cancel
             )
         elif mine(job) and st.session_state.get("watching") == job.started:
             del st.session_state["watching"]
             st.rerun()
+        if not running and after != "curves":
+            if after == "outcome" and mine(job):
+                _outcome(job)
+            return
         events = list(job.events) if mine(job) else run.history() if phase else []
         shown = phase or _latest_phase(events)
-        attempt = views.run_attempt(events, shown) if shown else []
+        attempt = progress.run_attempt(events, shown) if shown else []
         if any(e["type"] in ("batch_end", "epoch_end") for e in attempt):
             st.plotly_chart(views.curves(attempt), key=f"curves-{shown}")
-        elif mine(job) and job.running:
+        elif running:
             st.caption("The chart appears after the first batch.")
         if mine(job) and not job.running:
             _outcome(job)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from exbl_core import runs
+from exbl_core import pipeline, runs
 from studio import cache
 from studio.jobs import get_runner
 
@@ -67,3 +67,26 @@ def set_pair(run: runs.Run, good: int, bad: int) -> None:
 def forget_pair(run: runs.Run) -> None:
     """Drop the marks after retraining: they described the old model's explanations."""
     st.session_state.setdefault("picks", {}).pop(str(run.path), None)
+
+
+def current_metrics(run: runs.Run) -> dict | None:
+    """metrics.json when it describes every model of the run; None when missing, older than one, or incomplete.
+
+    A refinement rewrites its checkpoint at every new best epoch and evaluates only when
+    it ends, so after a cancel the metrics describe an older model and no view may show them.
+    """
+    if not (run.has(runs.METRICS) and run.refined()):
+        return None
+    names = pipeline.models_in(run)
+    if run.file(runs.METRICS).stat().st_mtime < max(run.file(pipeline.model_file(m)).stat().st_mtime for m in names):
+        return None
+    metrics = runs.read_json(run.file(runs.METRICS))
+    return metrics if all(m in metrics.get("models", {}) for m in names) else None
+
+
+def saved_pair(run: runs.Run) -> tuple[int, int, float] | None:
+    """``(good, bad, time)`` of the pair the latest refinement started with (exemplars.json), or None."""
+    if not run.has(runs.EXEMPLARS):
+        return None
+    saved = runs.read_json(run.file(runs.EXEMPLARS))
+    return saved["good"]["index"], saved["bad"]["index"], run.file(runs.EXEMPLARS).stat().st_mtime

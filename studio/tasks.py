@@ -2,7 +2,9 @@
 
 Each function returns a ``Work`` callable for ``JobRunner.start``. Steps publish the
 training loop's own events, plus ``start`` (a phase begins, with its epoch count, so
-that progress bars know the total) and ``step`` (a non-training step, for the status line).
+that progress bars know the total), ``plan`` (every phase of a multi-phase job and its
+epochs, so that one bar covers the whole job) and ``step`` (a non-training step, for the
+status line; the ``pair`` step names the good and bad images that refinement uses).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ def _refine(run: runs.Run, data: dict[str, Split], device: torch.device, emit: E
 
 
 def _evaluate(run: runs.Run, data: dict[str, Split], device: torch.device, emit: Emit) -> str:
-    emit({"type": "step", "step": "evaluate", "message": "Evaluating both models on every split…"})
+    emit({"type": "step", "step": "evaluate", "message": "Evaluating every model on every split…"})
     pipeline.evaluate_step(run, data, device)
     pipeline.figure_step(run, data, device)
-    cache.warm(run, "refined", ("test",))
+    for method in run.refined():
+        cache.warm(run, method, ("test",))
     return "done"
 
 
@@ -50,12 +53,17 @@ def train_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> W
     return work
 
 
+def _pair_event(emit: Emit, pick: dict) -> None:
+    good, bad = pick["good"]["index"], pick["bad"]["index"]
+    emit({"type": "step", "step": "pair", "good": good, "bad": bad, "message": f"Pair saved: good #{good}, bad #{bad}"})
+
+
 def refine_work(run: runs.Run, data: dict[str, Split], device: torch.device, good: int, bad: int, overrides: dict) -> Work:
     """Save the pair, refine, then evaluate (skipped after Cancel, so that Cancel answers at once)."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
         emit({"type": "step", "step": "pick", "message": f"Saving the pair: good #{good}, bad #{bad}…"})
-        pipeline.pick_step(run, data, device, good, bad)
+        _pair_event(emit, pipeline.pick_step(run, data, device, good, bad))
         if cancel.is_set():
             return "cancelled"
         status = _refine(run, data, device, emit, cancel, overrides)
@@ -67,22 +75,41 @@ def refine_work(run: runs.Run, data: dict[str, Split], device: torch.device, goo
 
 
 def evaluate_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> Work:
-    """Compute metrics.json, figure3.png and Table 1 for both models."""
+    """Compute metrics.json, figure3.png and Table 1 for every model of the run."""
     return lambda emit, cancel: _evaluate(run, data, device, emit)
 
 
-def demo_work(run: runs.Run, device: torch.device) -> Work:
-    """The whole workflow on a new run: train, automatic pick, refine, evaluate."""
+def oracle_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> Work:
+    """Train the oracle, then evaluate, so that every verdict can say how much was recovered."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
+        emit({"type": "plan", "phases": {"oracle": pipeline.train_config(run, "train").epochs}})
+        status = pipeline.train_step(run, data, device, emit, cancel, role="oracle").status
+        if status != "done" or not run.refined():
+            return status
+        return _evaluate(run, data, device, emit)
+
+    return work
+
+
+def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...]) -> Work:
+    """The whole workflow on a new run: train, automatic pick, refine with each of ``methods``, evaluate."""
+
+    def work(emit: Emit, cancel: threading.Event) -> str:
+        phases = {
+            "unrefined": pipeline.train_config(run, "train").epochs,
+            "refine": len(methods) * pipeline.train_config(run, "refine").epochs,
+        }
+        emit({"type": "plan", "phases": phases})
         emit({"type": "step", "step": "data", "message": "Generating the synthetic data…"})
         data = pipeline.load_data(run)
         if _train(run, data, device, emit, cancel) != "done" or cancel.is_set():
             return "cancelled"
         emit({"type": "step", "step": "pick", "message": "Picking the pair automatically by AP…"})
-        pipeline.pick_step(run, data, device)
-        if _refine(run, data, device, emit, cancel, {}) != "done" or cancel.is_set():
-            return "cancelled"
+        _pair_event(emit, pipeline.pick_step(run, data, device))
+        for method in methods:
+            if _refine(run, data, device, emit, cancel, {"method": method}) != "done" or cancel.is_set():
+                return "cancelled"
         return _evaluate(run, data, device, emit)
 
     return work

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
 from exbl_core import pipeline, runs
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
+from exbl_core.verdict import Verdict, shortcut_verdict
 from studio.cache import RUNS_DIR_ENV
 from studio.jobs import get_runner
+from studio.views import EXPLANATION_SILENT, curves
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = {"explore": "pages/2_Explore.py", "refine": "pages/3_Refine.py", "compare": "pages/4_Compare.py"}
@@ -148,7 +151,7 @@ def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Pat
 def test_training_again_keeps_the_old_model_and_results_until_the_new_first_checkpoint(
     runs_dir: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.REFINED, runs.METRICS))
+    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.refined_file("exbl"), runs.METRICS))
     before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".lock"}
 
     def fails_at_once(*_args, **_kwargs):
@@ -223,39 +226,215 @@ def test_refinement_starts_in_the_background_and_cancels_quickly(runs_dir: Path,
     assert (runs_dir / "tiny" / runs.EXEMPLARS).is_file()
 
 
-def test_a_second_start_is_refused_while_a_job_runs(runs_dir: Path, finished_run: Path) -> None:
-    at = refine_page_with_pair(runs_dir, finished_run)
+def blocking_job(kind: str, run_path: str, events: tuple[dict, ...] = ()) -> threading.Event:
+    """Start a job that emits ``events`` and then runs until the returned event is set."""
     release = threading.Event()
-    (runs_dir / "elsewhere").mkdir()  # a job holds its run folder's lock, so the folder must exist
-    blocker = get_runner().start("train", str(runs_dir / "elsewhere"), lambda emit, cancel: "done" if release.wait(30) else "cancelled")
+
+    Path(run_path).mkdir(parents=True, exist_ok=True)  # a job holds its run folder's lock, so the folder must exist
+
+    def work(emit, cancel) -> str:
+        for e in events:
+            emit(e)
+        return "done" if release.wait(30) else "cancelled"
+
+    get_runner().start(kind, run_path, work)
+    return release
+
+
+def test_while_another_job_runs_refine_locks_its_settings_names_the_job_and_offers_cancel(runs_dir: Path, finished_run: Path) -> None:
+    at = refine_page_with_pair(runs_dir, finished_run)
+    release = blocking_job("train", str(runs_dir / "elsewhere"))
+    blocker = get_runner().job
     try:
-        next(b for b in at.button if b.label == "Start refinement").click().run()
+        next(b for b in at.button if b.label == "Start refinement").click().run()  # drawn before the job started
         assert get_runner().job is blocker
-        assert "Another job is already running" in at.warning[0].value
+        assert "A training job is running on run 'elsewhere'" in infos(at)
+        assert "Start refinement" not in [b.label for b in at.button]
+        assert all(n.disabled for n in at.number_input) and "Cancel it" in [b.label for b in at.button]
+        assert not at.warning, "no warning that would stay on the page after the job ends"
+    finally:
+        release.set()
+    assert get_runner().wait(30)
+    at.run()
+    assert "is running" not in infos(at) and "Start refinement" in [b.label for b in at.button]
+
+
+def test_home_while_a_job_runs_elsewhere_locks_the_demo_and_names_the_job(runs_dir: Path) -> None:
+    at = open_page("app.py")
+    release = blocking_job("refine", str(runs_dir / "elsewhere"))
+    try:
+        next(b for b in at.button if b.label == "Run the demo").click().run()  # drawn before the job started
+        assert get_runner().job.run_path.endswith("elsewhere")
+        assert "A refinement job is running on run 'elsewhere'" in infos(at)
+        assert next(b for b in at.button if b.label == "Run the demo").disabled
+        assert not at.warning and not list(runs_dir.iterdir()), "no stale warning, and no run folder for a demo that did not start"
     finally:
         release.set()
 
 
 def test_while_training_runs_refine_says_so_and_links_to_it(runs_dir: Path, finished_run: Path) -> None:
     at = refine_page_with_pair(runs_dir, finished_run)
-    release = threading.Event()
-    get_runner().start("train", str(runs_dir / "tiny"), lambda emit, cancel: "done" if release.wait(30) else "cancelled")
+    release = blocking_job("train", str(runs_dir / "tiny"))
     try:
         at.run()
-        assert "A train job is running on this run" in infos(at)
+        assert "A training job is running on this run" in infos(at)
         assert "Data_and_model" in links(at)
         assert "Start refinement" not in [b.label for b in at.button]
     finally:
         release.set()
 
 
-def test_compare_shows_figure_table_shortcut_test_and_downloads(runs_dir: Path, finished_run: Path) -> None:
-    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.REFINED, runs.METRICS))
+def finished_copy(finished_run: Path, runs_dir: Path) -> runs.Run:
+    return copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.refined_file("exbl"), runs.HISTORY, runs.METRICS))
+
+
+def expected_verdict(run: runs.Run) -> Verdict:
+    metrics = runs.read_json(run.file(runs.METRICS))
+    return shortcut_verdict(metrics["unrefined"], metrics["refined"])
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(str(m.value) for m in at.markdown)
+
+
+def test_compare_shows_verdict_table_figure_and_downloads(runs_dir: Path, finished_run: Path) -> None:
+    run = finished_copy(finished_run, runs_dir)
     at = open_page(PAGES["compare"])
     assert not at.exception
-    assert [s.value for s in at.subheader] == ["Table 1", "Shortcut test", "Before and after (the paper's Figure 3)", "Downloads"]
-    assert len(at.image) == 1 and len(at.metric) == 3
+    assert [s.value for s in at.subheader] == ["Verdict", "Table 1", "Before and after (the paper's Figure 3)", "Downloads"]
+    verdict = expected_verdict(run)
+    assert verdict.label in texts(at) + " ".join(str(b.proto.label) for b in at.get("badge"))
+    assert "the full verdict needs the oracle" in texts(at)
+    assert len(at.image) == 1 and len(at.metric) == 4
     assert [b.label for b in at.get("download_button")] == ["Figure 3 (PNG)", "Table 1 (CSV)", "Refined checkpoint"]
+
+
+def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_dir: Path, finished_run: Path) -> None:
+    run = finished_copy(finished_run, runs_dir)
+    metrics = runs.read_json(run.file(runs.METRICS))
+    for success, (before, after) in ((False, (0.40, 0.35)), (True, (0.40, 0.10))):  # a small drop in the gap, then a halved one
+        metrics["unrefined"]["test"]["accuracy"] = metrics["refined"]["test"]["accuracy"] = 0.95
+        metrics["unrefined"]["shortcut_test"]["accuracy"], metrics["refined"]["shortcut_test"]["accuracy"] = 0.95 - before, 0.95 - after
+        runs.write_json(run.file(runs.METRICS), metrics)
+        at = open_page(PAGES["compare"])
+        gap = next(m for m in at.metric if m.label == "Shortcut gap")
+        assert expected_verdict(run).success is success
+        assert (gap.proto.color == MetricProto.MetricColor.GREEN) is success, gap.proto
+        assert all(m.proto.color != MetricProto.MetricColor.GREEN for m in at.metric if m.label != "Shortcut gap" and not success)
+
+
+def test_the_figure_picker_takes_at_most_8_rows_offers_no_select_all_and_keeps_the_choice(runs_dir: Path, finished_run: Path) -> None:
+    finished_copy(finished_run, runs_dir)
+    at = open_page(PAGES["compare"])
+    picker = at.multiselect[0]
+    assert picker.max_selections == 8
+    picker.set_value([2, 0]).run()
+    at.switch_page(PAGES["refine"]).run()
+    at.switch_page(PAGES["compare"]).run()
+    assert at.multiselect[0].value == [2, 0]
+
+
+def test_without_a_shortcut_test_the_summary_says_there_is_no_verdict() -> None:
+    def summary() -> None:
+        from studio import views
+
+        split = {"accuracy": 0.9, "activation_precision": 0.5}
+        views.model_summary({"test": split}, {"test": split | {"accuracy": 0.95}})
+
+    at = AppTest.from_function(summary).run()
+    assert not at.exception
+    assert "no verdict" in infos(at) and [m.label for m in at.metric] == ["Accuracy, confounded test", "Activation Precision, test"]
+    assert all(m.proto.color != MetricProto.MetricColor.GREEN for m in at.metric)
+
+
+def test_home_states_the_verdict_and_links_to_compare_when_the_run_is_done(runs_dir: Path, finished_run: Path) -> None:
+    run = finished_copy(finished_run, runs_dir)
+    at = open_page("app.py")
+    assert "Result" in [s.value for s in at.subheader]
+    assert expected_verdict(run).sentence in texts(at).lower()
+    assert "Compare" in links(at)
+
+
+def test_home_while_the_demo_trains_shows_no_step_as_done_and_the_time_left(runs_dir: Path, finished_run: Path) -> None:
+    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))  # the checkpoint of a best epoch exists already
+    now = time.time()
+    events = (
+        {"type": "plan", "phases": {"unrefined": 14, "refine": 3}},
+        {"type": "start", "phase": "unrefined", "epochs": 14},
+        {"type": "batch_end", "phase": "unrefined", "epoch": 1, "batch": 1, "batches": 4, "loss": 1.0},
+    )
+    release = blocking_job("demo", str(run.path), events)
+    try:
+        at = open_page("app.py")
+        steps = [link.proto.label for link in at.get("page_link")][:4]
+        assert steps[0] == "Data and unrefined model: running" and all(s.endswith("not yet") for s in steps[1:]), steps
+        text = at.get("progress")[0].proto.text
+        assert "Step 1 of 4" in text and "epoch 1 of 14" in text and "elapsed" in text and "left" in text
+        assert "Result" not in [s.value for s in at.subheader]
+    finally:
+        release.set()
+    assert time.time() - now < 60
+
+
+def test_refine_with_a_new_pair_shows_no_curves_of_the_old_one(runs_dir: Path, finished_run: Path) -> None:
+    finished_copy(finished_run, runs_dir)
+    at = open_page(PAGES["refine"])  # the saved pair: its curves and verdict, labelled with the pair
+    assert len(at.get("plotly_chart")) == 1
+    assert any(c.value.startswith("The last refinement of this run, with this pair") for c in at.caption)
+    assert "Compare" in links(at)
+    at = mark(mark(at.switch_page(PAGES["explore"]).run(), "good", 2), "bad", 3).switch_page(PAGES["refine"]).run()
+    assert not at.get("plotly_chart")
+    assert "No refinement with this pair yet" in infos(at)
+    assert "Compare" not in links(at)
+
+
+def test_the_chart_says_when_the_explanation_loss_is_zero() -> None:
+    def epoch(n: int, active: float) -> dict:
+        return {
+            "type": "epoch_end",
+            "epoch": n,
+            "epochs": 3,
+            "loss": 0.5,
+            "ce": 0.5,
+            "expl": 0.0,
+            "active_triplets": active,
+            "val_accuracy": 0.9,
+            "val_ap": 0.5,
+        }
+
+    assert EXPLANATION_SILENT in str(curves([epoch(1, 0.2), epoch(2, 0.0)]).to_dict()["layout"].get("annotations"))
+    assert not curves([epoch(1, 0.0), epoch(2, 0.1)]).to_dict()["layout"].get("annotations", [])[2:]  # subplot titles only
+    total = next(t for t in curves([epoch(1, 0.0)]).data if t.name == "total")
+    assert total.line.dash == "dash", "the total must not hide CE when the two are equal"
+
+
+def test_explore_offers_the_shortcut_test_and_says_whose_cams_these_are(runs_dir: Path, finished_run: Path) -> None:
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    at = open_page(PAGES["explore"])
+    assert "Shortcut test images (children in every class)" in at.sidebar.radio[0].options
+    assert any("**unrefined** model's GradCAM" in c.value for c in at.caption)
+    at.sidebar.radio[0].set_value("Shortcut test images (children in every class)").run()
+    assert not at.exception
+    assert not [b for b in at.button if b.label in ("Good", "Bad")], "marks stay on training images"
+    assert all("\u00a0" in c and "AP 0" not in c for c in (i.proto.imgs[0].caption for i in at.image))
+
+
+def test_explore_while_the_model_trains_says_its_explanations_will_change(runs_dir: Path, finished_run: Path) -> None:
+    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
+    release = blocking_job("train", str(run.path), ({"type": "start", "phase": "unrefined", "epochs": 3},))
+    try:
+        at = open_page(PAGES["explore"])
+        assert "A training job is running on this run" in infos(at) and "they change as it trains" in infos(at)
+    finally:
+        release.set()
+
+
+def test_a_data_set_folder_trains_with_the_papers_settings(runs_dir: Path) -> None:
+    at = open_page("pages/1_Data_and_model.py")
+    at.radio[0].set_value("A data set folder").run()
+    epochs = next(n for n in at.number_input if n.label.startswith("Training epochs"))
+    assert epochs.value == pipeline.PAPER_TRAIN.epochs
+    assert any("paper's settings" in c.value for c in at.caption)
 
 
 def test_two_sessions_starting_at_once_the_second_gets_the_running_job_not_another(runs_dir: Path, finished_run: Path) -> None:

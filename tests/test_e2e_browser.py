@@ -2,13 +2,16 @@
 
 Starts ``streamlit run app.py`` on a free localhost port with an empty runs folder and
 clicks through it on the Quick settings: create the data, train, mark a good and a bad
-explanation, refine until the live chart has points, then compare. A screenshot of
-every page goes to test-artifacts/ for a person to look at.
+explanation, refine until the live chart has points, then compare and read the verdict.
+A screenshot of every page goes to test-artifacts/ for a person to look at. Every request
+the browser makes is recorded, and the test fails on any that leaves the machine: the
+app must work offline and keep medical images private.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -31,6 +35,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TRAINING_TIMEOUT_MS = 240_000  # Quick settings on a busy 2-core machine
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -83,6 +88,8 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
         main = page.get_by_test_id("stMain")
 
         def shot(name: str) -> None:
@@ -109,11 +116,15 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
             main.get_by_role("button", name="Bad").nth(1).click()
             refine_link = main.get_by_role("link", name="Next: refine with this pair")
             expect(refine_link).to_be_visible(timeout=30_000)
-            main.get_by_role("button", name="Zoom").nth(0).click()
-            expect(main.get_by_text("Overlay opacity")).to_be_visible(timeout=30_000)
-            shot("3-explore")
+            shot("3-explore-marked")  # the marked buttons take their frame's colour
+            main.get_by_role("button", name="Zoom").nth(4).click()  # a lower tile: the zoom opens over it, in view
+            expect(page.get_by_role("dialog").get_by_text("Overlay opacity")).to_be_visible(timeout=30_000)
+            shot("3-explore-zoom")
+            page.keyboard.press("Escape")
 
             refine_link.click()
+            expect(main.get_by_text("No refinement yet")).to_be_visible(timeout=30_000)
+            expect(main.locator(".js-plotly-plot")).to_have_count(0)  # no curves before Start
             main.get_by_role("button", name="Start refinement").click()
             expect(main.locator(".js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=TRAINING_TIMEOUT_MS)
             shot("4-refine-live")
@@ -123,14 +134,30 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
 
             compare_link.click()
             expect(main.get_by_role("heading", name="Table 1")).to_be_visible(timeout=60_000)
+            expect(main.get_by_text(re.compile(r"^(shortcut still used|shortcut reduced)$"))).to_be_visible()
+            expect(main.get_by_text("the full verdict needs the oracle")).to_be_visible()
             expect(main.get_by_role("button", name="Table 1 (CSV)")).to_be_visible()
             shot("6-compare")
 
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+            third = re.match(r"#(\d+)", main.get_by_test_id("stImageCaption").nth(2).inner_text())[1]
+            main.get_by_role("button", name="Good").nth(2).click()  # a new pair: Refine must not show the old curves
+            expect(main.get_by_text(re.compile(rf"good: #{third}\b"))).to_be_visible(timeout=30_000)
+            main.get_by_role("link", name="Next: refine with this pair").click()
+            expect(main.get_by_text("No refinement with this pair yet")).to_be_visible(timeout=30_000)
+            expect(main.locator(".js-plotly-plot")).to_have_count(0)
+            shot("7-refine-new-pair")
+
             page.goto(app_url)
             expect(main.get_by_text("Before and after: done")).to_be_visible(timeout=30_000)
-            shot("7-home-done")
+            expect(main.get_by_role("heading", name="Result")).to_be_visible()
+            shot("8-home-done")
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"))  # what the page showed when a step timed out
             raise
         finally:
             browser.close()
+    remote = sorted(
+        {url for url in requests if urlparse(url).scheme in ("http", "https", "ws", "wss") and urlparse(url).hostname not in LOCAL_HOSTS}
+    )
+    assert not remote, f"the page requested URLs outside this machine: {remote}"

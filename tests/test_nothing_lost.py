@@ -126,7 +126,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_model_has_a_checkpoint(run_co
     monkeypatch.undo()
     code, err = _main(capsys, "train", "--run", run_copy, *TINY, "--seed", "4", "--epochs", "1", "--overwrite")
     assert code == 0, err
-    assert not (run_copy / ASIDE).exists() and not (run_copy / runs.REFINED).exists()
+    assert not (run_copy / ASIDE).exists() and not (run_copy / runs.refined_file("exbl")).exists()
     assert runs.read_json(run_copy / runs.CONFIG)["train"]["seed"] == 4
     assert (run_copy / "notes.txt").read_text() == "the user's own"
 
@@ -185,16 +185,16 @@ def test_refinement_records_the_settings_it_used(run_copy, capsys):
     assert code == 0, err
     start = [e for e in runs.Run(run_copy).history() if e["type"] == "start" and e["phase"] == "refine"][-1]
     assert start["settings"]["lambda_expl"] == 0.5 and start["settings"]["epochs"] == 1
-    meta = runs.load_checkpoint(run_copy / runs.REFINED, build_model(num_classes=4))
+    meta = runs.load_checkpoint(run_copy / runs.refined_file("exbl"), build_model(num_classes=4))
     assert meta["settings"]["lambda_expl"] == 0.5
     assert runs.read_json(run_copy / runs.CONFIG)["refine"]["lambda_expl"] == 0.5, "a setting that worked is the next default"
 
 
 def test_refinement_that_never_reaches_a_finite_loss_is_an_error_not_a_success(run_copy, capsys):
-    before = (run_copy / runs.REFINED).read_bytes()
+    before = (run_copy / runs.refined_file("exbl")).read_bytes()
     message = refused(capsys, "refine", "--run", run_copy, "--epochs", "1", "--lr", "1e30")
     assert "refined.pt" in message and ("was not written" in message or "loss became" in message)
-    assert (run_copy / runs.REFINED).read_bytes() == before
+    assert (run_copy / runs.refined_file("exbl")).read_bytes() == before
 
 
 @pytest.mark.parametrize("rows", [("999",), ("-1",), ("0", "999")])

@@ -84,7 +84,12 @@ def test_open_run_refuses_missing_folder_and_folder_without_config(tmp_path):
 def test_stage_follows_the_files_present(tmp_path):
     run = runs.create_run(tmp_path / "r", {})
     assert run.stage() == "new"
-    for name, stage in ((runs.UNREFINED, "trained"), (runs.EXEMPLARS, "picked"), (runs.REFINED, "refined"), (runs.METRICS, "evaluated")):
+    for name, stage in (
+        (runs.UNREFINED, "trained"),
+        (runs.EXEMPLARS, "picked"),
+        (runs.refined_file("exbl"), "refined"),
+        (runs.METRICS, "evaluated"),
+    ):
         runs.atomic_write_text(run.file(name), "x")
         assert run.stage() == stage
 
@@ -163,7 +168,7 @@ def test_settings_are_written_as_strict_json_only(tmp_path):
 
 def _old_run(path: Path) -> dict[str, bytes]:
     run = runs.create_run(path, {"x": "old"})
-    for name in (runs.UNREFINED, runs.REFINED, runs.METRICS, runs.HISTORY):
+    for name in (runs.UNREFINED, runs.refined_file("exbl"), runs.METRICS, runs.HISTORY):
         runs.atomic_write_text(run.file(name), f"old {name}")
     return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != runs.LOCK}
 
@@ -188,7 +193,7 @@ def test_a_replaced_run_is_dropped_at_the_new_first_checkpoint(tmp_path):
         assert not (tmp_path / "r" / runs.ASIDE).exists()
     assert runs.open_run(tmp_path / "r").config()["x"] == "new"
     assert (tmp_path / "r" / runs.UNREFINED).read_text() == "new model"
-    assert not (tmp_path / "r" / runs.REFINED).exists() and not (tmp_path / "r" / runs.METRICS).exists()
+    assert not (tmp_path / "r" / runs.refined_file("exbl")).exists() and not (tmp_path / "r" / runs.METRICS).exists()
     assert (tmp_path / "r" / "notes.txt").read_text() == "the user's own"
 
 

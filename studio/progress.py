@@ -1,0 +1,138 @@
+"""How far a background job has come and how long it has left, read from its events alone.
+
+Pure functions over a job's event list (no Streamlit), so they are tested directly. A
+job may run several training phases (the demo trains, then refines): the fraction and
+the time left cover the whole job, so the bar does not start again at each phase. The
+time left comes from wall-clock seconds per epoch measured in this job (each event's
+``t``, validation included). Early stopping can only end a phase sooner, so the
+estimate is an upper bound, and the line says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+PHASES = {"unrefined": "Training the unrefined model", "oracle": "Training the oracle", "refine": "Refinement"}
+STEPS = ("Data and unrefined model", "One good and one bad explanation", "Refinement", "Before and after")
+STEP_OF = {"data": 0, "unrefined": 0, "oracle": 0, "warm": 0, "pick": 1, "pair": 1, "refine": 2, "evaluate": 3}  # event -> index in STEPS
+ENDS = ("done", "early_stop", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class Progress:
+    text: str  # what the job does now: step, phase and epoch, elapsed time, time left
+    fraction: float | None  # of the whole job, 0 to 1; None while no training phase is known
+    seconds_left: float | None  # None until a batch has been timed
+
+
+def run_attempt(events: list[dict], phase: str) -> list[dict]:
+    """The events of the latest attempt at ``phase``: a restarted refinement starts a new curve."""
+    mine = [e for e in events if e.get("phase") == phase]
+    starts = [i for i, e in enumerate(mine) if e["type"] == "start"]
+    if starts:
+        return mine[starts[-1] :]
+    attempt: list[dict] = []  # a history written by the CLI has no start events: a new epoch 1 starts one
+    for e in mine:
+        if e["type"] == "epoch_end" and attempt and e["epoch"] <= max((a["epoch"] for a in attempt if a["type"] == "epoch_end"), default=0):
+            attempt = []
+        attempt.append(e)
+    return attempt
+
+
+def plan(events: list[dict]) -> dict[str, int]:
+    """The job's training phases and their epoch counts, in order: from its plan, else from its start events."""
+    planned = next((e["phases"] for e in events if e["type"] == "plan"), None)
+    return dict(planned) if planned is not None else {e["phase"]: e["epochs"] for e in events if e["type"] == "start"}
+
+
+def epoch_seconds(attempt: list[dict]) -> float | None:
+    """Median wall seconds per epoch of one phase; during its first epoch, extrapolated from the batches so far."""
+    start = next((e for e in attempt if e["type"] == "start" and "t" in e), None)
+    ends = [e["t"] for e in attempt if e["type"] == "epoch_end" and "t" in e]
+    if start is not None and ends:
+        marks = [start["t"], *ends]
+        return statistics.median(b - a for a, b in zip(marks, marks[1:], strict=False))
+    batch = next((e for e in reversed(attempt) if e["type"] == "batch_end" and "t" in e), None)
+    if start is None or batch is None:
+        return None
+    return (batch["t"] - start["t"]) / (batch["batch"] / batch["batches"])
+
+
+def epochs_done(attempt: list[dict], planned: int) -> float:
+    """Epochs completed in one phase, with the current epoch's share of batches; a finished phase counts in full."""
+    if any(e["type"] in ENDS for e in attempt):
+        return float(planned)
+    for e in reversed(attempt):
+        if e["type"] == "batch_end":
+            return min(e["epoch"] - 1 + e["batch"] / e["batches"], planned)
+        if e["type"] == "epoch_end":
+            return min(float(e["epoch"]), planned)
+    return 0.0
+
+
+def current_step(events: list[dict]) -> int | None:
+    """Which of ``STEPS`` the job works on now (None before its first event)."""
+    for e in reversed(events):
+        key = e.get("step") if e["type"] == "step" else e.get("phase")
+        if key in STEP_OF:
+            return STEP_OF[key]
+    return None
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s`` or ``1 h 02 min``: short enough for a progress line."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _activity(events: list[dict], phases: dict[str, int]) -> str:
+    for e in reversed(events):
+        label = PHASES.get(e.get("phase", ""), "")
+        if e["type"] == "batch_end":
+            return f"{label}: epoch {e['epoch']} of {phases.get(e['phase'], e['epoch'])}, batch {e['batch']} of {e['batches']}"
+        if e["type"] == "epoch_end":
+            return f"{label}: epoch {e['epoch']} of {e['epochs']} done"
+        if e["type"] == "start":
+            return f"{label}: starting"
+        if e["type"] == "step":
+            return e["message"].rstrip("…")
+    return "Starting"
+
+
+def job_progress(events: list[dict], started: float, now: float) -> Progress:
+    """The progress line and bar of a running job, over all of its phases."""
+    phases = plan(events)
+    measured = {p: epoch_seconds(run_attempt(events, p)) for p in phases}
+    fallback = next((s for s in reversed(measured.values()) if s is not None), None)  # an untimed phase: as the last timed one
+    done = left = 0.0
+    for phase, n in phases.items():
+        d = epochs_done(run_attempt(events, phase), n)
+        done += d
+        per_epoch = measured[phase] if measured[phase] is not None else fallback
+        left = None if left is None or per_epoch is None else left + (n - d) * per_epoch
+    total = sum(phases.values())
+    fraction = min(done / total, 1.0) if total else None
+    text = _activity(events, phases)
+    step = current_step(events)
+    if any(e["type"] == "plan" for e in events) and step is not None:
+        text = f"Step {step + 1} of {len(STEPS)} · {text}"
+    text += f" · {duration(now - started)} elapsed"
+    if fraction is not None and fraction < 1:
+        text += " · time left: known after the first batch" if left is None else f" · at most about {duration(left)} left"
+    return Progress(text, fraction, left)
+
+
+def step_states(has: list[bool], running_step: int | None) -> list[str]:
+    """ "done", "running" or "not yet" per step: true while a job is rewriting the files behind them.
+
+    Checkpoints are written at every new best epoch, so a file's presence alone would call
+    a step done from the first epoch on.
+    """
+    if running_step is None:
+        return ["done" if h else "not yet" for h in has]
+    return ["done" if i < running_step else "running" if i == running_step else "not yet" for i in range(len(has))]

@@ -1,0 +1,86 @@
+"""The progress line of a background job: one bar for the whole job, time left from measured epochs, true step states."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.progress import current_step, duration, epoch_seconds, job_progress, run_attempt, step_states
+
+T0 = 1000.0
+
+
+def epochs(phase: str, n: int, done: int, seconds: float, t: float, batches: int = 4) -> list[dict]:
+    """A phase's events: start, then ``done`` epochs of ``seconds`` each with their batches."""
+    out = [{"type": "start", "phase": phase, "epochs": n, "t": t}]
+    for epoch in range(1, done + 1):
+        for b in range(1, batches + 1):
+            out.append(
+                {
+                    "type": "batch_end",
+                    "phase": phase,
+                    "epoch": epoch,
+                    "batch": b,
+                    "batches": batches,
+                    "t": t + (epoch - 1 + b / batches) * seconds,
+                }
+            )
+        out.append({"type": "epoch_end", "phase": phase, "epoch": epoch, "epochs": n, "t": t + epoch * seconds})
+    return out
+
+
+def test_time_left_is_remaining_epochs_times_measured_seconds_per_epoch() -> None:
+    events = epochs("unrefined", 10, 4, 6.0, T0)
+    p = job_progress(events, T0, T0 + 24.0)
+    assert p.fraction == pytest.approx(0.4)
+    assert p.seconds_left == pytest.approx(6 * 6.0)
+    assert "epoch 4 of 10" in p.text and "24 s elapsed" in p.text and "at most about 36 s left" in p.text
+
+
+def test_the_first_epoch_estimates_from_its_batches() -> None:
+    events = epochs("unrefined", 5, 0, 8.0, T0)
+    events.append({"type": "batch_end", "phase": "unrefined", "epoch": 1, "batch": 1, "batches": 4, "t": T0 + 2.0})
+    assert epoch_seconds(run_attempt(events, "unrefined")) == pytest.approx(8.0)
+    assert job_progress(events, T0, T0 + 2.0).seconds_left == pytest.approx(4.75 * 8.0)
+
+
+def test_before_any_batch_the_time_left_is_not_guessed() -> None:
+    p = job_progress(epochs("refine", 3, 0, 1.0, T0), T0, T0 + 1.0)
+    assert p.seconds_left is None and "known after the first batch" in p.text
+
+
+def test_a_demo_bar_covers_both_phases_and_does_not_restart_at_refinement() -> None:
+    plan = [{"type": "plan", "phases": {"unrefined": 14, "refine": 3}, "t": T0}]
+    training = epochs("unrefined", 14, 14, 5.0, T0) + [{"type": "done", "phase": "unrefined", "t": T0 + 70}]
+    refining = epochs("refine", 3, 1, 7.0, T0 + 71)
+    p = job_progress(plan + training + refining, T0, T0 + 78)
+    assert p.fraction == pytest.approx(15 / 17)  # not 1/3: the bar goes on from where training left it
+    assert p.seconds_left == pytest.approx(2 * 7.0)
+    assert p.text.startswith("Step 3 of 4 · eXBL refinement: epoch 1 of 3")
+
+
+def test_a_demo_times_refinement_from_training_until_it_has_its_own_epochs() -> None:
+    plan = [{"type": "plan", "phases": {"unrefined": 4, "refine": 2}, "t": T0}]
+    p = job_progress(plan + epochs("unrefined", 4, 2, 10.0, T0), T0, T0 + 20)
+    assert p.seconds_left == pytest.approx((2 + 2) * 10.0)
+
+
+def test_early_stopping_counts_the_phase_as_finished() -> None:
+    events = epochs("unrefined", 60, 7, 1.0, T0) + [{"type": "early_stop", "phase": "unrefined", "epoch": 7, "best_epoch": 2, "t": T0 + 7}]
+    assert job_progress(events, T0, T0 + 7).fraction == 1.0
+
+
+def test_the_running_step_and_the_steps_after_it_are_not_done_although_their_files_exist() -> None:
+    events = [{"type": "plan", "phases": {"unrefined": 14, "refine": 3}}, *epochs("unrefined", 14, 1, 1.0, T0)]
+    assert current_step(events) == 0
+    assert step_states([True, True, True, True], current_step(events)) == ["running", "not yet", "not yet", "not yet"]
+    events.append({"type": "step", "step": "evaluate", "message": "Evaluating…"})
+    assert step_states([True, True, True, False], current_step(events)) == ["done", "done", "done", "running"]
+
+
+def test_without_a_job_the_steps_follow_the_files() -> None:
+    assert step_states([True, True, False, False], None) == ["done", "done", "not yet", "not yet"]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(42.4, "42 s"), (185, "3 min 05 s"), (3720, "1 h 02 min")])
+def test_durations_are_short(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
