@@ -79,7 +79,7 @@ def _print_results(run: runs.Run, metrics: dict) -> None:
         )
     for which, verdict in metrics.get("verdicts", {}).items():
         _say(f"Verdict, {model_label(which)}: {verdict['label'].upper()}: {verdict['sentence']}")
-    _say(f"\nResults in {run.path}/: metrics.json, figure3.png, table1.csv, table1.md, exemplars.png")
+    _say(f"\nWrote {run.file(runs.METRICS)}")
 
 
 def _refine_overrides(args: argparse.Namespace) -> dict:

@@ -28,6 +28,7 @@ from exbl_core import weights
 from exbl_core.data import CLASSES, Split
 from exbl_core.model import XrayMobileNetV2, build_model
 from exbl_core.synthetic import SyntheticConfig, generate
+from exbl_core.training import recalibrate_batchnorm
 
 # One intra-op thread: on a shared 2-core machine, torch's default of one thread per
 # core oversubscribes the CPU and made a training step 30-60x slower in our measurements.
@@ -68,6 +69,8 @@ def trained_model(tiny_data: dict[str, Split]) -> XrayMobileNetV2:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    # As ``fit`` does: eval-mode BatchNorm statistics that match the weights, so CAMs are not all empty.
+    recalibrate_batchnorm(model, train, torch.device("cpu"))
     return model.eval()
 
 

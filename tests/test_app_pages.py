@@ -6,6 +6,7 @@ images, one epoch) so that the whole file takes seconds, not minutes.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -267,7 +268,9 @@ def test_home_while_a_job_runs_elsewhere_locks_the_demo_and_names_the_job(runs_d
         assert get_runner().job.run_path.endswith("elsewhere")
         assert "A refinement job is running on run 'elsewhere'" in infos(at)
         assert next(b for b in at.button if b.label == "Run the demo").disabled
-        assert not at.warning and not list(runs_dir.iterdir()), "no stale warning, and no run folder for a demo that did not start"
+        assert not at.warning and [p.name for p in runs_dir.iterdir()] == ["elsewhere"], (
+            "no stale warning, no folder for a demo that did not start"
+        )
     finally:
         release.set()
 
@@ -290,7 +293,7 @@ def finished_copy(finished_run: Path, runs_dir: Path) -> runs.Run:
 
 def expected_verdict(run: runs.Run) -> Verdict:
     metrics = runs.read_json(run.file(runs.METRICS))
-    return shortcut_verdict(metrics["unrefined"], metrics["refined"])
+    return shortcut_verdict(metrics["models"]["unrefined"], metrics["models"]["exbl"])
 
 
 def texts(at: AppTest) -> str:
@@ -301,20 +304,48 @@ def test_compare_shows_verdict_table_figure_and_downloads(runs_dir: Path, finish
     run = finished_copy(finished_run, runs_dir)
     at = open_page(PAGES["compare"])
     assert not at.exception
-    assert [s.value for s in at.subheader] == ["Verdict", "Table 1", "Before and after (the paper's Figure 3)", "Downloads"]
+    assert [s.value for s in at.subheader] == ["Verdicts", "Table 1", "Before and after (the paper's Figure 3)", "Downloads"]
     verdict = expected_verdict(run)
     assert verdict.label in texts(at) + " ".join(str(b.proto.label) for b in at.get("badge"))
     assert "the full verdict needs the oracle" in texts(at)
     assert len(at.image) == 1 and len(at.metric) == 4
-    assert [b.label for b in at.get("download_button")] == ["Figure 3 (PNG)", "Table 1 (CSV)", "Refined checkpoint"]
+    assert [b.label for b in at.get("download_button")] == ["Figure 3 (PNG)", "Table 1 (CSV)", "eXBL checkpoint"]
+    assert "Train the oracle" in [b.label for b in at.button], "without an oracle, Compare offers to train one"
+
+
+def test_compare_puts_every_refined_model_side_by_side_with_the_oracles_verdict(runs_dir: Path, finished_run: Path) -> None:
+    run = finished_copy(finished_run, runs_dir)
+    metrics = runs.read_json(run.file(runs.METRICS))
+    shutil.copy2(run.file(runs.refined_file("exbl")), run.file(runs.refined_file("counterexamples")))
+    shutil.copy2(run.file(runs.UNREFINED), run.file(runs.ORACLE))
+    models = metrics["models"]
+    models["counterexamples"] = models["exbl"]
+    models["oracle"] = json.loads(json.dumps(models["unrefined"]))
+    models["oracle"]["shortcut_test"]["accuracy"] = 1.0
+    runs.write_json(run.file(runs.METRICS), metrics)
+    at = open_page(PAGES["compare"])
+    assert not at.exception
+    assert "of the oracle's shortcut-test accuracy" in texts(at) and "Train the oracle" not in [b.label for b in at.button]
+    assert [b.label for b in at.get("download_button")][-2:] == ["eXBL checkpoint", "counterexamples checkpoint"]
+    assert len(at.metric) == 8, "four cards per refined model"
+
+
+def test_refine_offers_every_method_and_says_what_each_needs(runs_dir: Path, finished_run: Path) -> None:
+    at = refine_page_with_pair(runs_dir, finished_run)
+    method = at.selectbox[0]
+    assert method.label == "Method" and list(method.options)[0].startswith("eXBL (needs only the two clicks)")
+    assert any("needs a lung mask for every training image" in o for o in method.options)
+    method.select("counterexamples").run()
+    assert "pastes the bad exemplar's pixels" in " ".join(c.value for c in at.caption)
 
 
 def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     metrics = runs.read_json(run.file(runs.METRICS))
     for success, (before, after) in ((False, (0.40, 0.35)), (True, (0.40, 0.10))):  # a small drop in the gap, then a halved one
-        metrics["unrefined"]["test"]["accuracy"] = metrics["refined"]["test"]["accuracy"] = 0.95
-        metrics["unrefined"]["shortcut_test"]["accuracy"], metrics["refined"]["shortcut_test"]["accuracy"] = 0.95 - before, 0.95 - after
+        models = metrics["models"]
+        models["unrefined"]["test"]["accuracy"] = models["exbl"]["test"]["accuracy"] = 0.95
+        models["unrefined"]["shortcut_test"]["accuracy"], models["exbl"]["shortcut_test"]["accuracy"] = 0.95 - before, 0.95 - after
         runs.write_json(run.file(runs.METRICS), metrics)
         at = open_page(PAGES["compare"])
         gap = next(m for m in at.metric if m.label == "Shortcut gap")
@@ -513,7 +544,7 @@ def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, m
     at = open_page(PAGES["compare"])
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table.columns) == ["metric", "split", "unrefined", "eXBL", "Δ", "paper: unrefined", "paper: eXBL"]
+    assert list(table.columns) == ["metric", "split", "unrefined", "eXBL", "Δ eXBL", "paper: unrefined", "paper: eXBL"]
     assert table["paper: unrefined"].tolist() == [0.94, 0.95, 0.32, 0.32]
     assert table["paper: eXBL"].tolist() == [0.89, 0.90, 0.34, 0.35]
     captions = " ".join(c.value for c in at.caption)

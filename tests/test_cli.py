@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from exbl_core import cli, pipeline, runs
+from exbl_core.data import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_FILES = (
@@ -27,7 +28,8 @@ DEMO_FILES = (
     "unrefined.pt",
     "exemplars.json",
     "exemplars.png",
-    "refined.pt",
+    "refined-exbl.pt",
+    "refined-counterexamples.pt",
     "history.jsonl",
     "metrics.json",
     "figure3.png",
@@ -55,11 +57,16 @@ def test_quick_demo_writes(demo_run, name):
 
 def test_quick_demo_metrics_json_has_the_documented_shape(demo_run):
     metrics = json.loads((demo_run.path / "metrics.json").read_text())
-    for model in ("unrefined", "refined"):
-        assert set(metrics[model]) >= {"val", "test", "shortcut_test"}
+    assert list(metrics["models"]) == ["unrefined", *pipeline.DEMO.methods]
+    for model in metrics["models"].values():
+        assert set(model) >= {"val", "test", "shortcut_test"}
         for split in ("val", "test", "shortcut_test"):
-            leaf = metrics[model][split]
+            leaf = model[split]
             assert 0 <= leaf["accuracy"] <= 1 and 0 <= leaf["activation_precision"] <= 1
+            assert 0 <= leaf["confounder_precision"] <= 1 and set(leaf["ap_by_class"]) <= set(CLASSES)
+    assert set(metrics["verdicts"]) == set(pipeline.DEMO.methods)
+    for verdict in metrics["verdicts"].values():
+        assert verdict["label"] in ("shortcut reduced", "shortcut still used") and "needs the oracle" in verdict["sentence"]
     assert isinstance(metrics["exemplars"]["good"], int) and isinstance(metrics["exemplars"]["bad"], int)
     assert metrics["exemplars"]["good"] != metrics["exemplars"]["bad"]
 
@@ -76,6 +83,8 @@ def test_quick_demo_history_has_both_phases(demo_run):
     phases = {(e["phase"], e["type"]) for e in events}
     assert ("unrefined", "epoch_end") in phases and ("refine", "epoch_end") in phases
     assert ("unrefined", "done") in phases and ("refine", "done") in phases
+    refined = {e.get("method") for e in events if e["phase"] == "refine" and e["type"] == "done"}
+    assert refined == set(pipeline.DEMO.methods), "each refinement's events name its method"
 
 
 def test_quick_demo_table1_lists_both_models(demo_run):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exbl_core.data import CLASSES
+from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
 from exbl_core.metrics import (
     activation_precision,
     activation_precision_scores,
+    child_confounder_precision,
     classification_report,
+    confounder_precision_scores,
     confusion_matrix,
     count_empty_cams,
     evaluate_predictions,
@@ -158,3 +160,36 @@ def test_shortcut_gap_is_confounded_minus_shortcut_test_accuracy():
     gap = shortcut_gap(confounded, decorrelated)
     assert gap["accuracy_gap"] == pytest.approx(0.3)
     assert gap["vp_recall_confounded"] == 0.95 and gap["vp_recall_shortcut_test"] == 0.5
+
+
+def test_confounder_precision_is_ap_with_the_confounder_region():
+    cams = torch.zeros(2, 10, 10)
+    cams[0, 0, :5] = 1.0  # the top 5% of image 0 (5 pixels) is the first row's first five
+    cams[1, 5:, 5:] = torch.rand(5, 5) + 1.0
+    regions = torch.zeros(2, 10, 10, dtype=torch.bool)
+    regions[:, :3, :3] = True
+    scores = confounder_precision_scores(cams, regions)
+    assert scores[0].item() == pytest.approx(0.6) and scores[1].item() == 0.0  # 3 of the 5 top pixels are in the region
+    assert torch.equal(scores, activation_precision_scores(cams, regions))
+
+
+def test_child_cp_averages_only_children_called_viral_pneumonia():
+    cams = torch.zeros(3, 10, 10)
+    cams[:, 0, :5] = 1.0  # every CAM's top 5 pixels are in the first row
+    regions = torch.zeros(3, 10, 10, dtype=torch.bool)
+    regions[0, 0, :5] = True  # image 0: all of them in the region
+    child = torch.tensor([True, True, False])
+    preds = torch.tensor([VIRAL_PNEUMONIA, 0, VIRAL_PNEUMONIA])
+    cp, n = child_confounder_precision(cams, regions, child, preds)
+    assert (cp, n) == (pytest.approx(1.0), 1), "image 1 is not called VP and image 2 is no child"
+    assert child_confounder_precision(cams, regions, torch.zeros(3, dtype=torch.bool), preds) == (None, 0)
+
+
+def test_evaluate_predictions_reports_cp_and_ap_per_class_when_given_regions():
+    labels, preds = torch.tensor([0, 3]), torch.tensor([0, 3])
+    cams = torch.rand(2, 10, 10)
+    masks, regions = torch.ones(2, 10, 10, dtype=torch.bool), torch.zeros(2, 10, 10, dtype=torch.bool)
+    out = evaluate_predictions(labels, preds, cams, masks, 5.0, regions, torch.tensor([False, True]))
+    assert out["ap_by_class"] == {"COVID": 1.0, "Viral Pneumonia": 1.0}
+    assert out["confounder_precision"] == 0.0 and out["child_cp"] == 0.0 and out["n_child_vp"] == 1
+    assert "child_cp" not in evaluate_predictions(labels, preds, cams, masks)

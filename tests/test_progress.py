@@ -55,7 +55,7 @@ def test_a_demo_bar_covers_both_phases_and_does_not_restart_at_refinement() -> N
     p = job_progress(plan + training + refining, T0, T0 + 78)
     assert p.fraction == pytest.approx(15 / 17)  # not 1/3: the bar goes on from where training left it
     assert p.seconds_left == pytest.approx(2 * 7.0)
-    assert p.text.startswith("Step 3 of 4 · eXBL refinement: epoch 1 of 3")
+    assert p.text.startswith("Step 3 of 4 · Refinement: epoch 1 of 3")
 
 
 def test_a_demo_times_refinement_from_training_until_it_has_its_own_epochs() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
-from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, render_phantom
+from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, render_phantom
 
 SMALL = SyntheticConfig(size=64, n_train=8, n_val=4, n_test=4)
 # Many labels at a tiny size: enough images to check the confounder's rates.
@@ -77,7 +77,37 @@ def test_confounder_is_independent_of_the_class_in_shortcut_test():
 
 
 def _render(label: int, child: bool, cfg: SyntheticConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    return render_phantom(label, child, np.random.default_rng(seed), cfg)
+    return render_phantom(label, child, np.random.default_rng(seed), cfg)[:2]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_confounder_region_covers_every_pixel_the_child_anatomy_changes_and_lies_outside_the_lungs(seed):
+    cfg = SyntheticConfig(size=128)
+    adult, mask, region = render_phantom(VIRAL_PNEUMONIA, False, np.random.default_rng(seed), cfg)
+    child, _, region_child = render_phantom(VIRAL_PNEUMONIA, True, np.random.default_rng(seed), cfg)
+    changed = np.abs(child - adult) > 1e-6
+    assert np.array_equal(region, region_child), "the region is the same whether the child anatomy is drawn or not"
+    assert changed.sum() > 50 and (changed & ~region).sum() <= 0.02 * changed.sum(), "the region holds the confounder"
+    assert not (region & mask).any()
+    # Large enough for CP to reach 1: the top 5% of a CAM can fit inside it.
+    assert region.sum() >= 0.05 * region.size
+
+
+def test_every_synthetic_split_carries_the_confounder_region(tiny_data):
+    for split in tiny_data.values():
+        assert split.regions is not None and split.regions.shape == split.masks.shape
+        assert split.regions.flatten(1).any(1).all()
+
+
+def test_the_oracle_draws_the_same_phantoms_with_child_anatomy_independent_of_the_class():
+    cfg = SyntheticConfig(size=32, n_train=60, n_val=2, n_test=2, seed=1)
+    plain, oracle = generate_split("train", cfg), generate_split("train", oracle_config(cfg))
+    assert torch.equal(plain.labels, oracle.labels) and torch.equal(plain.masks, oracle.masks)
+    vp = oracle.labels == VIRAL_PNEUMONIA
+    assert plain.child[vp].all() and not plain.child[~vp].any()
+    assert 0.3 < oracle.child[vp].float().mean() < 0.7 and 0.3 < oracle.child[~vp].float().mean() < 0.7
+    same = oracle.child == plain.child
+    assert torch.equal(oracle.images[same], plain.images[same]), "only the child anatomy differs"
 
 
 @pytest.mark.parametrize("seed", range(6))

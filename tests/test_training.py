@@ -213,8 +213,8 @@ def test_non_finite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoi
     poisoned = {"on": False}
     real = training._batch_losses
 
-    def batch_losses(*args):
-        out = real(*args)
+    def batch_losses(*args, **kwargs):
+        out = real(*args, **kwargs)
         if poisoned["on"]:
             out["loss"] = out["loss"] + bad
         return out
