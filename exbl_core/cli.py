@@ -233,6 +233,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         with runs.locked(args.run):
             run = pipeline.check_config(runs.open_run(args.run))
+            if args.weights is not None:
+                _check_same_start(run, args.weights)
             if run.has(runs.UNREFINED):
                 raise runs.RunError(
                     f"{run.path}: already has a trained model ({runs.UNREFINED}); pass --overwrite to train a new one "

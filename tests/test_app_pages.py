@@ -336,7 +336,7 @@ def test_refine_offers_every_method_and_says_what_each_needs(runs_dir: Path, fin
     assert method.label == "Method" and list(method.options)[0].startswith("eXBL (needs only the two clicks)")
     assert any("needs a lung mask for every training image" in o for o in method.options)
     method.select("counterexamples").run()
-    assert "pastes the bad exemplar's pixels" in " ".join(c.value for c in at.caption)
+    assert "pastes the bad exemplar's pixels" in " ".join(c.value for c in at.caption).lower()
 
 
 def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_dir: Path, finished_run: Path) -> None:

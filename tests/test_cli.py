@@ -225,10 +225,10 @@ def test_train_on_real_data_starts_from_cached_imagenet_by_default(make_database
         _sha256(cached_imagenet),
     )
     assert "Model: starts from ImageNet weights (torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in stdout
-    # A run records one start: other weights for the same folder are refused, the same ones are fine.
+    # A run records one start: other weights for the same folder are refused; the same ones train it again with --overwrite.
     code, _, err = _main(capsys, "train", "--run", str(out), "--weights", "random")
     assert code == 2 and "was created to start from ImageNet weights" in err and "needs a new run folder" in err
-    assert _main(capsys, "train", "--run", str(out), "--weights", "imagenet")[0] == 0
+    assert _main(capsys, "train", "--run", str(out), "--weights", "imagenet", "--epochs", "1", "--overwrite")[0] == 0
 
 
 def test_train_on_real_data_without_cached_imagenet_starts_random_and_names_the_download_command(
@@ -252,7 +252,7 @@ def test_demo_on_real_data_puts_the_papers_table1_beside_ours_and_records_the_we
     note = f"Started from the weights in {weights_file} (SHA-256 {_sha256(weights_file)}); features[:6] frozen."
     markdown = (out / "table1.md").read_text()
     for text in (stdout, markdown):
-        assert "| metric | split | unrefined | eXBL | delta | paper: unrefined | paper: eXBL |" in text
+        assert "| metric | split | unrefined | eXBL | counterexamples | paper: unrefined | paper: eXBL |" in text
         assert "The paper's columns are its Table 1" in text and note in text
     rows = {(r["metric"], r["split"]): r for r in csv.DictReader((out / "table1.csv").open())}
     paper = {(m, s): (r["paper_unrefined"], r["paper_exbl"]) for (m, s), r in rows.items()}
@@ -270,4 +270,6 @@ def test_synthetic_table1_has_no_paper_columns_but_says_what_it_started_from(dem
     assert "paper" not in markdown.lower()
     assert "Started from random weights; every layer trained." in markdown
     header = (demo_run.path / "table1.csv").read_text().splitlines()[0]
-    assert header == "metric,split,unrefined,exbl,delta,weights,weights_file,weights_sha256,frozen_blocks"
+    assert header == (
+        "metric,split,unrefined,exbl,counterexamples,delta_exbl,delta_counterexamples,weights,weights_file,weights_sha256,frozen_blocks"
+    )

@@ -103,7 +103,9 @@ def test_predict_with_cams_gives_probabilities_and_predicted_class_cams(trained_
     probs, cams = predict_with_cams(trained_model, x, batch_size=4)
     assert probs.shape == (6, 4) and torch.allclose(probs.sum(1), torch.ones(6))
     with torch.no_grad():
-        assert torch.allclose(cams, gradcam(trained_model, x, probs.argmax(1)), atol=1e-6)
+        assert torch.allclose(
+            cams, gradcam(trained_model, x, probs.argmax(1)), atol=1e-4
+        )  # BatchNorm folded into the convolutions: equal up to float rounding
 
 
 def test_finish_cam_applies_relu_upsamples_and_normalises():
