@@ -194,7 +194,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     rows = study.run_study(args.out, args.seeds, methods, preset, device, progress, on_seed=lambda _seed: bar.update(1))
     bar.close()
-    _say("\n" + study.study_markdown(rows, args.seeds))
+    _say("\n" + study.study_markdown(rows))
     _say(f"Wrote {args.out / study.STUDY_JSON}, {study.STUDY_MD} and {study.STUDY_PNG}; each seed's run is in {args.out}/seed-N")
     return 0
 

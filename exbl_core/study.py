@@ -164,8 +164,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def study_markdown(rows: list[dict], seeds: list[int]) -> str:
-    """study.md: one line per model with the median and the [min, max] of each figure."""
+def study_markdown(rows: list[dict]) -> str:
+    """study.md: one line per model with the median and the [min, max] of each figure, over the seeds in ``rows``."""
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
     head = "| model | feedback | " + " | ".join(FIGURES) + " | verdicts |"
     lines = [
         f"Medians over seeds {' '.join(map(str, seeds))}, with [min, max]. recovered = share of the oracle's "
@@ -207,10 +208,11 @@ def study_png(rows: list[dict]) -> bytes:
     return figure_png(fig)
 
 
-def write_study(out: Path, seeds: list[int], methods: list[str], rows: list[dict]) -> None:
-    """study.json, study.md and study.png, each written atomically."""
+def write_study(out: Path, methods: list[str], rows: list[dict]) -> None:
+    """study.json, study.md and study.png, each written atomically; ``seeds`` lists the seeds finished so far."""
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
     runs.write_json(out / STUDY_JSON, {"format": STUDY_FORMAT, "seeds": seeds, "methods": methods, "rows": rows})
-    runs.atomic_write_text(out / STUDY_MD, study_markdown(rows, seeds))
+    runs.atomic_write_text(out / STUDY_MD, study_markdown(rows))
     runs.atomic_write_bytes(out / STUDY_PNG, study_png(rows))
 
 
@@ -231,6 +233,6 @@ def run_study(
     for seed in seeds:
         metrics = seed_run(out, seed, methods, preset, device, progress)
         rows += study_rows(seed, metrics, methods)
-        write_study(out, seeds, methods, rows)
+        write_study(out, methods, rows)
         on_seed(seed)
     return rows

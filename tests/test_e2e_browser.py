@@ -88,6 +88,7 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_navigation_timeout(90_000)  # the first page of a fresh server imports torch: slow on a busy machine
         requests: list[str] = []
         page.on("request", lambda request: requests.append(request.url))
         main = page.get_by_test_id("stMain")
