@@ -117,7 +117,7 @@ TABLE1_ROWS = (
     ("Activation Precision", "test", "activation_precision"),
     ("Accuracy", "shortcut_test", "accuracy"),
     ("Activation Precision", "shortcut_test", "activation_precision"),
-    ("Confounder Precision, children called VP", "shortcut_test", "child_cp"),
+    ("Child CP (shoulders)", "shortcut_test", "child_cp"),
 )
 # The paper's Table 1, as (unrefined, eXBL): MobileNetV2 from ImageNet weights with
 # features[:6] frozen, on the COVID-19 Radiography Database. Shown beside real-data runs
