@@ -68,7 +68,7 @@ def make_steps(
             cams = gradcam(model, x, y, method="autograd", create_graph=True)
         finally:
             handle.remove()
-        loss = F.cross_entropy(captured[-1], y) + cfg.lambda_expl * exbl_loss(
+        loss = F.cross_entropy(captured[-1], y) + cfg.weight * exbl_loss(
             explanation(x, cams), ex.c_good, ex.c_bad, cfg.margin, cfg.distance
         )
         return step(loss)
