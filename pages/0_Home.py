@@ -13,7 +13,8 @@ from studio import cache, live, pages, progress, state, tasks, views
 pages.setup("eXBL Studio")
 st.markdown(
     "A chest X-ray classifier can score well for the wrong reason: here the synthetic data set ties Viral Pneumonia "
-    "to children, and the model learns to look at the shoulders' growth plates instead of the lungs. "
+    "to children, and the model learns to decide from the shoulders' growth plates instead of the lungs "
+    "(its GradCAM does not always show it). "
     "**eXBL** (explanation-based learning) tries to unlearn this from just **one good and one bad GradCAM explanation**: "
     "it refines the model so that every explanation moves towards the good one and away from the bad one. Other "
     "methods use the same two clicks, or a lung mask for every image. "
