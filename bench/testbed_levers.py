@@ -23,7 +23,7 @@ from exbl_core.gradcam import predict_with_cams
 from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import build_model
 from exbl_core.synthetic import generate_split, oracle_config
-from exbl_core.training import fit
+from exbl_core.training import choose_device, fit
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-stride", type=int, default=32, choices=(16, 32))
     p.add_argument("--oracle", action="store_true")
     p.add_argument("--save", help="save the model's state dict here")
     p.add_argument("--out", help="append the JSON line to this file")
@@ -55,8 +56,10 @@ def main() -> None:
     fit_cfg = oracle_config(data_cfg) if args.oracle else data_cfg
     train, val = generate_split("train", fit_cfg), generate_split("val", fit_cfg)
     torch.manual_seed(args.seed)
-    model = build_model()
-    result = fit(model, train, val, train_cfg)
+    device = choose_device()
+    model = build_model(output_stride=args.output_stride)
+    result = fit(model, train, val, train_cfg, device=device)
+    model = model.cpu().eval()
     out = {"args": vars(args), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
     for split in ("test", "shortcut_test"):
         s = generate_split(split, data_cfg)

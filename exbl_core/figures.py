@@ -94,7 +94,8 @@ def figure3(
     """
     titles = ["Input"]
     for name in cam_sets:
-        titles += [f"GradCAM {model_label(name)}", f"Overlay {model_label(name)}"]
+        # Two lines: a long method name on one line runs into the next column's title.
+        titles += [f"GradCAM\n{model_label(name)}", f"Overlay\n{model_label(name)}"]
     fig = cam_grid(images, list(cam_sets.values()), tuple(titles), row_labels, alpha)
     if title:
         fig.suptitle(title, fontsize=12)

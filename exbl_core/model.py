@@ -48,6 +48,23 @@ class XrayMobileNetV2(MobileNetV2):
         return self.classifier(self.pooled(self.features(self.prepare(x))))
 
 
+LAST_STRIDED_BLOCK = 14  # features[14] halves 8x8 to 4x4 at 128 px; features[15:18] follow it
+
+
+def dilate_last_stage(model: XrayMobileNetV2) -> None:
+    """Output stride 16: the last stage keeps its input's resolution, with dilation 2 after it.
+
+    The same weights then see the same context (each 3x3 depthwise kernel spans twice
+    the pixels of a map twice as fine), as DeepLab does, so a checkpoint loads either
+    way; the CAM doubles its resolution (8x8 at 128 px instead of 4x4), which is what
+    lets it tell a shoulder from the lung beside it.
+    """
+    model.features[LAST_STRIDED_BLOCK].conv[1][0].stride = (1, 1)
+    for block in model.features[LAST_STRIDED_BLOCK + 1 : 18]:
+        depthwise = block.conv[1][0]
+        depthwise.dilation, depthwise.padding = (2, 2), (2, 2)
+
+
 def freeze_early_blocks(model: XrayMobileNetV2, blocks: int = FROZEN_BLOCKS) -> None:
     """Freeze the parameters of ``features[:blocks]``, as the paper does with ImageNet weights."""
     for p in model.features[:blocks].parameters():
@@ -58,6 +75,7 @@ def build_model(
     num_classes: int = 4,
     backbone: Mapping[str, torch.Tensor] | None = None,
     freeze: bool | None = None,
+    output_stride: int = 32,
 ) -> XrayMobileNetV2:
     """The paper's classifier, from random weights or from ``backbone``.
 
@@ -66,9 +84,13 @@ def build_model(
     paper's head differs from ImageNet's. ``freeze=None`` freezes ``features[:6]`` exactly
     when a backbone was loaded: frozen *random* filters only cripple the network (on the
     synthetic default the validation accuracy stalled near 0.4 with them frozen, and
-    passed 0.9 without).
+    passed 0.9 without). ``output_stride`` 32 is the paper's network, 16 ``dilate_last_stage``.
     """
+    if output_stride not in (16, 32):
+        raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
     model = XrayMobileNetV2(num_classes=num_classes)
+    if output_stride == 16:
+        dilate_last_stage(model)
     if backbone is not None:
         model.features.load_state_dict({k.removeprefix("features."): v for k, v in backbone.items() if k.startswith("features.")})
     if freeze or (freeze is None and backbone is not None):

@@ -410,11 +410,22 @@ def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good:
 
 
 def refine_settings(run: runs.Run, overrides: dict | None = None) -> TrainConfig:
-    """The run's refinement settings with ``overrides`` (a command-line or page setting wins), checked."""
+    """The run's refinement settings, then the method's own schedule, then ``overrides``, checked.
+
+    The paper's schedule (3 epochs at lr 1e-4 on the demo) suits a loss term that nudges
+    the model; a method that changes the data has more to unlearn and says so in
+    ``Method.schedule``, as factors on these settings. A command-line or page setting wins.
+    """
+    overrides = overrides or {}
     try:
-        return replace(train_config(run, "refine"), **(overrides or {}))
+        chosen = replace(train_config(run, "refine"), **overrides)
     except TypeError as exc:
         raise ValueError(f"unknown refinement setting ({exc})") from exc
+    factors = {k: f for k, f in get_method(chosen.method).schedule.items() if k not in overrides}
+    scaled = {k: getattr(chosen, k) * f for k, f in factors.items()}
+    if "epochs" in scaled:
+        scaled["epochs"] = max(1, round(scaled["epochs"]))
+    return replace(chosen, **scaled)
 
 
 def refine_step(
@@ -444,9 +455,10 @@ def refine_step(
     objective = method.prepare(model, train, Pick(good, bad), cfg)
     torch.manual_seed(cfg.seed)
     result = _fit_step(run, "refine", model_file(method.name), cfg, model, data, objective, on_event, cancel, device, method=method.name)
-    if result.best_epoch > 0 and cfg != train_config(run, "refine"):
+    chosen = replace(train_config(run, "refine"), **(overrides or {}))  # the user's choice, without the method's schedule
+    if result.best_epoch > 0 and chosen != train_config(run, "refine"):
         config = run.config()
-        config["refine"] = cfg.to_dict()
+        config["refine"] = chosen.to_dict()
         runs.write_json(run.file(runs.CONFIG), config)
     return result
 

@@ -40,26 +40,28 @@ RUN_KINDS = ("refine", "demo")
 job = live.job_on(run)
 refining_here = job is not None and job.kind in RUN_KINDS
 locked = live.other_job_note(run, RUN_KINDS)
-cfg = pipeline.train_config(run, "refine")
+saved = pipeline.train_config(run, "refine")
 FEEDBACK = {"two-clicks": "needs only the two clicks", "masks": "needs a lung mask for every training image"}
 with st.container(border=True):
     names = list(METHODS)
     method = st.selectbox(
         "Method",
         names,
-        index=names.index(cfg.method),
+        index=names.index(saved.method),
         format_func=lambda m: f"{model_label(m)} ({FEEDBACK[METHODS[m].feedback]})",
         disabled=locked,
         key=f"method-{run.path}",
     )
+    cfg = pipeline.refine_settings(run, {"method": method})  # the method's own schedule shows as the default
     st.caption(f"{METHODS[method].summary[0].upper()}{METHODS[method].summary[1:]}. Source: {METHODS[method].source}.")
+    shown_lambda = cfg.weight if saved.method == method else METHODS[method].default_lambda
     c1, c2, c3, c4 = st.columns(4)
     epochs = c1.number_input("Epochs", 1, 200, cfg.epochs, disabled=locked)
     lambda_expl = c2.number_input(
         "λ (the method's term)",
         0.0,
         100.0,
-        cfg.weight if cfg.method == method else METHODS[method].default_lambda,
+        shown_lambda,
         0.1,
         help="Weight of the method's loss term against cross-entropy (counterexamples adds no term).",
         disabled=locked or METHODS[method].term_name is None,
@@ -88,8 +90,7 @@ with st.container(border=True):
     if locked:
         st.caption("The settings are locked while a job runs.")
     elif st.button("Start refinement", type="primary", icon=":material/play_arrow:") and not live.refused():
-        overrides = {
-            "method": method,
+        chosen = {
             "epochs": int(epochs),
             "lambda_expl": float(lambda_expl),
             "lr": float(lr),
@@ -98,6 +99,9 @@ with st.container(border=True):
             "distance": distance,
             "explanation": kind,
         }
+        # Only what the user changed: an untouched field keeps following the method's schedule.
+        shown = {**cfg.to_dict(), "lambda_expl": shown_lambda}
+        overrides = {"method": method} | {k: v for k, v in chosen.items() if v != shown[k]}
         live.start("refine", run, tasks.refine_work(run, cache.data(run), cache.device(), pair["good"], pair["bad"], overrides))
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from exbl_core.data import Split
-from exbl_core.gradcam import gradcam
+from exbl_core.gradcam import analytic_cams, gradcam, head_pass
 from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
-from exbl_core.methods.counterexamples import paste_objective
+from exbl_core.methods.counterexamples import paste_objective, region_term
 from exbl_core.methods.gradcam_mask import outside_share
 from exbl_core.methods.region import avoid_region
 from exbl_core.methods.rrr import input_gradient_penalty
@@ -141,11 +141,26 @@ def test_counterexamples_paste_only_into_other_classes_and_only_inside_the_regio
     patch = torch.ones(1, 4, 4)
     alpha = torch.zeros(4, 4)
     alpha[0, 0] = 1.0
-    objective = paste_objective(patch, alpha, source_label=3, rate=1.0)
+    objective = paste_objective(patch, alpha, source_label=3, rate=1.0, jitter=0.0)
     batch = Batch(torch.zeros(3, 1, 4, 4), torch.tensor([0, 3, 1]))
     out = objective.batch(batch, torch.Generator().manual_seed(0))
     assert out.x[:, 0, 0, 0].tolist() == [1.0, 0.0, 1.0]  # class 3 (the bad exemplar's) is left alone
     assert float(out.x.sum()) == 2.0  # nothing outside the region
+
+
+def test_jittered_counterexamples_vary_from_image_to_image_and_stay_near_the_region():
+    patch = torch.rand(1, 32, 32)
+    alpha = torch.zeros(32, 32)
+    alpha[2:10, 2:10] = 1.0  # a shoulder in the upper left corner
+    objective = paste_objective(patch, alpha, source_label=3, rate=1.0, jitter=0.08)
+    batch = Batch(torch.zeros(16, 1, 32, 32), torch.tensor([0] * 15 + [3]))
+    out = objective.batch(batch, torch.Generator().manual_seed(0)).x
+    assert float(out[15].abs().sum()) == 0.0  # the bad exemplar's class gets no paste
+    pasted = out[:15, 0] > 0
+    assert len({tuple(p.nonzero()[0].tolist()) for p in pasted}) > 1  # not one paste repeated
+    # within the largest shift and scale change, mirrored or not: the two upper corners only
+    assert not pasted[:, 16:, :].any()
+    assert all(bool(p.any()) for p in pasted)
 
 
 def test_the_avoid_region_is_where_the_bad_cam_looks_and_the_good_one_does_not(trained_model, tiny_data, monkeypatch):
@@ -161,3 +176,16 @@ def test_the_avoid_region_is_where_the_bad_cam_looks_and_the_good_one_does_not(t
     monkeypatch.setattr("exbl_core.methods.region.gradcam", lambda model, x, y: torch.stack([good, good]))
     with pytest.raises(ValueError, match="pick a bad explanation that looks somewhere else"):
         avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1))
+
+
+def test_counterexamples_cam_scores_the_cam_share_inside_the_pasted_region(trained_model, tiny_data):
+    train = tiny_data["train"]
+    region = torch.zeros(64, 64, dtype=torch.bool)
+    region[:16, :16] = True  # a shoulder
+    x, y = train.float_images(slice(0, 4)), train.labels[:4]
+    state = head_pass(trained_model, x)
+    cams = analytic_cams(trained_model, state, y, x.shape[-2:])
+    inside = (cams * region).flatten(1).sum(1) / cams.flatten(1).sum(1)
+    got = region_term(region)(trained_model, Batch(x, y), state, False)["term"]
+    assert float(got) == pytest.approx(float(inside.mean()), rel=1e-4)
+    assert 0.0 < float(got) < 1.0

@@ -6,6 +6,7 @@ test_weights.py.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
@@ -65,3 +66,19 @@ def test_input_is_normalised_inside_the_model():
     x = torch.full((1, 1, 4, 4), 0.485)
     assert model.prepare(x)[0, 0].abs().max() < 1e-6
     assert model.prepare(x).shape == (1, 3, 4, 4)
+
+
+def test_output_stride_16_doubles_the_map_with_the_same_weights():
+    # train mode: batch statistics give the random network's features a usable scale
+    paper, fine = build_model().train(), build_model(output_stride=16).train()
+    fine.load_state_dict(paper.state_dict())  # same parameters, so any checkpoint loads either way
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        coarse, dense = paper.features(paper.prepare(x)), fine.features(fine.prepare(x))
+    assert coarse.shape[-2:] == (4, 4) and dense.shape[-2:] == (8, 8)
+    assert not torch.allclose(paper.pooled(coarse), fine.pooled(dense))  # a different network, not a relabelled one
+
+
+def test_an_unknown_output_stride_is_refused():
+    with pytest.raises(ValueError, match="output_stride must be 16 or 32"):
+        build_model(output_stride=8)

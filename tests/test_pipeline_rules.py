@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -51,3 +53,23 @@ def test_a_run_created_before_the_start_was_recorded_trains_from_the_default_and
     runs.write_json(run.file(runs.CONFIG), config)
     assert pipeline.start_weights(run) is None and pipeline.table1_note(run) is None
     assert pipeline.train_step(run, pipeline.load_data(run), torch.device("cpu")).status == "done"
+
+
+def test_a_methods_schedule_scales_the_runs_refinement_settings_and_a_user_setting_wins(demo_copy):
+    run = runs.open_run(demo_copy)
+    base = pipeline.train_config(run, "refine")
+    assert pipeline.refine_settings(run, {"method": "exbl"}) == replace(base, method="exbl")
+    counter = pipeline.refine_settings(run, {"method": "counterexamples"})
+    assert counter.epochs == max(1, round(base.epochs * 8 / 3)) and counter.lr == pytest.approx(base.lr * 3)
+    mine = pipeline.refine_settings(run, {"method": "counterexamples", "epochs": 1})
+    assert mine.epochs == 1 and mine.lr == pytest.approx(base.lr * 3)
+
+
+def test_a_schedule_never_leaks_into_the_runs_settings(demo_copy):
+    run = runs.open_run(demo_copy)
+    before = pipeline.train_config(run, "refine")
+    data = pipeline.load_data(run)
+    pipeline.refine_step(run, data, torch.device("cpu"), overrides={"method": "counterexamples"})
+    after = pipeline.train_config(run, "refine")
+    assert (after.epochs, after.lr) == (before.epochs, before.lr)  # the next exbl refinement keeps the paper's schedule
+    assert after.method == "counterexamples"

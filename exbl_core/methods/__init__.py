@@ -21,7 +21,9 @@ from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pick
 
 __all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pick", "check_feedback", "get_method"]
 
-METHODS: dict[str, Method] = {m.name: m for m in (exbl.EXBL, exbl.EXBL_CAM, rrr.METHOD, gradcam_mask.METHOD, counterexamples.METHOD)}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (exbl.EXBL, exbl.EXBL_CAM, rrr.METHOD, gradcam_mask.METHOD, counterexamples.METHOD, counterexamples.METHOD_CAM)
+}
 """Every method, in the order the CLI, the app and the study list them: the paper's first."""
 
 

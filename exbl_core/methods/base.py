@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -64,6 +64,9 @@ class Method:
     prepare: Callable[[nn.Module, Split, Pick, TrainConfig], Objective]
     default_lambda: float = 1.0  # the term's weight when the user gives none
     term_name: str | None = "explanation"  # the chart's name for the term; None: no term
+    # Factors on the run's refinement epochs and lr for a method that needs a longer schedule;
+    # factors rather than values, so the quick demo stays quick and the paper's schedule scales.
+    schedule: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def needs_masks(self) -> bool:
