@@ -335,8 +335,13 @@ def test_refine_offers_every_method_and_says_what_each_needs(runs_dir: Path, fin
     method = at.selectbox[0]
     assert method.label == "Method" and list(method.options)[0].startswith("eXBL (needs only the two clicks)")
     assert any("needs a lung mask for every training image" in o for o in method.options)
+    epochs, lr = (next(n for n in at.number_input if n.label == label) for label in ("Epochs", "Learning rate"))
+    paper_epochs, paper_lr = epochs.value, lr.value
     method.select("counterexamples").run()
     assert "pastes the bad exemplar's pixels" in " ".join(c.value for c in at.caption).lower()
+    epochs, lr = (next(n for n in at.number_input if n.label == label) for label in ("Epochs", "Learning rate"))
+    # the method's own schedule shows as the defaults: 8/3 the epochs at 3x the learning rate
+    assert epochs.value == max(1, round(paper_epochs * 8 / 3)) and lr.value == pytest.approx(paper_lr * 3)
 
 
 def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_dir: Path, finished_run: Path) -> None:
