@@ -141,6 +141,11 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
             shot("6-compare")
 
             page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+            # Read the captions only once Explore has replaced Compare: reading earlier can catch
+            # the previous page's images, and the test then marks one image and looks for another.
+            expect(main.get_by_role("heading", name="Explore")).to_be_visible(timeout=30_000)
+            expect(main.get_by_text("Your pair")).to_be_visible(timeout=30_000)
+            expect(main.get_by_role("button", name="Good").nth(2)).to_be_visible(timeout=30_000)
             third = re.match(r"#(\d+)", main.get_by_test_id("stImageCaption").nth(2).inner_text())[1]
             main.get_by_role("button", name="Good").nth(2).click()  # a new pair: Refine must not show the old curves
             expect(main.get_by_text(re.compile(rf"good: #{third}\b"))).to_be_visible(timeout=30_000)
