@@ -11,6 +11,8 @@ two clicks instead of annotated per image. It adds no loss term and costs a past
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,7 +90,7 @@ def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
     return region_paste(train, pick, paste_region(model, train, pick))
 
 
-def region_term(region: torch.Tensor):
+def region_term(region: torch.Tensor) -> Callable[[nn.Module, Batch, HeadPass, bool], dict[str, torch.Tensor]]:
     """The share of each image's true-class GradCAM inside ``region`` [H,W]: "do not look here"."""
 
     def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
@@ -119,7 +121,7 @@ METHOD = Method(
     term_name=None,
     # Unlearning from changed data is ordinary training and needs more of it: on the demo's
     # 3 epochs at lr 1e-4 the median recovered share over seeds 0-4 was 0.37; at 8 epochs
-    # and 3e-4 (these factors) it was 0.65 on seeds 0-2 of that study (README, "The study").
+    # and 3e-4 (these factors) it was 0.65 on seeds 0-2 of that study (README: "The paper's eXBL beside a two-click method").
     schedule={"epochs": 8 / 3, "lr": 3.0},
 )
 
