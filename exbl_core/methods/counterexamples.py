@@ -131,5 +131,8 @@ METHOD_CAM = Method(
     summary="counterexamples, and GradCAM mass inside the same region penalised for every image",
     source="this project; counterexamples (Teso and Kersting, AIES 2019) with an RRR-G style penalty (Schramowski et al., 2020)",
     prepare=prepare_cam,
+    # On two CPU seeds (one run each) lambda 1 kept the CAMs off the region but cost recovery
+    # (0.32 and 0.40 against counterexamples' 0.38 and 0.45); 0.3 kept both (0.39 and 0.47).
+    default_lambda=0.3,
     schedule={"epochs": 8 / 3, "lr": 3.0},
 )
