@@ -5,7 +5,9 @@ job may run several training phases (the demo trains, then refines): the fractio
 the time left cover the whole job, so the bar does not start again at each phase. The
 time left comes from wall-clock seconds per epoch measured in this job (each event's
 ``t``, validation included). Early stopping can only end a phase sooner, so the
-estimate is an upper bound, and the line says so.
+estimate is an upper bound, and the line says so. A phase may run several times in one
+job (the demo refines once per method, each a ``start`` of its own): its planned epochs
+are the sum, and every run that has ended counts in full.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ def run_attempt(events: list[dict], phase: str) -> list[dict]:
             attempt = []
         attempt.append(e)
     return attempt
+
+
+def phase_epochs_done(events: list[dict], phase: str, planned: int) -> float:
+    """Epochs completed in ``phase`` over all of its runs in this job: the ended runs in full, the current one in part."""
+    mine = [e for e in events if e.get("phase") == phase]
+    starts = [i for i, e in enumerate(mine) if e["type"] == "start"]
+    if not starts:
+        return epochs_done(mine, planned)
+    ended = sum(mine[i]["epochs"] for i in starts[:-1])
+    current = mine[starts[-1] :]
+    return min(ended + epochs_done(current, current[0]["epochs"]), planned)
 
 
 def plan(events: list[dict]) -> dict[str, int]:
@@ -94,7 +107,8 @@ def _activity(events: list[dict], phases: dict[str, int]) -> str:
     for e in reversed(events):
         label = PHASES.get(e.get("phase", ""), "")
         if e["type"] == "batch_end":
-            return f"{label}: epoch {e['epoch']} of {phases.get(e['phase'], e['epoch'])}, batch {e['batch']} of {e['batches']}"
+            epochs = next((s["epochs"] for s in reversed(events) if s["type"] == "start" and s.get("phase") == e["phase"]), None)
+            return f"{label}: epoch {e['epoch']} of {epochs or phases.get(e['phase'], e['epoch'])}, batch {e['batch']} of {e['batches']}"
         if e["type"] == "epoch_end":
             return f"{label}: epoch {e['epoch']} of {e['epochs']} done"
         if e["type"] == "start":
@@ -111,7 +125,7 @@ def job_progress(events: list[dict], started: float, now: float) -> Progress:
     fallback = next((s for s in reversed(measured.values()) if s is not None), None)  # an untimed phase: as the last timed one
     done = left = 0.0
     for phase, n in phases.items():
-        d = epochs_done(run_attempt(events, phase), n)
+        d = phase_epochs_done(events, phase, n)
         done += d
         per_epoch = measured[phase] if measured[phase] is not None else fallback
         left = None if left is None or per_epoch is None else left + (n - d) * per_epoch

@@ -98,7 +98,7 @@ def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...]) -> 
     def work(emit: Emit, cancel: threading.Event) -> str:
         phases = {
             "unrefined": pipeline.train_config(run, "train").epochs,
-            "refine": len(methods) * pipeline.train_config(run, "refine").epochs,
+            "refine": sum(pipeline.refine_settings(run, {"method": m}).epochs for m in methods),
         }
         emit({"type": "plan", "phases": phases})
         emit({"type": "step", "step": "data", "message": "Generating the synthetic data…"})

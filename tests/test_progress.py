@@ -58,6 +58,18 @@ def test_a_demo_bar_covers_both_phases_and_does_not_restart_at_refinement() -> N
     assert p.text.startswith("Step 3 of 4 · Refinement: epoch 1 of 3")
 
 
+def test_a_second_refinement_in_the_same_job_goes_on_from_the_first() -> None:
+    plan = [{"type": "plan", "phases": {"unrefined": 4, "refine": 3 + 8}, "t": T0}]
+    training = epochs("unrefined", 4, 4, 5.0, T0) + [{"type": "done", "phase": "unrefined", "t": T0 + 20}]
+    first = epochs("refine", 3, 3, 5.0, T0 + 20) + [{"type": "done", "phase": "refine", "t": T0 + 35}]
+    second = epochs("refine", 8, 2, 5.0, T0 + 35)
+    before = job_progress(plan + training + first, T0, T0 + 35).fraction
+    p = job_progress(plan + training + first + second, T0, T0 + 45)
+    assert before == pytest.approx(7 / 15) and p.fraction == pytest.approx(9 / 15)  # forward, not back to 6/15
+    assert p.seconds_left == pytest.approx(6 * 5.0)
+    assert "Refinement: epoch 2 of 8" in p.text
+
+
 def test_a_demo_times_refinement_from_training_until_it_has_its_own_epochs() -> None:
     plan = [{"type": "plan", "phases": {"unrefined": 4, "refine": 2}, "t": T0}]
     p = job_progress(plan + epochs("unrefined", 4, 2, 10.0, T0), T0, T0 + 20)
