@@ -42,7 +42,9 @@ class ProgressPrinter:
             return
         self._close()
         if kind == "epoch_end":
-            extra = f" expl {event['expl']:.3f} active {event['active_triplets']:.0%}" if "expl" in event else ""
+            # Only a term that can be satisfied sample by sample (the triplet hinge) reports its active share.
+            extra = f" expl {event['expl']:.3f}" if "expl" in event else ""
+            extra += f" active {event['active_triplets']:.0%}" if "active_triplets" in event else ""
             tqdm.write(
                 f"{event['phase']} epoch {event['epoch']:>3}/{event['epochs']}: loss {event['loss']:.3f} (CE {event['ce']:.3f}{extra})"
                 f" | val loss {event['val_loss']:.3f} acc {event['val_accuracy']:.3f} AP {event['val_ap']:.3f}"

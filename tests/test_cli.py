@@ -273,3 +273,11 @@ def test_synthetic_table1_has_no_paper_columns_but_says_what_it_started_from(dem
     assert header == (
         "metric,split,unrefined,exbl,counterexamples,delta_exbl,delta_counterexamples,weights,weights_file,weights_sha256,frozen_blocks"
     )
+
+
+@pytest.mark.parametrize("term", [{}, {"expl": 0.25}, {"expl": 0.25, "active_triplets": 0.5}])
+def test_the_epoch_line_shows_a_methods_term_and_the_active_share_only_where_there_is_one(term, capsys):
+    event = {"type": "epoch_end", "phase": "refine", "epoch": 1, "epochs": 8, "loss": 0.5, "ce": 0.4, "seconds": 3.0, "best": True}
+    cli.ProgressPrinter()({**event, "val_loss": 0.3, "val_accuracy": 0.9, "val_ap": 0.5, **term})
+    line = capsys.readouterr().out
+    assert "CE 0.400" in line and ("expl 0.250" in line) == ("expl" in term) and ("active 50%" in line) == ("active_triplets" in term)
