@@ -59,12 +59,12 @@ class Preset:
 # The demo is tuned to show a learned shortcut within minutes on 2 CPU cores: from
 # random weights the paper's learning rate of 1e-4 is too slow, so the unrefined model
 # trains at 1e-3. Refinement keeps the paper's settings.
-DEMO = Preset(SyntheticConfig(viral_strength=2.0), TrainConfig(epochs=14, lr=1e-3), TrainConfig(epochs=3), ("exbl", "counterexamples"))
+DEMO = Preset(SyntheticConfig(viral_strength=2.0), TrainConfig(epochs=14, lr=1e-3), TrainConfig(epochs=3), ("exbl", "region-swap"))
 QUICK = Preset(
     SyntheticConfig(size=96, n_train=40, n_val=20, n_test=25, viral_strength=2.0),
     TrainConfig(epochs=3, lr=1e-3),
     TrainConfig(epochs=1),
-    ("exbl", "counterexamples"),
+    ("exbl", "region-swap"),
 )
 PAPER_TRAIN, PAPER_REFINE = TrainConfig(epochs=60), TrainConfig(epochs=100)
 
@@ -416,9 +416,14 @@ def refine_settings(run: runs.Run, overrides: dict | None = None) -> TrainConfig
     the model; a method that changes the data has more to unlearn and says so in
     ``Method.schedule``, as factors on these settings. A command-line or page setting wins.
     """
+    return scheduled(train_config(run, "refine"), overrides)
+
+
+def scheduled(base: TrainConfig, overrides: dict | None = None) -> TrainConfig:
+    """``base`` refinement settings with the chosen method's schedule, then ``overrides``, applied (see ``refine_settings``)."""
     overrides = overrides or {}
     try:
-        chosen = replace(train_config(run, "refine"), **overrides)
+        chosen = replace(base, **overrides)
     except TypeError as exc:
         raise ValueError(f"unknown refinement setting ({exc})") from exc
     factors = {k: f for k, f in get_method(chosen.method).schedule.items() if k not in overrides}

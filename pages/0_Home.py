@@ -70,10 +70,11 @@ st.subheader("Run the whole demo")
 busy = live.other_job_note(run, ALL_JOBS)
 quick = st.toggle("Quick version (tiny data, about a minute)", value=False, disabled=busy)
 preset = pipeline.QUICK if quick else pipeline.DEMO
+epochs = [preset.train.epochs] + [pipeline.scheduled(preset.refine, {"method": m}).epochs for m in preset.methods]
 st.caption(
     "Generates synthetic chest X-ray phantoms, trains the unrefined model, picks the pair automatically by AP, refines "
     f"with {' and '.join(model_label(m) for m in preset.methods)} and evaluates: "
-    f"{preset.train.epochs} + {len(preset.methods)} × {preset.refine.epochs} epochs on "
+    f"{' + '.join(map(str, epochs))} epochs on "
     f"{4 * preset.data.n_train} training images at {preset.data.size}×{preset.data.size}. "
     "While it runs, this page shows the time left, and you can switch pages."
 )

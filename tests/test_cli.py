@@ -29,7 +29,7 @@ DEMO_FILES = (
     "exemplars.json",
     "exemplars.png",
     "refined-exbl.pt",
-    "refined-counterexamples.pt",
+    "refined-region-swap.pt",
     "history.jsonl",
     "metrics.json",
     "figure3.png",
@@ -252,7 +252,7 @@ def test_demo_on_real_data_puts_the_papers_table1_beside_ours_and_records_the_we
     note = f"Started from the weights in {weights_file} (SHA-256 {_sha256(weights_file)}); features[:6] frozen."
     markdown = (out / "table1.md").read_text()
     for text in (stdout, markdown):
-        assert "| metric | split | unrefined | eXBL | counterexamples | paper: unrefined | paper: eXBL |" in text
+        assert "| metric | split | unrefined | eXBL | region-swap | paper: unrefined | paper: eXBL |" in text
         assert "The paper's columns are its Table 1" in text and note in text
     rows = {(r["metric"], r["split"]): r for r in csv.DictReader((out / "table1.csv").open())}
     paper = {(m, s): (r["paper_unrefined"], r["paper_exbl"]) for (m, s), r in rows.items()}
@@ -271,7 +271,7 @@ def test_synthetic_table1_has_no_paper_columns_but_says_what_it_started_from(dem
     assert "Started from random weights; every layer trained." in markdown
     header = (demo_run.path / "table1.csv").read_text().splitlines()[0]
     assert header == (
-        "metric,split,unrefined,exbl,counterexamples,delta_exbl,delta_counterexamples,weights,weights_file,weights_sha256,frozen_blocks"
+        "metric,split,unrefined,exbl,region-swap,delta_exbl,delta_region-swap,weights,weights_file,weights_sha256,frozen_blocks"
     )
 
 

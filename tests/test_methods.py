@@ -14,6 +14,7 @@ from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
 from exbl_core.methods.counterexamples import paste_objective, region_term
 from exbl_core.methods.gradcam_mask import outside_share
 from exbl_core.methods.region import avoid_region
+from exbl_core.methods.region_swap import swap_objective
 from exbl_core.methods.rrr import input_gradient_penalty
 from exbl_core.model import build_model
 from exbl_core.training import TrainConfig, _batch_losses
@@ -161,6 +162,19 @@ def test_jittered_counterexamples_vary_from_image_to_image_and_stay_near_the_reg
     # within the largest shift and scale change, mirrored or not: the two upper corners only
     assert not pasted[:, 16:, :].any()
     assert all(bool(p.any()) for p in pasted)
+
+
+def test_region_swap_refills_only_the_region_and_from_other_images_of_the_batch():
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 4, 4).clone()  # image i is all i
+    alpha = torch.zeros(4, 4)
+    alpha[0, :] = 1.0  # the region: the top row
+    out = swap_objective(alpha).batch(Batch(x, torch.tensor([3, 3, 0, 1, 2, 0])), torch.Generator().manual_seed(1))
+    assert torch.equal(out.x[:, :, 1:], x[:, :, 1:])  # the lungs and everything outside the region stay
+    assert out.y.tolist() == [3, 3, 0, 1, 2, 0]
+    donors = out.x[:, 0, 0, 0].long()
+    assert bool((out.x[:, 0, 0] == donors.view(-1, 1).float()).all())  # one donor fills each image's whole row
+    assert sorted(donors.tolist()) == list(range(6))  # every image gives its region to exactly one other
+    assert int((donors != torch.arange(6)).sum()) >= 4  # and most images get another's
 
 
 def test_the_avoid_region_is_where_the_bad_cam_looks_and_the_good_one_does_not(trained_model, tiny_data, monkeypatch):

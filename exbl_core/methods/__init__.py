@@ -16,13 +16,22 @@ forward pass's state. The term is unweighted; the loop multiplies it by
 from __future__ import annotations
 
 from exbl_core.data import Split
-from exbl_core.methods import counterexamples, exbl, gradcam_mask, rrr
+from exbl_core.methods import counterexamples, exbl, gradcam_mask, region_swap, rrr
 from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pick
 
 __all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pick", "check_feedback", "get_method"]
 
 METHODS: dict[str, Method] = {
-    m.name: m for m in (exbl.EXBL, exbl.EXBL_CAM, rrr.METHOD, gradcam_mask.METHOD, counterexamples.METHOD, counterexamples.METHOD_CAM)
+    m.name: m
+    for m in (
+        exbl.EXBL,
+        exbl.EXBL_CAM,
+        rrr.METHOD,
+        gradcam_mask.METHOD,
+        counterexamples.METHOD,
+        counterexamples.METHOD_CAM,
+        region_swap.METHOD,
+    )
 }
 """Every method, in the order the CLI, the app and the study list them: the paper's first."""
 

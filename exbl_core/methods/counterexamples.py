@@ -80,10 +80,13 @@ def paste_region(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
     return ~(masks[pick.bad] | masks[pick.good])
 
 
+def soft_edges(region: torch.Tensor) -> torch.Tensor:
+    """Float [H,W] blending weights of a bool ``region``: a hard seam would be a new feature of its own."""
+    return F.avg_pool2d(region[None, None].float(), 5, stride=1, padding=2)[0, 0]
+
+
 def region_paste(train: Split, pick: Pick, region: torch.Tensor) -> Objective:
-    # Soft edges: a hard seam would be a new feature of its own.
-    alpha = F.avg_pool2d(region[None, None].float(), 5, stride=1, padding=2)[0, 0]
-    return paste_objective(train.float_images(torch.tensor([pick.bad]))[0], alpha, int(train.labels[pick.bad]))
+    return paste_objective(train.float_images(torch.tensor([pick.bad]))[0], soft_edges(region), int(train.labels[pick.bad]))
 
 
 def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
