@@ -58,7 +58,7 @@ class Preset:
 
 # The demo is tuned to show a learned shortcut within minutes on 2 CPU cores: from
 # random weights the paper's learning rate of 1e-4 is too slow, so the unrefined model
-# trains at 1e-3. Refinement keeps the paper's settings.
+# trains at 1e-3. Refinement keeps the paper's settings, which a method with its own schedule scales.
 DEMO = Preset(SyntheticConfig(viral_strength=2.0), TrainConfig(epochs=14, lr=1e-3), TrainConfig(epochs=3), ("exbl", "region-swap"))
 QUICK = Preset(
     SyntheticConfig(size=96, n_train=40, n_val=20, n_test=25, viral_strength=2.0),
