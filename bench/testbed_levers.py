@@ -4,7 +4,7 @@ A measurement, not a speed benchmark: it prints one JSON line with what the test
 needs (DESIGN.md section 3): test and shortcut-test accuracy, the gap, AP per class,
 child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
 
-    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--oracle] [--seed 0] [--out results.jsonl]
+    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--weights FILE] [--oracle] [--seed 0] [--out results.jsonl]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import build_model
 from exbl_core.synthetic import generate_split, oracle_config
 from exbl_core.training import choose_device, fit
+from exbl_core.weights import load_backbone
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-stride", type=int, default=32, choices=(16, 32))
+    p.add_argument("--weights", help="start the backbone from this weights file (features[:6] frozen, as for every loaded backbone)")
     p.add_argument("--oracle", action="store_true")
     p.add_argument("--save", help="save the model's state dict here")
     p.add_argument("--out", help="append the JSON line to this file")
@@ -57,7 +59,8 @@ def main() -> None:
     train, val = generate_split("train", fit_cfg), generate_split("val", fit_cfg)
     torch.manual_seed(args.seed)
     device = choose_device()
-    model = build_model(output_stride=args.output_stride)
+    backbone = None if args.weights is None else load_backbone(args.weights)[0]
+    model = build_model(backbone=backbone, output_stride=args.output_stride)
     result = fit(model, train, val, train_cfg, device=device)
     model = model.cpu().eval()
     out = {"args": vars(args), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}

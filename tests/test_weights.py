@@ -221,3 +221,32 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_nothing_is_saved(hub,
     last = err.rstrip("\n").rsplit("\n", 1)[-1]  # the progress bar came before it
     assert code == 2 and last.startswith("error: ") and "failed its checksum" in last and "nothing was saved" in last
     assert list(weights.imagenet_file().parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("target_kind", ["centre", "presence"])
+def test_the_shapes_pretraining_writes_a_backbone_that_runs_can_start_from(tmp_path, monkeypatch, target_kind):
+    """The lever of bench/shapes_backbone.py must give a file ``--weights PATH`` accepts, trained, not fresh."""
+    from bench import shapes_backbone
+
+    out = tmp_path / "shapes.pt"
+    monkeypatch.setattr("sys.argv", ["shapes_backbone", "--out", str(out), "--steps", "2", "--target", target_kind])
+    shapes_backbone.main()
+    features, _ = weights.load_backbone(out)
+    fresh = mobilenet_v2().features.state_dict()
+    assert any(not torch.equal(v, fresh[k.removeprefix("features.")]) for k, v in features.items() if v.is_floating_point())
+    assert weights.resolve(out, real_data=False).frozen_blocks == FROZEN_BLOCKS
+
+
+def test_the_shapes_targets_mark_the_cells_that_hold_each_shape():
+    """Each target is the 4x4 grid of the final feature map per kind; presence marks more cells than centres."""
+    import numpy as np
+
+    from bench.shapes_backbone import shape_image
+
+    for kind in ("centre", "presence"):
+        image, target = shape_image(128, 4, np.random.default_rng(3), kind)
+        assert image.shape == (128, 128) and 0 <= image.min() and image.max() <= 1
+        assert target.shape == (8, 4, 4) and 1 <= target.sum() <= 8 * 16
+    _, centre = shape_image(128, 4, np.random.default_rng(3), "centre")
+    _, presence = shape_image(128, 4, np.random.default_rng(3), "presence")
+    assert presence.sum() > centre.sum()  # a shape covers at least the cell of its centre, often its neighbours too
