@@ -2,6 +2,9 @@
 
 ``st.navigation`` rather than the ``pages/`` folder's automatic menu, so that the menu
 says "Home" instead of the entry file's name, and each page has a stable, readable URL.
+The pages live in ``app_pages/``, not ``pages/``: Streamlit serves a process's first
+session in its old folder mode when a ``pages/`` folder sits beside the entry file, and
+that menu listed an extra "app" entry above Home.
 The pages have no menu icons: Streamlit turns a page's icon into the tab's favicon, and
 fetches a Material icon's favicon from a font host on the internet.
 """

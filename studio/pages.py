@@ -11,11 +11,11 @@ from PIL import Image
 from exbl_core import runs
 from studio import cache, state, views
 
-HOME = "pages/0_Home.py"
-DATA = "pages/1_Data_and_model.py"
-EXPLORE = "pages/2_Explore.py"
-REFINE = "pages/3_Refine.py"
-COMPARE = "pages/4_Compare.py"
+HOME = "app_pages/0_Home.py"
+DATA = "app_pages/1_Data_and_model.py"
+EXPLORE = "app_pages/2_Explore.py"
+REFINE = "app_pages/3_Refine.py"
+COMPARE = "app_pages/4_Compare.py"
 
 
 @functools.cache

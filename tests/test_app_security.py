@@ -73,7 +73,7 @@ def test_server_listens_on_loopback_only(tmp_path: Path) -> None:
         server.wait(timeout=20)
 
 
-@pytest.mark.parametrize("page", ["pages/2_Explore.py", "pages/3_Refine.py", "pages/4_Compare.py"])
+@pytest.mark.parametrize("page", ["app_pages/2_Explore.py", "app_pages/3_Refine.py", "app_pages/4_Compare.py"])
 def test_a_run_folder_deleted_while_open_gives_an_empty_state_not_a_traceback(
     runs_dir: Path,  # noqa: F811
     finished_run: Path,  # noqa: F811

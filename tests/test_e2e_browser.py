@@ -100,6 +100,9 @@ def test_whole_workflow_in_chromium(app_url: str) -> None:
         try:
             page.goto(app_url)
             expect(main.get_by_text("No run yet")).to_be_visible(timeout=60_000)
+            # The server's first session: the menu is the app's five pages, with no entry for app.py itself.
+            menu = page.get_by_test_id("stSidebarNav").get_by_role("link")
+            expect(menu).to_have_text(["Home", "Data and model", "Explore", "Refine", "Compare"])
             shot("1-home-empty")
 
             main.get_by_role("link", name="Data and model").click()
