@@ -13,7 +13,7 @@ from exbl_core.synthetic import SyntheticConfig
 from studio import cache, live, pages, state, tasks, views
 
 SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
-PRESETS = {"Demo (a few minutes)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
+PRESETS = {"Demo (about 8 minutes of training on 2 CPU cores)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
 SIZES = (64, 96, 128, 160, 224, 299)
 STARTS = {"Random weights": weights.RANDOM, "ImageNet weights (as in the paper)": weights.IMAGENET, "A weights file": weights.FILE}
 # A data set folder trains as the command line trains it: with the paper's settings.
