@@ -4,13 +4,13 @@ A network trained from scratch on a few hundred phantoms builds one global "chil
 feature, so its GradCAM cannot point at the shoulders (DESIGN.md section 8); the paper's
 backbone came pretrained, with features that describe their own place. This script gives
 ours such a start without a single radiograph or phantom: eight kinds of shapes anywhere
-on smooth backgrounds, and a dense target per cell of the final 4x4 feature map, so that
+on smooth backgrounds, and a dense target per cell of the final feature map (4x4, or 8x8 at output stride 16), so that
 each cell must describe what lies under it (Kataoka et al., ACCV 2020, "Pre-training
 without Natural Images", made dense). ``--target centre`` marks the kinds whose centre
 lies in the cell, ``--target presence`` every kind that covers part of it. It writes a
 backbone-only weights file, which ``bench.testbed_levers --weights FILE`` then measures:
 
-    python -m bench.shapes_backbone --out shapes.pt [--target presence] [--steps 1000]
+    python -m bench.shapes_backbone --out shapes.pt [--target presence] [--output-stride 16] [--steps 1000]
     python -m bench.testbed_levers --viral 2.0 --weights shapes.pt --seed 0
 """
 
@@ -99,19 +99,28 @@ def shape_batch(n: int, size: int, grid: int, rng: np.random.Generator, target_k
 
 
 def pretrain_backbone(
-    steps: int, target_kind: str = "centre", batch_size: int = 32, lr: float = 1e-3, size: int = 128, seed: int = 0, log_every: int = 50
+    steps: int,
+    target_kind: str = "centre",
+    output_stride: int = 32,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    size: int = 128,
+    seed: int = 0,
+    log_every: int = 50,
 ) -> dict[str, torch.Tensor]:
     """The trained ``features.*`` state dict.
 
     A 1x1 convolution on the final feature map predicts the dense target (binary
     cross-entropy), with fresh images every step, Adam and a one-cycle schedule; the head
-    is thrown away, only the features carry over.
+    is thrown away, only the features carry over. ``output_stride`` 16 pretrains the dilated
+    network (``exbl_core.model.dilate_last_stage``) on an 8x8 grid at 128 px; the weights
+    have the same shapes either way.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model()
+    model = build_model(output_stride=output_stride)
     features = model.features
-    grid = size // 32
+    grid = size // output_stride
     head = nn.Conv2d(model.last_channel, len(KINDS), 1)
     optimizer = torch.optim.Adam([*features.parameters(), *head.parameters()], lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
@@ -134,10 +143,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="where to write the backbone (features.* state dict)")
     p.add_argument("--target", choices=("centre", "presence"), default="centre")
+    p.add_argument("--output-stride", type=int, default=32, choices=(16, 32))
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    features = pretrain_backbone(args.steps, args.target, seed=args.seed)
+    features = pretrain_backbone(args.steps, args.target, args.output_stride, seed=args.seed)
     buf = io.BytesIO()
     torch.save(features, buf)
     atomic_write_bytes(args.out, buf.getvalue())  # a half-written file must never be taken for weights

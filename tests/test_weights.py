@@ -223,13 +223,14 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_nothing_is_saved(hub,
     assert list(weights.imagenet_file().parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("target_kind", ["centre", "presence"])
-def test_the_shapes_pretraining_writes_a_backbone_that_runs_can_start_from(tmp_path, monkeypatch, target_kind):
+@pytest.mark.parametrize(("target_kind", "stride"), [("centre", "32"), ("presence", "16")])
+def test_the_shapes_pretraining_writes_a_backbone_that_runs_can_start_from(tmp_path, monkeypatch, target_kind, stride):
     """The lever of bench/shapes_backbone.py must give a file ``--weights PATH`` accepts, trained, not fresh."""
     from bench import shapes_backbone
 
     out = tmp_path / "shapes.pt"
-    monkeypatch.setattr("sys.argv", ["shapes_backbone", "--out", str(out), "--steps", "2", "--target", target_kind])
+    argv = ["shapes_backbone", "--out", str(out), "--steps", "2", "--target", target_kind, "--output-stride", stride]
+    monkeypatch.setattr("sys.argv", argv)
     shapes_backbone.main()
     features, _ = weights.load_backbone(out)
     fresh = mobilenet_v2().features.state_dict()
