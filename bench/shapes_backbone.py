@@ -4,9 +4,9 @@ A network trained from scratch on a few hundred phantoms builds one global "chil
 feature, so its GradCAM cannot point at the shoulders (DESIGN.md section 8); the paper's
 backbone came pretrained, with features that describe their own place. This script gives
 ours such a start without a single radiograph or phantom: eight kinds of shapes anywhere
-on smooth backgrounds, and a dense target per cell of the final feature map (4x4, or 8x8 at output stride 16), so that
-each cell must describe what lies under it (Kataoka et al., ACCV 2020, "Pre-training
-without Natural Images", made dense). ``--target centre`` marks the kinds whose centre
+on smooth backgrounds, and a dense target per cell of the final feature map (4x4, or 8x8
+at output stride 16), so that each cell must describe what lies under it (Kataoka et al.,
+ACCV 2020, "Pre-training without Natural Images", made dense). ``--target centre`` marks the kinds whose centre
 lies in the cell, ``--target presence`` every kind that covers part of it. It writes a
 backbone-only weights file, which ``bench.testbed_levers --weights FILE`` then measures:
 
@@ -147,6 +147,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.out.exists():
+        p.error(f"{args.out} already exists; choose a new file (this script never replaces a file)")
     features = pretrain_backbone(args.steps, args.target, args.output_stride, seed=args.seed)
     buf = io.BytesIO()
     torch.save(features, buf)

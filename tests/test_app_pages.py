@@ -21,12 +21,13 @@ from exbl_core import pipeline, runs
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
 from exbl_core.verdict import Verdict, shortcut_verdict
+from studio import pages
 from studio.cache import RUNS_DIR_ENV
 from studio.jobs import get_runner
 from studio.views import EXPLANATION_SILENT, curves
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-PAGES = {"explore": "app_pages/2_Explore.py", "refine": "app_pages/3_Refine.py", "compare": "app_pages/4_Compare.py"}
+PAGES = {"explore": pages.EXPLORE, "refine": pages.REFINE, "compare": pages.COMPARE}
 TINY_DATA = SyntheticConfig(size=64, n_train=3, n_val=2, n_test=3)
 TINY_TRAIN = TrainConfig(epochs=1, lr=1e-3, batch_size=8)
 
@@ -130,7 +131,7 @@ def test_compare_without_a_refined_model_links_to_refine(runs_dir: Path, finishe
 
 
 def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Path) -> None:
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     at.radio[1].set_value("Quick (tiny, under a minute)").run()
     at.number_input(key="n_train-Quick (tiny, under a minute)").set_value(2)
     at.selectbox(key="size-Quick (tiny, under a minute)").set_value(64)
@@ -159,7 +160,7 @@ def test_training_again_keeps_the_old_model_and_results_until_the_new_first_chec
         raise pipeline.TrainingError("unrefined training: the loss became nan in epoch 1, batch 1")
 
     monkeypatch.setattr(pipeline, "fit", fails_at_once)
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     next(b for b in at.button if b.label.startswith("Train again")).click().run()
     assert get_runner().wait(60)
     assert get_runner().job.status == "failed" and "nan" in get_runner().job.error
@@ -170,7 +171,7 @@ def test_training_again_keeps_the_old_model_and_results_until_the_new_first_chec
 def test_a_bad_folder_shows_a_clear_message_not_a_traceback(runs_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "not-a-dataset"
     (bad / "Cats").mkdir(parents=True)
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     at.radio[0].set_value("A data set folder").run()
     at.text_input[0].set_value(str(bad))
     next(b for b in at.button if b.label == "Create the run").click().run()
@@ -466,7 +467,7 @@ def test_explore_while_the_model_trains_says_its_explanations_will_change(runs_d
 
 
 def test_a_data_set_folder_trains_with_the_papers_settings(runs_dir: Path) -> None:
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     at.radio[0].set_value("A data set folder").run()
     epochs = next(n for n in at.number_input if n.label.startswith("Training epochs"))
     assert epochs.value == pipeline.PAPER_TRAIN.epochs
@@ -503,7 +504,7 @@ def create_run(at: AppTest, name: str) -> AppTest:
 
 
 def test_a_weights_file_chosen_on_the_page_is_recorded_in_the_run(runs_dir: Path, hub: Path, weights_file: Path) -> None:
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     at.radio[1].set_value("Quick (tiny, under a minute)").run()
     at.number_input(key="n_train-Quick (tiny, under a minute)").set_value(2)
     at.selectbox(key="size-Quick (tiny, under a minute)").set_value(64)
@@ -520,7 +521,7 @@ def test_a_weights_file_chosen_on_the_page_is_recorded_in_the_run(runs_dir: Path
 def test_a_foreign_weights_file_on_the_page_is_refused_naming_it(runs_dir: Path, hub: Path, tmp_path: Path) -> None:
     foreign = tmp_path / "linear.pt"
     torch.save(torch.nn.Linear(3, 3).state_dict(), foreign)
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     start_radio(at).set_value("A weights file").run()
     at.text_input(key="weights_file").set_value(str(foreign))
     at = create_run(at, "mine")
@@ -529,7 +530,7 @@ def test_a_foreign_weights_file_on_the_page_is_refused_naming_it(runs_dir: Path,
 
 
 def test_imagenet_without_the_cached_file_says_how_to_get_it(runs_dir: Path, hub: Path) -> None:
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     start_radio(at).set_value("ImageNet weights (as in the paper)").run()
     assert any("python -m exbl_core weights --download" in c.value for c in at.caption)
     at = create_run(at, "mine")
@@ -538,7 +539,7 @@ def test_imagenet_without_the_cached_file_says_how_to_get_it(runs_dir: Path, hub
 
 
 def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path, cached_imagenet: Path) -> None:
-    at = open_page("app_pages/1_Data_and_model.py")
+    at = open_page(pages.DATA)
     at.radio[0].set_value("A data set folder").run()
     assert start_radio(at).value == "ImageNet weights (as in the paper)"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from exbl_core import runs
+from studio import pages
 from tests.test_app_pages import copy_run, finished_run, open_page, runs_dir  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_server_listens_on_loopback_only(tmp_path: Path) -> None:
         server.wait(timeout=20)
 
 
-@pytest.mark.parametrize("page", ["app_pages/2_Explore.py", "app_pages/3_Refine.py", "app_pages/4_Compare.py"])
+@pytest.mark.parametrize("page", [pages.EXPLORE, pages.REFINE, pages.COMPARE])
 def test_a_run_folder_deleted_while_open_gives_an_empty_state_not_a_traceback(
     runs_dir: Path,  # noqa: F811
     finished_run: Path,  # noqa: F811

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2, mobilenet_v3_small
 
 from exbl_core import cli, weights
-from exbl_core.model import FROZEN_BLOCKS
+from exbl_core.model import FROZEN_BLOCKS, build_model
 from exbl_core.weights import IMAGENET, RANDOM, StartWeights, WeightsError
 
 
@@ -232,10 +232,19 @@ def test_the_shapes_pretraining_writes_a_backbone_that_runs_can_start_from(tmp_p
     argv = ["shapes_backbone", "--out", str(out), "--steps", "2", "--target", target_kind, "--output-stride", stride]
     monkeypatch.setattr("sys.argv", argv)
     shapes_backbone.main()
-    features, _ = weights.load_backbone(out)
-    fresh = mobilenet_v2().features.state_dict()
-    assert any(not torch.equal(v, fresh[k.removeprefix("features.")]) for k, v in features.items() if v.is_floating_point())
+    features, sha256 = weights.load_backbone(out)
+    torch.manual_seed(0)  # the script's default seed: these are the very weights it started from
+    fresh = build_model(output_stride=int(stride)).features.state_dict()
+    trained = [
+        k
+        for k, v in features.items()
+        if "running_" not in k and "num_batches" not in k and not torch.equal(v, fresh[k.removeprefix("features.")])
+    ]
+    assert trained  # weights, not only BatchNorm statistics, moved
     assert weights.resolve(out, real_data=False).frozen_blocks == FROZEN_BLOCKS
+    with pytest.raises(SystemExit):  # a second run never replaces the file
+        shapes_backbone.main()
+    assert weights.load_backbone(out)[1] == sha256
 
 
 def test_the_shapes_targets_mark_the_cells_that_hold_each_shape():
