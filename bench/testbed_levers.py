@@ -10,9 +10,11 @@ child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolut
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,7 @@ from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
 from exbl_core.gradcam import predict_with_cams
 from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import build_model
+from exbl_core.runs import atomic_write_bytes
 from exbl_core.synthetic import generate_split, oracle_config
 from exbl_core.training import choose_device, fit
 from exbl_core.weights import load_backbone
@@ -44,6 +47,8 @@ def main() -> None:
     p.add_argument("--save", help="save the model's state dict here")
     p.add_argument("--out", help="append the JSON line to this file")
     args = p.parse_args()
+    if args.save and Path(args.save).exists():
+        p.error(f"{args.save} already exists; choose a new file (this script never replaces a file)")
 
     started = time.perf_counter()
     data_cfg = replace(
@@ -82,7 +87,9 @@ def main() -> None:
         with open(args.out, "a") as f:
             f.write(line + "\n")
     if args.save:
-        torch.save(model.state_dict(), args.save)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write_bytes(args.save, buf.getvalue())
 
 
 if __name__ == "__main__":
