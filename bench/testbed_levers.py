@@ -4,7 +4,7 @@ A measurement, not a speed benchmark: it prints one JSON line with what the test
 needs (DESIGN.md section 3): test and shortcut-test accuracy, the gap, AP per class,
 child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
 
-    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--weights FILE] [--oracle] [--seed 0] [--out results.jsonl]
+    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--sides one] [--weights FILE] [--oracle] [--seed 0] [--out results.jsonl]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--viral", type=float, default=1.0)
     p.add_argument("--contrast", type=float, default=1.0)
+    p.add_argument("--sides", choices=("both", "one"), default="both", help="humerus heads that carry child anatomy")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--shift", type=float, default=0.0)
@@ -55,6 +56,7 @@ def main() -> None:
         pipeline.DEMO.data,
         viral_strength=args.viral,
         confounder_contrast=args.contrast,
+        confounder_sides=args.sides,
         size=args.size,
         n_train=args.n_train,
         seed=args.seed,

@@ -20,6 +20,7 @@ import torch
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, Split
 
 SPLITS = ("train", "val", "test", "shortcut_test")
+CONFOUNDER_SIDES = ("both", "one")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,13 @@ class SyntheticConfig:
     pathology_strength: float = 1.0  # scales COVID / Lung_Opacity lesions
     viral_strength: float = 1.0  # scales the subtle Viral Pneumonia texture
     confounder_contrast: float = 1.0  # scales the epiphysis' dark gap and bright cap
+    confounder_sides: str = "both"  # "both" humerus heads carry child anatomy, or "one", drawn per image
     noise: float = 0.03
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.confounder_sides not in CONFOUNDER_SIDES:
+            raise ValueError(f"confounder_sides must be one of {', '.join(CONFOUNDER_SIDES)}, got {self.confounder_sides!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,8 +52,8 @@ class SyntheticConfig:
 def oracle_config(cfg: SyntheticConfig) -> SyntheticConfig:
     """The same data set with child anatomy drawn independently of the class everywhere.
 
-    Drawing the confounder takes no random numbers, so the oracle's images are the very
-    same phantoms, with epiphyses on other patients: a model trained on them can only
+    Drawing the confounder takes no random numbers that other images do not take too, so
+    the oracle's images are the very same phantoms, with epiphyses on other patients: a model trained on them can only
     use the disease, and its shortcut-test accuracy is what unlearning can hope to reach.
     """
     rate = cfg.shortcut_child_rate
@@ -109,10 +115,15 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
     """One phantom as (image float32 [H, W] in [0, 1], lung mask bool [H, W], confounder region bool [H, W]).
 
     The confounder region is where child anatomy is drawn when the image has it: both
-    humerus heads with their epiphyses. It is returned for every image, child or not,
-    so that Confounder Precision can score any CAM.
+    humerus heads with their epiphyses, or with ``confounder_sides="one"`` the one head
+    drawn for this image. It is returned for every image, child or not, so that
+    Confounder Precision can score any CAM.
+
+    With one side, the side is drawn for every image, child or not, so that the oracle's
+    phantoms stay the very same images (see ``oracle_config``).
     """
     u0, v0 = _grid(cfg.size)
+    sides = (-1, 1) if cfg.confounder_sides == "both" else (int(rng.choice([-1, 1])),)
     # Position and scale jitter: the whole chest moves a little, as patients do.
     s = rng.uniform(0.92, 1.06)
     u = (u0 - rng.uniform(-0.06, 0.06)) / s
@@ -171,7 +182,7 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
 
     if child:
         # Child anatomy: an unfused epiphysis, a dark growth-plate gap under a bright cap.
-        for side in (-1, 1):
+        for side in sides:
             cu, cv = side * HUMERUS_HEAD[0], HUMERUS_HEAD[1]
             gap = _segment(u, v, (cu - 0.13, cv + 0.02), (cu + 0.13, cv - 0.03), 0.03)
             cap = _soft(_ellipse(u, v, cu, cv - 0.1, 0.12, 0.06), 0.3)
@@ -185,7 +196,7 @@ def render_phantom(label: int, child: bool, rng: np.random.Generator, cfg: Synth
     img = (img - 0.3) * contrast + 0.3 + brightness
     img = img + rng.normal(0.0, cfg.noise, img.shape)
     region = np.zeros(u.shape, bool)
-    for side in (-1, 1):
+    for side in sides:
         region |= _ellipse(u, v, side * HUMERUS_HEAD[0], HUMERUS_HEAD[1] - 0.04, CONFOUNDER_RADIUS, CONFOUNDER_RADIUS) <= 1.0
     return np.clip(img, 0.0, 1.0).astype(np.float32), mask, region & ~mask
 

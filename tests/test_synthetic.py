@@ -93,6 +93,36 @@ def test_confounder_region_covers_every_pixel_the_child_anatomy_changes_and_lies
     assert region.sum() >= 0.05 * region.size
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_one_sided_child_anatomy_is_drawn_on_one_humerus_head_whose_region_alone_is_returned(seed):
+    cfg = SyntheticConfig(size=128, confounder_sides="one")
+    adult, _, region = render_phantom(VIRAL_PNEUMONIA, False, np.random.default_rng(seed), cfg)
+    child, _, region_child = render_phantom(VIRAL_PNEUMONIA, True, np.random.default_rng(seed), cfg)
+    _, _, both = render_phantom(VIRAL_PNEUMONIA, True, np.random.default_rng(seed), replace(cfg, confounder_sides="both"))
+    changed = np.abs(child - adult) > 1e-6
+    half = cfg.size // 2
+    assert np.array_equal(region, region_child)
+    assert region[:, :half].any() != region[:, half:].any(), "one humerus head only"
+    assert changed.sum() > 25 and (changed & ~region).sum() <= 0.02 * changed.sum()
+    assert 0.35 * both.sum() < region.sum() < 0.65 * both.sum()
+
+
+def test_one_sided_child_anatomy_falls_on_either_side_and_keeps_the_oracle_on_the_same_phantoms():
+    cfg = SyntheticConfig(size=32, n_train=60, n_val=2, n_test=2, seed=1, confounder_sides="one")
+    plain, oracle = generate_split("train", cfg), generate_split("train", oracle_config(cfg))
+    right = plain.regions[:, :, 16:].flatten(1).any(1).float().mean()
+    assert 0.3 < right < 0.7
+    assert torch.equal(plain.regions, oracle.regions)
+    same = oracle.child == plain.child
+    assert torch.equal(oracle.images[same], plain.images[same]), "only the child anatomy differs"
+
+
+def test_both_sides_stay_the_default_and_an_unknown_choice_is_refused():
+    assert SyntheticConfig().confounder_sides == "both"
+    with pytest.raises(ValueError, match="confounder_sides"):
+        SyntheticConfig(confounder_sides="left")
+
+
 def test_every_synthetic_split_carries_the_confounder_region(tiny_data):
     for split in tiny_data.values():
         assert split.regions is not None and split.regions.shape == split.masks.shape
