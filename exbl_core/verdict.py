@@ -15,12 +15,15 @@ MIN_TEST_ACCURACY = 0.90  # a model that unlearns by forgetting the disease has 
 UNLEARNED = 0.5  # share of the oracle's shortcut-test accuracy recovered
 PARTLY = 0.2
 GAP_HALVED = 0.5  # without an oracle: the gap must fall by at least half
+MIN_ROOM = 0.05  # shortcut-test accuracy the oracle (or, without one, the test split) must be ahead by
+NO_SHORTCUT = "no shortcut"
 
 
 @dataclass(frozen=True)
 class Verdict:
     """``label`` is one of: unlearned, partly, not unlearned (with an oracle);
-    shortcut reduced, shortcut still used (without one). ``sentence`` says why."""
+    shortcut reduced, shortcut still used (without one); no shortcut (either way, when
+    the unrefined model hardly uses it). ``sentence`` says why."""
 
     label: str
     recovered: float | None
@@ -38,11 +41,12 @@ class Verdict:
 def recovered(shortcut_acc: float, unrefined_shortcut_acc: float, oracle_shortcut_acc: float) -> float | None:
     """``(acc_st(model) - acc_st(unrefined)) / (acc_st(oracle) - acc_st(unrefined))``.
 
-    ``None`` when the oracle is no better than the unrefined model on the shortcut
-    test: then there is nothing to recover and the ratio means nothing.
+    ``None`` when the oracle is less than ``MIN_ROOM`` ahead of the unrefined model on
+    the shortcut test: then the unrefined model hardly uses the shortcut, and dividing
+    by that sliver would turn a few images' noise into a "recovery" of 100% or more.
     """
     room = oracle_shortcut_acc - unrefined_shortcut_acc
-    if room <= 1e-9:
+    if room < MIN_ROOM:
         return None
     return (shortcut_acc - unrefined_shortcut_acc) / room
 
@@ -58,18 +62,30 @@ def shortcut_verdict(unrefined: dict, model: dict, oracle: dict | None = None) -
     kept = test_acc >= MIN_TEST_ACCURACY
     accuracy_note = "" if kept else f", but test accuracy is {test_acc:.3f} (below {MIN_TEST_ACCURACY:.2f})"
     if oracle is not None:
-        share = recovered(st_after, st_before, oracle["shortcut_test"]["accuracy"])
+        st_oracle = oracle["shortcut_test"]["accuracy"]
+        share = recovered(st_after, st_before, st_oracle)
         if share is None:
-            return Verdict("not unlearned", None, "the oracle is no better than the unrefined model on the shortcut test")
+            return Verdict(
+                NO_SHORTCUT,
+                None,
+                f"the unrefined model hardly uses the shortcut (shortcut-test accuracy {st_before:.3f}, oracle {st_oracle:.3f}): "
+                "there was nothing to unlearn",
+            )
         label = "unlearned" if kept and share >= UNLEARNED else "partly" if kept and share >= PARTLY else "not unlearned"
         sentence = (
             f"recovered {share:.0%} of the oracle's shortcut-test accuracy "
-            f"({st_before:.3f} -> {st_after:.3f}, oracle {oracle['shortcut_test']['accuracy']:.3f}){accuracy_note}"
+            f"({st_before:.3f} -> {st_after:.3f}, oracle {st_oracle:.3f}){accuracy_note}"
         )
         return Verdict(label, share, sentence)
     gap_before = unrefined["test"]["accuracy"] - st_before
     gap_after = test_acc - st_after
-    halved = gap_before > 0 and gap_after <= (1 - GAP_HALVED) * gap_before
+    if gap_before < MIN_ROOM:
+        sentence = (
+            f"the unrefined model hardly uses the shortcut (shortcut gap {gap_before:.3f}): there was nothing to unlearn; "
+            "the full verdict needs the oracle"
+        )
+        return Verdict(NO_SHORTCUT, None, sentence)
+    halved = gap_after <= (1 - GAP_HALVED) * gap_before
     label = "shortcut reduced" if halved and kept else "shortcut still used"
     sentence = f"shortcut gap {gap_before:.3f} -> {gap_after:.3f}{accuracy_note}; the full verdict needs the oracle"
     return Verdict(label, None, sentence)

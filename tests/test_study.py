@@ -29,6 +29,11 @@ def test_recovered_is_the_share_of_the_oracles_gain_won_back():
     assert by_model["exbl"]["feedback"] == "two-clicks" and by_model["exbl"]["verdict"] == "not unlearned"
 
 
+def test_recovered_is_left_empty_when_the_unrefined_model_hardly_used_the_shortcut():
+    rows = study_rows(0, _metrics({"unrefined": 0.98, "oracle": 0.99, "exbl": 0.995}), ["exbl"])
+    assert rows[-1]["recovered"] is None
+
+
 def test_summaries_are_medians_with_ranges_over_seeds():
     rows = []
     for seed, acc in enumerate((0.7, 0.9, 0.8)):
