@@ -52,9 +52,10 @@ class SyntheticConfig:
 def oracle_config(cfg: SyntheticConfig) -> SyntheticConfig:
     """The same data set with child anatomy drawn independently of the class everywhere.
 
-    Drawing the confounder takes no random numbers that other images do not take too, so
-    the oracle's images are the very same phantoms, with epiphyses on other patients: a model trained on them can only
-    use the disease, and its shortcut-test accuracy is what unlearning can hope to reach.
+    Drawing the confounder takes no random numbers that other images do not take too,
+    so the oracle's images are the very same phantoms, with epiphyses on other patients:
+    a model trained on them can only use the disease, and its shortcut-test accuracy is
+    what unlearning can hope to reach.
     """
     rate = cfg.shortcut_child_rate
     return replace(cfg, confounder_strength=rate, other_child_rate=rate)

@@ -16,14 +16,14 @@ UNLEARNED = 0.5  # share of the oracle's shortcut-test accuracy recovered
 PARTLY = 0.2
 GAP_HALVED = 0.5  # without an oracle: the gap must fall by at least half
 MIN_ROOM = 0.05  # shortcut-test accuracy the oracle (or, without one, the test split) must be ahead by
-NO_SHORTCUT = "no shortcut"
+NOTHING_TO_UNLEARN = "nothing to unlearn"
 
 
 @dataclass(frozen=True)
 class Verdict:
     """``label`` is one of: unlearned, partly, not unlearned (with an oracle);
-    shortcut reduced, shortcut still used (without one); no shortcut (either way, when
-    the unrefined model hardly uses it). ``sentence`` says why."""
+    shortcut reduced, shortcut still used (without one); nothing to unlearn (either way,
+    when the shortcut test leaves no room to improve). ``sentence`` says why."""
 
     label: str
     recovered: float | None
@@ -42,8 +42,8 @@ def recovered(shortcut_acc: float, unrefined_shortcut_acc: float, oracle_shortcu
     """``(acc_st(model) - acc_st(unrefined)) / (acc_st(oracle) - acc_st(unrefined))``.
 
     ``None`` when the oracle is less than ``MIN_ROOM`` ahead of the unrefined model on
-    the shortcut test: then the unrefined model hardly uses the shortcut, and dividing
-    by that sliver would turn a few images' noise into a "recovery" of 100% or more.
+    the shortcut test: then there is nothing to recover, and dividing by that sliver
+    would turn a few images' noise into a "recovery" of 100% or more.
     """
     room = oracle_shortcut_acc - unrefined_shortcut_acc
     if room < MIN_ROOM:
@@ -66,10 +66,10 @@ def shortcut_verdict(unrefined: dict, model: dict, oracle: dict | None = None) -
         share = recovered(st_after, st_before, st_oracle)
         if share is None:
             return Verdict(
-                NO_SHORTCUT,
+                NOTHING_TO_UNLEARN,
                 None,
-                f"the unrefined model hardly uses the shortcut (shortcut-test accuracy {st_before:.3f}, oracle {st_oracle:.3f}): "
-                "there was nothing to unlearn",
+                f"the oracle is hardly better on the shortcut test ({st_before:.3f}, oracle {st_oracle:.3f}): the unrefined "
+                "model barely uses the shortcut, or no better model could be learned without it",
             )
         label = "unlearned" if kept and share >= UNLEARNED else "partly" if kept and share >= PARTLY else "not unlearned"
         sentence = (
@@ -81,10 +81,10 @@ def shortcut_verdict(unrefined: dict, model: dict, oracle: dict | None = None) -
     gap_after = test_acc - st_after
     if gap_before < MIN_ROOM:
         sentence = (
-            f"the unrefined model hardly uses the shortcut (shortcut gap {gap_before:.3f}): there was nothing to unlearn; "
+            f"the unrefined model hardly uses the shortcut (shortcut gap {gap_before:.3f} before refinement); "
             "the full verdict needs the oracle"
         )
-        return Verdict(NO_SHORTCUT, None, sentence)
+        return Verdict(NOTHING_TO_UNLEARN, None, sentence)
     halved = gap_after <= (1 - GAP_HALVED) * gap_before
     label = "shortcut reduced" if halved and kept else "shortcut still used"
     sentence = f"shortcut gap {gap_before:.3f} -> {gap_after:.3f}{accuracy_note}; the full verdict needs the oracle"

@@ -109,7 +109,7 @@ def curves(events: list[dict]) -> go.Figure:
 
 def verdict_badge(verdict: verdicts.Verdict) -> None:
     """The verdict's label as a badge: green only for a result that counts as an improvement."""
-    colour = {"partly": "orange", verdicts.NO_SHORTCUT: "gray"}.get(verdict.label, "red")
+    colour = {"partly": "orange", verdicts.NOTHING_TO_UNLEARN: "gray"}.get(verdict.label, "red")
     st.badge(verdict.label, color="green" if verdict.success else colour)
 
 
@@ -118,12 +118,12 @@ def _rule(oracle: dict | None) -> str:
     if oracle is not None:
         return (
             f"The rule: 'unlearned' recovers at least {verdicts.UNLEARNED:.0%} of the oracle's shortcut-test accuracy, "
-            f"'partly' at least {verdicts.PARTLY:.0%}, each with {accuracy}; 'no shortcut' when the oracle is less than "
-            f"{verdicts.MIN_ROOM:.2f} ahead of the unrefined model on the shortcut test, so there was nothing to unlearn."
+            f"'partly' at least {verdicts.PARTLY:.0%}, each with {accuracy}; 'nothing to unlearn' when the oracle is less "
+            f"than {verdicts.MIN_ROOM:.2f} ahead of the unrefined model on the shortcut test."
         )
     return (
         f"The rule without an oracle: 'shortcut reduced' needs the shortcut gap (test minus shortcut-test accuracy) to fall "
-        f"by at least {verdicts.GAP_HALVED:.0%}, with {accuracy}; 'no shortcut' when that gap was below {verdicts.MIN_ROOM:.2f} "
+        f"by at least {verdicts.GAP_HALVED:.0%}, with {accuracy}; 'nothing to unlearn' when that gap was below {verdicts.MIN_ROOM:.2f} "
         f"before refinement. An oracle, trained without the shortcut, gives the full verdict."
     )
 

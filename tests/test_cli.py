@@ -66,7 +66,7 @@ def test_quick_demo_metrics_json_has_the_documented_shape(demo_run):
             assert 0 <= leaf["confounder_precision"] <= 1 and set(leaf["ap_by_class"]) <= set(CLASSES)
     assert set(metrics["verdicts"]) == set(pipeline.DEMO.methods)
     for verdict in metrics["verdicts"].values():
-        assert verdict["label"] in ("shortcut reduced", "shortcut still used", "no shortcut")
+        assert verdict["label"] in ("shortcut reduced", "shortcut still used", "nothing to unlearn")
         assert "needs the oracle" in verdict["sentence"]
     assert isinstance(metrics["exemplars"]["good"], int) and isinstance(metrics["exemplars"]["bad"], int)
     assert metrics["exemplars"]["good"] != metrics["exemplars"]["bad"]
