@@ -4,7 +4,8 @@ A measurement, not a speed benchmark: it prints one JSON line with what the test
 needs (DESIGN.md section 3): test and shortcut-test accuracy, the gap, AP per class,
 child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
 
-    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--sides one] [--weights FILE] [--oracle] [--seed 0] [--out results.jsonl]
+    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--hide 0.33 --hide-patch 32] [--sides one]
+        [--weights FILE] [--oracle] [--seed 0] [--out results.jsonl]
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--shift", type=float, default=0.0)
     p.add_argument("--flip", action="store_true")
+    p.add_argument("--hide", type=float, default=0.0, help="hide-and-seek: chance that each grid cell of a training image is hidden")
+    p.add_argument("--hide-patch", type=int, default=32, help="hide-and-seek grid cell in pixels")
     p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +64,16 @@ def main() -> None:
         n_train=args.n_train,
         seed=args.seed,
     )
-    train_cfg = replace(pipeline.DEMO.train, epochs=args.epochs, lr=args.lr, shift=args.shift, flip=args.flip, seed=args.seed)
+    train_cfg = replace(
+        pipeline.DEMO.train,
+        epochs=args.epochs,
+        lr=args.lr,
+        shift=args.shift,
+        flip=args.flip,
+        hide=args.hide,
+        hide_patch=args.hide_patch,
+        seed=args.seed,
+    )
     fit_cfg = oracle_config(data_cfg) if args.oracle else data_cfg
     train, val = generate_split("train", fit_cfg), generate_split("val", fit_cfg)
     torch.manual_seed(args.seed)

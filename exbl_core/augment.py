@@ -1,4 +1,4 @@
-"""Training-time augmentation: random whole-pixel shifts and horizontal flips of a batch.
+"""Training-time augmentation: random whole-pixel shifts, horizontal flips and hidden patches.
 
 Why it matters here: the phantoms are almost aligned, so a network trained on them
 can encode *where* a part is instead of detecting it, and its GradCAM then spreads
@@ -41,3 +41,19 @@ def random_shift(tensors: list[torch.Tensor], max_shift: float, flip: bool, gene
         moved = moved.squeeze(1) if t.dim() == 3 else moved
         out.append(moved.to(t.dtype) if t.dtype == torch.bool else moved)
     return out
+
+
+def hide_patches(x: torch.Tensor, prob: float, patch: int, generator: torch.Generator) -> torch.Tensor:
+    """Hide-and-seek (Singh and Lee, ICCV 2017): each ``patch``-pixel cell of a grid is hidden with ``prob``.
+
+    Why: with its most telling part hidden now and then, a network has to find every
+    part that speaks for the class, and its CAM localises better. A hidden cell takes
+    the image's mean, so test-time statistics stay close; masks are left as they are,
+    since nothing moves. ``x`` is [B,C,H,W].
+    """
+    if prob <= 0:
+        return x
+    b, _, h, w = x.shape
+    keep = (torch.rand(b, 1, -(-h // patch), -(-w // patch), generator=generator) >= prob).float().to(x.device)
+    keep = keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[:, :, :h, :w]
+    return x * keep + x.mean((1, 2, 3), keepdim=True) * (1 - keep)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exbl_core.augment import random_shift
+from exbl_core.augment import hide_patches, random_shift
 from exbl_core.data import Split
 from exbl_core.gradcam import analytic_cams, head_pass
 from exbl_core.losses import DISTANCES, EXPLANATIONS
@@ -54,6 +54,8 @@ class TrainConfig:
     seed: int = 0
     shift: float = 0.0  # random translation of each training image, as a share of its size
     flip: bool = False  # random horizontal flips
+    hide: float = 0.0  # hide-and-seek: the chance that each grid cell of a training image is hidden
+    hide_patch: int = 32  # the grid cell's side in pixels
     # refinement only
     method: str = "exbl"  # a name in exbl_core.methods.METHODS
     lambda_expl: float | None = None  # the weight of the method's term; None: the method's default
@@ -74,6 +76,8 @@ class TrainConfig:
             "lambda_expl": self.lambda_expl is None or (math.isfinite(self.lambda_expl) and self.lambda_expl >= 0),
             "margin": math.isfinite(self.margin) and self.margin >= 0,
             "shift": 0 <= self.shift < 0.5,
+            "hide": 0 <= self.hide < 1,
+            "hide_patch": self.hide_patch >= 1,
             "distance": self.distance in DISTANCES,
             "explanation": self.explanation in EXPLANATIONS,
         }
@@ -249,7 +253,7 @@ def fit(
                 if rewrite is not None:
                     batch = rewrite(batch, gen)
                 moved = random_shift([batch.x] + ([batch.masks] if needs_masks else []), cfg.shift, cfg.flip, gen)
-                batch = Batch(moved[0], batch.y, moved[1] if needs_masks else None)
+                batch = Batch(hide_patches(moved[0], cfg.hide, cfg.hide_patch, gen), batch.y, moved[1] if needs_masks else None)
                 out = _batch_losses(model, batch, cfg, objective, training=True)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingError(f"{phase} training: the loss became {float(out['loss'].detach())} in epoch {epoch}, batch {b + 1}")

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from exbl_core.augment import hide_patches
 from exbl_core.data import Split
 from exbl_core.gradcam import analytic_cams, gradcam, head_pass
 from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
@@ -56,7 +57,9 @@ def test_an_unknown_method_is_refused_with_the_choices():
         TrainConfig(method="nope")
 
 
-@pytest.mark.parametrize("bad", [{"lr": float("inf")}, {"lambda_expl": -1.0}, {"margin": float("nan")}, {"shift": 0.7}])
+@pytest.mark.parametrize(
+    "bad", [{"lr": float("inf")}, {"lambda_expl": -1.0}, {"margin": float("nan")}, {"shift": 0.7}, {"hide": 1.0}, {"hide_patch": 0}]
+)
 def test_settings_out_of_range_are_refused_naming_the_setting(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TrainConfig(**bad)
@@ -162,6 +165,19 @@ def test_jittered_counterexamples_vary_from_image_to_image_and_stay_near_the_reg
     # within the largest shift and scale change, mirrored or not: the two upper corners only
     assert not pasted[:, 16:, :].any()
     assert all(bool(p.any()) for p in pasted)
+
+
+def test_hide_and_seek_hides_whole_grid_cells_with_the_images_mean_and_keeps_the_rest():
+    x = torch.rand(64, 1, 10, 12)
+    out = hide_patches(x, 0.5, 4, torch.Generator().manual_seed(0))
+    hidden = out != x
+    cells = hidden[:, 0, ::4, ::4]  # a cell's first pixel says whether the cell was hidden
+    whole = cells.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :10, :12]
+    assert torch.equal(hidden[:, 0], whole), "a 4x4 cell (cut at the border) is hidden whole or not at all"
+    assert 0.4 < cells.float().mean() < 0.6
+    mean = x.mean((1, 2, 3), keepdim=True).expand_as(x)
+    assert torch.equal(out[hidden], mean[hidden])
+    assert torch.equal(hide_patches(x, 0.0, 4, torch.Generator()), x)
 
 
 def test_region_swap_refills_only_the_region_and_from_other_images_of_the_batch():
