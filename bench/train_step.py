@@ -7,12 +7,15 @@ variant builds the CAMs with ``gradcam(..., method="autograd", create_graph=True
 a forward hook on the model captures the logits of that same forward pass for the
 cross-entropy, so it also costs one forward pass (calling the model a second time
 for the logits would charge it for an extra forward and sample another dropout mask).
+The CE and ``rrr-lungs`` steps are timed once more on a copy of the model with torch's
+own depthwise convolutions, which ``model.DepthwiseConv2d`` replaces.
 
     python -m bench.train_step --sizes 224 128 --repeats 7
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,10 +30,17 @@ from exbl_core.losses import exbl_loss, explanation
 from exbl_core.methods import METHODS as REGISTRY
 from exbl_core.methods import Batch, Objective, Pick
 from exbl_core.methods.exbl import Exemplars, compute_exemplars
+from exbl_core.model import set_depthwise_kind
 from exbl_core.training import TrainConfig, _batch_losses
 
-METHODS = ("ce", *REGISTRY, "exbl-autograd")
-LABELS = {"ce": "CE only", "exbl": "eXBL, analytic CAM (what `fit` runs)", "exbl-autograd": "eXBL, autograd `create_graph=True`"}
+METHODS = ("ce", *REGISTRY, "exbl-autograd", "ce-torch-depthwise", "rrr-lungs-torch-depthwise")
+LABELS = {
+    "ce": "CE only",
+    "exbl": "eXBL, analytic CAM (what `fit` runs)",
+    "exbl-autograd": "eXBL, autograd `create_graph=True`",
+    "ce-torch-depthwise": "CE only, torch's depthwise convolution",
+    "rrr-lungs-torch-depthwise": "rrr-lungs, torch's depthwise convolution",
+}
 
 
 def make_steps(
@@ -86,7 +96,11 @@ def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, rep
         split = Split(images=(x * 255).round().to(torch.uint8), masks=masks, labels=y, names=[str(i) for i in range(len(y))])
         objectives = {name: m.prepare(model, split, Pick(0, 1), TrainConfig(method=name)) for name, m in REGISTRY.items()}
         model.train()
-        t = compare(make_steps(model, x, y, masks, objectives, ex, cfg), repeats)
+        steps = make_steps(model, x, y, masks, objectives, ex, cfg)
+        # The same steps with torch's nn.Conv2d for the depthwise layers, which model.DepthwiseConv2d replaces.
+        plain = make_steps(set_depthwise_kind(copy.deepcopy(model), nn.Conv2d), x, y, masks, objectives, ex, cfg)
+        steps.update({"ce-torch-depthwise": plain["ce"], "rrr-lungs-torch-depthwise": plain["rrr-lungs"]})
+        t = compare(steps, repeats)
         data[size] = t.seconds
         for m in METHODS:
             rows.append([size, LABELS.get(m, m), f"{t.best(m):.3f}", f"{t.median(m):.3f}", t.both(m, "ce")])

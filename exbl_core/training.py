@@ -138,8 +138,6 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
 
 def _batch_losses(model: nn.Module, batch: Batch, cfg: TrainConfig, objective: Objective | None, training: bool) -> dict:
     """CE, and with a refinement objective its term, from one forward pass."""
-    if training and objective is not None and objective.input_grad:
-        batch.x.requires_grad_(True)
     state = head_pass(model, batch.x)
     ce = F.cross_entropy(state.logits, batch.y)
     out = {"ce": ce, "logits": state.logits, "state": state, "loss": ce}

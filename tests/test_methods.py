@@ -18,7 +18,7 @@ from exbl_core.methods.region import avoid_region
 from exbl_core.methods.region_swap import swap_objective
 from exbl_core.methods.rrr import input_gradient_penalty
 from exbl_core.model import build_model
-from exbl_core.training import TrainConfig, _batch_losses
+from exbl_core.training import TrainConfig, _batch_losses, recalibrate_batchnorm
 
 ALL = list(METHODS)
 
@@ -86,6 +86,9 @@ def test_each_method_runs_a_training_step_and_its_term_moves(name, fresh_model, 
     region = torch.zeros(64, 64, dtype=torch.bool)
     region[:16, :16] = True
     monkeypatch.setattr("exbl_core.methods.counterexamples.avoid_region", lambda *a: region)
+    # Running statistics as a trained model has them: with a fresh network's (mean 0,
+    # variance 1) eval-mode activations fade to nothing, and so would rrr's input gradients.
+    recalibrate_batchnorm(fresh_model, train, torch.device("cpu"))
     objective = get_method(name).prepare(fresh_model, train, _pick(fresh_model, train), cfg)
     batch = Batch(train.float_images(slice(0, 8)), train.labels[:8], train.masks[:8])
     if objective.batch is not None:

@@ -6,12 +6,15 @@ test_weights.py.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.models import mobilenet_v2
+from torchvision.models import MobileNetV2, mobilenet_v2
 
-from exbl_core.model import FROZEN_BLOCKS, build_model
+from exbl_core.model import FROZEN_BLOCKS, DepthwiseConv2d, build_model, fold_batchnorm, set_depthwise_kind
 
 
 def _frozen(model: nn.Module, blocks: slice) -> set[bool]:
@@ -82,3 +85,62 @@ def test_output_stride_16_doubles_the_map_with_the_same_weights():
 def test_an_unknown_output_stride_is_refused():
     with pytest.raises(ValueError, match="output_stride must be 16 or 32"):
         build_model(output_stride=8)
+
+
+@pytest.mark.parametrize(("size", "stride", "dilation"), [(7, 1, 1), (8, 2, 1), (7, 2, 1), (6, 1, 2)])
+def test_depthwise_convolution_matches_conv2d_to_the_second_derivative(size, stride, dilation):
+    # rrr-lungs differentiates input gradients again; gradgradcheck compares both orders
+    # of derivative with finite differences, for odd and even sizes after a stride.
+    conv = DepthwiseConv2d(3, 3, 3, stride, dilation, dilation, groups=3, bias=False)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def depthwise(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(conv, {"weight": w}, (x,))
+
+    assert torch.allclose(depthwise(x, w), F.conv2d(x, w, None, stride, dilation, dilation, 3))
+    assert torch.autograd.gradcheck(depthwise, (x, w))
+    assert torch.autograd.gradgradcheck(depthwise, (x, w))
+
+
+def test_every_depthwise_convolution_is_swapped_and_keeps_torchvisions_names():
+    model = build_model()
+    kinds = [type(m) for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(kinds) == 17 and set(kinds) == {DepthwiseConv2d}
+    assert model.features.state_dict().keys() == MobileNetV2().features.state_dict().keys()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        ours = model.eval()(x)
+        torchs = set_depthwise_kind(copy.deepcopy(model), nn.Conv2d)(x)
+    assert torch.allclose(ours, torchs, atol=1e-5)
+
+
+def test_the_folded_inference_copy_predicts_what_the_model_does():
+    # fold_batchnorm gives every convolution, the depthwise ones included, a bias that must be applied.
+    model = build_model().eval()
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+        x = torch.rand(2, 1, 64, 64)
+        assert torch.allclose(fold_batchnorm(model)(x), model(x), atol=1e-4)
+
+
+def test_the_depthwise_swap_leaves_initial_weights_and_gradients_as_torchs(monkeypatch):
+    # A seed must give the same model as before the swap existed: the swap draws no random numbers.
+    torch.manual_seed(0)
+    ours = build_model().train()
+    after_ours = torch.rand(4)
+    monkeypatch.setattr("exbl_core.model.set_depthwise_kind", lambda model, kind=None: model)
+    torch.manual_seed(0)
+    torchs = build_model().train()
+    assert torch.equal(torch.rand(4), after_ours)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), torchs.state_dict().values(), strict=True))
+    x, y = torch.rand(4, 1, 64, 64), torch.tensor([0, 1, 2, 3])
+    for model in (ours, torchs):
+        torch.manual_seed(1)  # the same dropout mask
+        F.cross_entropy(model(x), y).backward()
+    for a, b in zip(ours.parameters(), torchs.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)

@@ -43,13 +43,11 @@ class Objective:
     it means something, ``active`` (the share of samples the term still pushes);
     ``None`` means the method adds no term (it works through ``batch`` alone).
     ``batch(batch, generator)`` may rewrite a training batch (augmentation methods).
-    ``input_grad`` asks the loop for a forward pass whose input requires grad, and
-    ``masks`` for every batch's lung masks (moved along with augmented images).
+    ``masks`` asks the loop for every batch's lung masks (moved along with augmented images).
     """
 
     term: Callable[[nn.Module, Batch, HeadPass, bool], dict[str, torch.Tensor]] | None = None
     batch: Callable[[Batch, torch.Generator], Batch] | None = None
-    input_grad: bool = False
     masks: bool = False
 
 

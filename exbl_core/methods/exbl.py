@@ -16,6 +16,7 @@ from exbl_core.data import Split
 from exbl_core.gradcam import HeadPass, analytic_cams, head_pass
 from exbl_core.losses import Distance, Explanation, explanation, triplet_terms
 from exbl_core.methods.base import Batch, Method, Objective, Pick
+from exbl_core.model import evaluating
 
 
 @dataclass
@@ -36,12 +37,9 @@ def compute_exemplars(
     device = next(model.parameters()).device
     images = torch.stack([good[0], bad[0]]).to(device)
     targets = torch.tensor([good[1], bad[1]], device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         state = head_pass(model, images)
         expl = explanation(images, analytic_cams(model, state, targets, images.shape[-2:]), kind)
-    model.train(was_training)
     return Exemplars(c_good=expl[0], c_bad=expl[1])
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from exbl_core.data import Split
 from exbl_core.gradcam import gradcam
 from exbl_core.methods.base import Pick
+from exbl_core.model import evaluating
 
 THRESHOLD = 0.5  # a CAM "looks" where it reaches half its maximum
 
@@ -22,11 +23,8 @@ def _exemplar_cams(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
     """The true-class CAMs of the good and the bad exemplar under ``model``: [2,H,W]."""
     idx = torch.tensor([pick.good, pick.bad])
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         cams = gradcam(model, train.float_images(idx).to(device), train.labels[idx].to(device)).cpu()
-    model.train(was_training)
     return cams
 
 

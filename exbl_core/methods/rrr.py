@@ -15,6 +15,7 @@ from torch import nn
 from exbl_core.data import Split
 from exbl_core.gradcam import HeadPass
 from exbl_core.methods.base import Batch, Method, Objective, Pick
+from exbl_core.model import evaluating
 
 
 def input_gradient_penalty(logits: torch.Tensor, x: torch.Tensor, allowed: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -40,9 +41,13 @@ def rrr_objective() -> Objective:
     def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
         if training:
             # The double backward through depthwise convolutions is what RRR costs; on a
-            # shuffled batch, a few images estimate the same mean penalty.
+            # shuffled batch, a few images estimate the same mean penalty. The gradients
+            # are the eval-mode network's: each image's own, as at inference, rather than
+            # mixed through these few images' batch statistics (whose double backward
+            # also cost a quarter of the step).
             x = batch.x[:SAMPLES].detach().requires_grad_(True)
-            penalty = input_gradient_penalty(model(x), x, batch.masks[:SAMPLES], create_graph=True)
+            with evaluating(model):
+                penalty = input_gradient_penalty(model(x), x, batch.masks[:SAMPLES], create_graph=True)
             if not scale:
                 ce = F.cross_entropy(state.logits.detach(), batch.y)
                 scale.append(float(ce) / max(float(penalty.detach()), 1e-12))
