@@ -5,7 +5,7 @@ needs (DESIGN.md section 3): test and shortcut-test accuracy, the gap, AP per cl
 child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
 
     python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--hide 0.33 --hide-patch 32] [--sides one]
-        [--weights FILE] [--oracle] [--seed 0] [--out results.jsonl]
+        [--weights FILE] [--oracle] [--cam-layers 18 14 6] [--seed 0] [--out results.jsonl]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bench.cam_layers import layer_scores
 from bench.shortcut_map import shortcut_map
 from exbl_core import pipeline
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
@@ -48,6 +49,9 @@ def main() -> None:
     p.add_argument("--output-stride", type=int, default=32, choices=(16, 32))
     p.add_argument("--weights", help="start the backbone from this weights file (features[:6] frozen, as for every loaded backbone)")
     p.add_argument("--oracle", action="store_true")
+    p.add_argument(
+        "--cam-layers", type=int, nargs="+", help="also child CP and AP for GradCAM at these layers of model.features (bench.cam_layers)"
+    )
     p.add_argument("--save", help="save the model's state dict here")
     p.add_argument("--out", help="append the JSON line to this file")
     args = p.parse_args()
@@ -83,8 +87,8 @@ def main() -> None:
     result = fit(model, train, val, train_cfg, device=device)
     model = model.cpu().eval()
     out = {"args": vars(args), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    for split in ("test", "shortcut_test"):
-        s = generate_split(split, data_cfg)
+    splits = {name: generate_split(name, data_cfg) for name in ("test", "shortcut_test")}
+    for split, s in splits.items():
         probs, cams = predict_with_cams(model, s.float_images())
         report = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, 5.0, s.regions, s.child)
         out[split] = {k: report[k] for k in ("accuracy", "activation_precision", "ap_by_class", "child_cp", "n_child_vp", "recall")}
@@ -94,6 +98,8 @@ def main() -> None:
     out["gap"] = out["test"]["accuracy"] - out["shortcut_test"]["accuracy"]
     ap = out["test"]["ap_by_class"]
     out["ap_other"] = sum(ap[c] for c in CLASSES if c != CLASSES[VIRAL_PNEUMONIA]) / 3
+    if args.cam_layers:
+        out["cam_layers"] = layer_scores(model, splits["test"], splits["shortcut_test"], args.cam_layers)
     out["seconds"] = time.perf_counter() - started
     line = json.dumps(out)
     print(line)
