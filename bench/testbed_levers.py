@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from bench.cam_layers import layer_scores
+from bench.cam_layers import ap_other, layer_scores
 from bench.shortcut_map import shortcut_map
 from exbl_core import pipeline
-from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
+from exbl_core.data import VIRAL_PNEUMONIA
 from exbl_core.gradcam import predict_with_cams
 from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import build_model
@@ -96,8 +96,7 @@ def main() -> None:
             diff = shortcut_map(model, s.float_images(), s.child.bool(), VIRAL_PNEUMONIA)["difference"]
             out["map"] = [[round(v, 2) for v in row] for row in diff.tolist()]
     out["gap"] = out["test"]["accuracy"] - out["shortcut_test"]["accuracy"]
-    ap = out["test"]["ap_by_class"]
-    out["ap_other"] = sum(ap[c] for c in CLASSES if c != CLASSES[VIRAL_PNEUMONIA]) / 3
+    out["ap_other"] = ap_other(out["test"]["ap_by_class"])
     if args.cam_layers:
         out["cam_layers"] = layer_scores(model, splits["test"], splits["shortcut_test"], args.cam_layers)
     out["seconds"] = time.perf_counter() - started

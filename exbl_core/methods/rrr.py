@@ -39,22 +39,20 @@ def rrr_objective() -> Objective:
     scale: list[float] = []
 
     def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
-        if training:
-            # The double backward through depthwise convolutions is what RRR costs; on a
-            # shuffled batch, a few images estimate the same mean penalty. The gradients
-            # are the eval-mode network's: each image's own, as at inference, rather than
-            # mixed through these few images' batch statistics (whose double backward
-            # also cost a quarter of the step).
-            x = batch.x[:SAMPLES].detach().requires_grad_(True)
-            with evaluating(model):
-                penalty = input_gradient_penalty(model(x), x, batch.masks[:SAMPLES], create_graph=True)
-            if not scale:
-                ce = F.cross_entropy(state.logits.detach(), batch.y)
-                scale.append(float(ce) / max(float(penalty.detach()), 1e-12))
-        else:
-            with torch.enable_grad():
-                x = batch.x.detach().requires_grad_(True)
-                penalty = input_gradient_penalty(model(x), x, batch.masks, create_graph=False).detach()
+        # The double backward through depthwise convolutions is what RRR costs; on a
+        # shuffled batch, a few images estimate the same mean penalty (validation takes
+        # every image, with no second backward). The gradients are the eval-mode network's:
+        # each image's own, as at inference, rather than mixed through these few images'
+        # batch statistics (whose double backward also cost a quarter of the step).
+        n = SAMPLES if training else len(batch.x)
+        x = batch.x[:n].detach().requires_grad_(True)
+        with evaluating(model), torch.enable_grad():
+            penalty = input_gradient_penalty(model(x), x, batch.masks[:n], create_graph=training)
+        if not training:
+            penalty = penalty.detach()
+        elif not scale:
+            ce = F.cross_entropy(state.logits.detach(), batch.y)
+            scale.append(float(ce) / max(float(penalty.detach()), 1e-12))
         return {"term": penalty * (scale[0] if scale else 1.0)}
 
     return Objective(term=term, masks=True)
