@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 import torch
-from hypothesis import assume, given, settings
+import torch.nn.functional as F
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from exbl_core.gradcam import finish_cam, gradcam
+from exbl_core.gradcam import EPS, finish_cam, gradcam, head_pass, weighted_maps
 from exbl_core.losses import exbl_loss, triplet_terms
 from exbl_core.metrics import activation_precision, activation_precision_scores
 
@@ -78,13 +79,19 @@ def test_finished_cam_is_non_negative_with_max_1_when_not_empty(weighted, grow_h
 
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(0, 3))
-def test_gradcam_of_a_trained_model_is_non_negative_with_max_1_when_not_empty(trained_model, seed, target):
+@example(seed=1688771, target=0)  # a map whose peak is 7e-4, found by a CI run
+def test_gradcam_of_a_trained_model_is_non_negative_and_divided_by_its_peak(trained_model, seed, target):
+    # The division carries DESIGN.md's 1e-8 guard, so a map whose peak is p tops out at
+    # p / (p + 1e-8): within 1e-5 of 1 only when p > 1e-3, which random inputs to a
+    # trained model do not always give. The test states the normalisation exactly.
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
+    targets = torch.tensor([target, target])
     with torch.no_grad():
-        cams = gradcam(trained_model, x, torch.tensor([target, target]))
+        cams = gradcam(trained_model, x, targets)
+        weighted = weighted_maps(trained_model, head_pass(trained_model, x), targets)
+    peak = F.interpolate(F.relu(weighted).unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).flatten(1).amax(1)
     assert cams.min() >= 0
-    for t in cams.flatten(1).amax(1):
-        assert float(t) == 0.0 or abs(float(t) - 1.0) < 1e-5
+    torch.testing.assert_close(cams.flatten(1).amax(1), peak / (peak + EPS))
 
 
 @FAST
