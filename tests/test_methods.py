@@ -108,7 +108,7 @@ def test_each_method_runs_a_training_step_and_its_term_moves(name, fresh_model, 
 
     def term() -> float:
         torch.manual_seed(123)
-        return float(_batch_losses(fresh_model, Batch(batch.x.clone(), batch.y, batch.masks), term_only, objective, True)["expl"])
+        return float(_batch_losses(fresh_model, Batch(batch.x.clone(), batch.y, batch.masks), term_only, objective, True)["expl"].detach())
 
     start = term()
     adam = torch.optim.Adam(fresh_model.parameters(), lr=1e-3)
