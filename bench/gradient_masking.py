@@ -39,6 +39,7 @@ from torch import nn
 
 from exbl_core import pipeline, runs
 from exbl_core.data import VIRAL_PNEUMONIA, Split
+from exbl_core.methods.rrr import summed_log_prob_gradient
 from exbl_core.model import evaluating
 from exbl_core.synthetic import SyntheticConfig, generate_split
 
@@ -57,18 +58,20 @@ def _gradients(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """Log-probabilities [B,C], and the input gradients [B,H,W] of log p(VP) and of sum_k log p_k."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logp = F.log_softmax(model(x), 1)
-        (g_vp,) = torch.autograd.grad(logp[:, VIRAL_PNEUMONIA].sum(), x, retain_graph=True)
-        (g_sum,) = torch.autograd.grad(logp.sum(), x)
-    return logp.detach(), g_vp[:, 0], g_sum[:, 0]
+        logits = model(x)
+        g_sum = summed_log_prob_gradient(logits, x, create_graph=False, retain_graph=True)
+        logp = F.log_softmax(logits, 1)
+        (g_vp,) = torch.autograd.grad(logp[:, VIRAL_PNEUMONIA].sum(), x)
+    return logp.detach(), g_vp[:, 0], g_sum
 
 
 def masking_scores(model: nn.Module, kids: Split, adults: Split, batch: int = 50) -> dict[str, float]:
     """The figures of ``FIGURES`` for one model, over the patients of ``kids`` and ``adults``."""
     per_image: dict[str, list[torch.Tensor]] = {name: [] for name in FIGURES}
+    images_kid, images_adult = kids.float_images(), adults.float_images()
     with evaluating(model):
         for i in range(0, len(kids.labels), batch):
-            x_kid, x_adult = kids.float_images()[i : i + batch], adults.float_images()[i : i + batch]
+            x_kid, x_adult = images_kid[i : i + batch], images_adult[i : i + batch]
             logp_kid, g_vp, g_sum = _gradients(model, x_kid)
             with torch.no_grad():
                 logp_adult = F.log_softmax(model(x_adult), 1)

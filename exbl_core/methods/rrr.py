@@ -18,10 +18,15 @@ from exbl_core.methods.base import Batch, Method, Objective, Pick
 from exbl_core.model import evaluating
 
 
+def summed_log_prob_gradient(logits: torch.Tensor, x: torch.Tensor, create_graph: bool, retain_graph: bool | None = None) -> torch.Tensor:
+    """``d(sum_k log p_k)/dx`` [B,H,W] for gray images ``x`` [B,1,H,W]: what Ross et al. penalise."""
+    (grad,) = torch.autograd.grad(F.log_softmax(logits, 1).sum(), x, create_graph=create_graph, retain_graph=retain_graph)
+    return grad[:, 0]
+
+
 def input_gradient_penalty(logits: torch.Tensor, x: torch.Tensor, allowed: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """Mean over the batch of ``sum((not allowed) * d(sum_k log p_k)/dx)^2`` (Ross et al., eq. 1)."""
-    (grad,) = torch.autograd.grad(F.log_softmax(logits, 1).sum(), x, create_graph=create_graph)
-    return (grad[:, 0] * ~allowed).pow(2).sum((1, 2)).mean()
+    return (summed_log_prob_gradient(logits, x, create_graph) * ~allowed).pow(2).sum((1, 2)).mean()
 
 
 SAMPLES = 8  # training images per batch whose input gradients are penalised
