@@ -17,7 +17,7 @@ import os
 import torch
 
 from bench.common import Section, compare, synthetic_batch, table
-from exbl_core.gradcam import finish_cam
+from exbl_core.explainers.gradcam import finish_cam
 from exbl_core.metrics import activation_precision
 
 TARGET_MS = 50.0

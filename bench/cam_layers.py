@@ -23,7 +23,7 @@ from torch import nn
 
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, Split
-from exbl_core.gradcam import gradcam
+from exbl_core.explainers.gradcam import gradcam
 from exbl_core.metrics import evaluate_predictions
 
 PAPER_LAYER = 18

@@ -33,7 +33,7 @@ from bench.common import (
     synthetic_batch,
     table,
 )
-from exbl_core.gradcam import EPS, analytic_cams, default_target_layer, gradcam, head_pass, logits_and_cams
+from exbl_core.explainers.gradcam import EPS, analytic_cams, default_target_layer, gradcam, head_pass, logits_and_cams
 
 METHODS = ("forward", "analytic", "autograd", "pytorch-grad-cam", "captum")
 LABELS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench import activation_precision, end_to_end, gradcam_inference, scaling, train_step
+from bench import activation_precision, end_to_end, gradcam_inference, occlusion, scaling, train_step
 from bench.common import DEFAULT_RUN, ROOT, Section, load_average, machine, table
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -89,6 +89,7 @@ def main() -> None:
         ("GradCAM inference", lambda: gradcam_inference.run(DEFAULT_RUN, repeats=repeats, mem_repeats=1 if args.quick else 2)),
         ("training step", lambda: train_step.run(DEFAULT_RUN, repeats=repeats)),
         ("Activation Precision", lambda: activation_precision.run(repeats=max(repeats, 5))),
+        ("occlusion maps", lambda: occlusion.run(DEFAULT_RUN, repeats=repeats)),
         ("scaling", lambda: scaling.run((64, 128) if args.quick else (400, 800, 1600))),
     ]
     for name, step in steps:

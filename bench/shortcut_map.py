@@ -20,7 +20,7 @@ import torch
 
 from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
-from exbl_core.gradcam import head_pass, weighted_maps
+from exbl_core.explainers.gradcam import head_pass, weighted_maps
 
 
 @torch.no_grad()

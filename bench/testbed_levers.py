@@ -23,7 +23,7 @@ from bench.cam_layers import ap_other, layer_scores
 from bench.shortcut_map import shortcut_map
 from exbl_core import pipeline
 from exbl_core.data import VIRAL_PNEUMONIA
-from exbl_core.gradcam import predict_with_cams
+from exbl_core.explainers.gradcam import predict_with_cams
 from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import build_model
 from exbl_core.runs import atomic_write_bytes

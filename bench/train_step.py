@@ -25,7 +25,7 @@ from torch import nn
 
 from bench.common import Section, bench_parser, compare, ensure_trained_run, load_trained, synthetic_batch, table
 from exbl_core.data import Split
-from exbl_core.gradcam import gradcam
+from exbl_core.explainers.gradcam import gradcam
 from exbl_core.losses import exbl_loss, explanation
 from exbl_core.methods import METHODS as REGISTRY
 from exbl_core.methods import Batch, Objective, Pick

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,study,weights}``."""
+"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,explain,study,weights}``."""
 
 from __future__ import annotations
 
@@ -13,17 +13,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from exbl_core import pipeline, runs, study, weights
-from exbl_core.data import DataError
-from exbl_core.figures import model_label, table1_markdown
+from exbl_core import explainers, faithfulness, pipeline, runs, study, weights
+from exbl_core.data import CLASSES, DataError
+from exbl_core.explainers import occlusion
+from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig, TrainingError, choose_device
 
 DEFAULT_OUT = Path("runs") / "demo"
+DEFAULT_METHOD = "exbl"  # refine's method when none is given: the paper's, never config.json's last choice
 
 
 class ProgressPrinter:
@@ -73,7 +76,7 @@ def _print_pick(pick: dict) -> None:
 
 
 def _print_results(run: runs.Run, metrics: dict) -> None:
-    _say("\nTable 1\n" + table1_markdown(pipeline.table1(run, metrics), pipeline.table1_note(run)))
+    _say("\nTable 1\n" + table1_markdown(pipeline.table1(run, metrics), pipeline.table1_note(run, metrics)))
     for which, gap in metrics.get("shortcut_gap", {}).items():
         _say(
             f"Shortcut gap, {model_label(which)}: test accuracy minus shortcut-test accuracy = {gap['accuracy_gap']:+.3f}; "
@@ -215,6 +218,7 @@ def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, de
         result = pipeline.train_step(run, data, device, ProgressPrinter(), cancel, role="oracle")
         _say(f"Oracle: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.ORACLE)}")
     elif step == "refine":
+        _say(f"Refining with {model_label(args.method)} ({METHODS[args.method].summary})")
         result = pipeline.refine_step(run, data, device, ProgressPrinter(), cancel, _refine_overrides(args))
         method = pipeline.train_config(run, "refine").method
         target = run.file(pipeline.model_file(method))
@@ -293,6 +297,44 @@ def _check_same_start(run: runs.Run, choice: str) -> None:
         )
 
 
+def _infill(text: str) -> float | str:
+    """``--infill``: ``mean`` or a number (checked against [0, 1] by the explainer, with one line naming it)."""
+    try:
+        return text if text == "mean" else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'mean' nor a number") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Write a PNG of chosen images with each explainer's map, for any model of a run; never replaces a file."""
+    settings = {k: getattr(args, k) for k in ("patch", "stride", "infill") if getattr(args, k) is not None}
+    chosen = [explainers.get(name, **(settings if name == "occlusion" else {})) for name in args.explainers]
+    if settings and "occlusion" not in args.explainers:
+        raise ValueError("--patch, --stride and --infill are occlusion settings: add occlusion to --explainers")
+    if args.out.exists():
+        raise ValueError(f"{args.out}: exists; choose another --out (explain never replaces a file)")
+    run = pipeline.check_config(runs.open_run(args.run))
+    if args.split not in pipeline.split_names(run):
+        raise ValueError(f"--split {args.split}: this run has {', '.join(pipeline.split_names(run))}")
+    for explainer in chosen:
+        explainer.check(pipeline.data_config(run).size)
+    split = pipeline.load_split(run, args.split)
+    outside = [i for i in args.images if not 0 <= i < len(split)]
+    if outside:
+        raise ValueError(f"--images {outside[0]}: the {args.split} split has images 0 to {len(split) - 1}")
+    model = pipeline.load_model(run, args.model, choose_device())
+    x = split.float_images(torch.tensor(args.images))
+    preds = faithfulness.predicted(model, x)
+    maps = [explainers.for_display(e.maps(model, x, preds)) for e in chosen]
+    titles = ("Input", *(t for e in chosen for t in (e.label, f"{e.label} overlay")))
+    labels = [f"#{i} true {CLASSES[int(split.labels[i])]}\npredicted {CLASSES[int(p)]}" for i, p in zip(args.images, preds, strict=True)]
+    runs.atomic_write_bytes(args.out, figure_png(cam_grid(x, maps, titles, labels)))
+    _say(
+        f"Wrote {args.out}: {len(args.images)} {args.split} images, {model_label(args.model)} model, " + ", ".join(e.label for e in chosen)
+    )
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     """Say whether torchvision's ImageNet file is cached; with --download, fetch it (the only download there is)."""
     path = weights.imagenet_file()
@@ -364,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--method",
             choices=list(METHODS),
-            help="refinement method (default exbl, the paper's): "
+            default=DEFAULT_METHOD,
+            help=f"refinement method (default {DEFAULT_METHOD}, the paper's, whatever the run refined with last): "
             + "; ".join(f"{m.name} [{m.feedback}]: {m.summary}" for m in METHODS.values()),
         )
         p.add_argument("--epochs", type=int, help="maximum refinement epochs")
@@ -422,6 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "figure":
             p.add_argument("--rows", type=int, nargs="+", help="test-image indices (default: 4 Viral Pneumonia images)")
         p.set_defaults(func=cmd_train if name == "train" else cmd_step)
+
+    ex = sub.add_parser("explain", help="write a PNG of chosen images with GradCAM and occlusion maps of one of the run's models")
+    ex.add_argument("--run", required=True, type=Path, help="run folder")
+    ex.add_argument("--out", required=True, type=Path, help="PNG file to write (never replaced)")
+    ex.add_argument("--model", default="unrefined", help="unrefined (default), oracle, or a refinement method's name")
+    ex.add_argument("--split", default="shortcut_test", help="train, val, test or shortcut_test (default; synthetic only)")
+    ex.add_argument("--images", type=int, nargs="+", default=[0, 1, 2, 3], help="image indices in the split (default: 0 1 2 3)")
+    ex.add_argument("--explainers", nargs="+", default=list(explainers.NAMES), help=f"default: {' '.join(explainers.NAMES)}")
+    ex.add_argument("--patch", type=int, help=f"occlusion window in pixels (default {occlusion.PATCH})")
+    ex.add_argument("--stride", type=int, help=f"occlusion stride in pixels (default {occlusion.STRIDE})")
+    ex.add_argument("--infill", type=_infill, help="occlusion infill: a value in [0, 1], or mean: each image's own mean (default)")
+    ex.set_defaults(func=cmd_explain)
 
     w = sub.add_parser("weights", help="say whether the ImageNet weights are cached; --download fetches them")
     w.add_argument(

@@ -44,21 +44,22 @@ def cam_grid(
     titles: tuple[str, ...],
     row_labels: list[str] | None = None,
     alpha: float = 0.45,
+    raw: bool = True,
 ) -> plt.Figure:
-    """One row per image: the input, then a CAM and its overlay for each set in ``cam_sets``.
+    """One row per image: the input, then for each set in ``cam_sets`` its CAM (``raw``) and its overlay.
 
-    ``images`` are [N,1,H,W] or [N,H,W] in [0, 1]; each CAM set is [N,H,W].
+    ``images`` are [N,1,H,W] or [N,H,W] in [0, 1]; each CAM set is [N,H,W] in [0, 1].
     """
     if images.dim() == 4:
         images = images[:, 0]
-    n, cols = len(images), 1 + 2 * len(cam_sets)
+    n, cols = len(images), 1 + (2 if raw else 1) * len(cam_sets)
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n + 0.4), squeeze=False)
     for r in range(n):
         img = images[r].numpy()
         panels = [img]
         for cams in cam_sets:
             cam = cams[r].numpy()
-            panels += [cam, overlay(img, cam, alpha)]
+            panels += [cam, overlay(img, cam, alpha)] if raw else [overlay(img, cam, alpha)]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             if panel.ndim == 2:
@@ -80,23 +81,28 @@ def model_label(name: str) -> str:
     return {"unrefined": "unrefined", "oracle": "oracle", "exbl": "eXBL"}.get(name, name)
 
 
+EXPLAINER_LABELS = {"gradcam": "GradCAM", "occlusion": "Occlusion"}
+
+
 def figure3(
     images: torch.Tensor,
-    cam_sets: dict[str, torch.Tensor],
+    cam_sets: dict[tuple[str, str], torch.Tensor],
     row_labels: list[str] | None = None,
     alpha: float = 0.45,
     title: str | None = None,
 ) -> plt.Figure:
-    """The paper's Figure 3, one pair of columns per model: the input, then each model's GradCAM and overlay.
+    """The paper's Figure 3 with a faithful map beside GradCAM: the input, then one overlay per model and explainer.
 
-    ``cam_sets`` maps a model name to its CAMs, the unrefined model first. ``title``
-    states how the rows were chosen, so that a reader knows what the figure shows.
+    ``cam_sets`` maps ``(model, explainer)`` to display maps [N,H,W] in [0, 1], the
+    unrefined model first and each model's explainers side by side, so that a reader
+    sees GradCAM and occlusion of the same model on the same rows, before and after.
+    ``title`` states how the rows were chosen, so that a reader knows what the figure shows.
     """
     titles = ["Input"]
-    for name in cam_sets:
+    for model, explainer in cam_sets:
         # Two lines: a long method name on one line runs into the next column's title.
-        titles += [f"GradCAM\n{model_label(name)}", f"Overlay\n{model_label(name)}"]
-    fig = cam_grid(images, list(cam_sets.values()), tuple(titles), row_labels, alpha)
+        titles.append(f"{EXPLAINER_LABELS.get(explainer, explainer)}\n{model_label(model)}")
+    fig = cam_grid(images, list(cam_sets.values()), tuple(titles), row_labels, alpha, raw=False)
     if title:
         fig.suptitle(title, fontsize=12)
         fig.tight_layout()
@@ -119,6 +125,13 @@ TABLE1_ROWS = (
     ("Accuracy", "shortcut_test", "accuracy"),
     ("Activation Precision", "shortcut_test", "activation_precision"),
     ("Child CP (shoulders)", "shortcut_test", "child_cp"),
+    # Each explainer on the same fixed sample of each split (faithfulness.SAMPLE images): deletion is
+    # the drop of the predicted class's probability when the map's top 5% is hidden.
+    ("Child CP, GradCAM (sample)", "shortcut_test", "by_explainer.gradcam.child_cp"),
+    ("Child CP, occlusion (sample)", "shortcut_test", "by_explainer.occlusion.child_cp"),
+    ("AP, occlusion (sample)", "test", "by_explainer.occlusion.activation_precision"),
+    ("Deletion, GradCAM (sample)", "shortcut_test", "by_explainer.gradcam.deletion"),
+    ("Deletion, occlusion (sample)", "shortcut_test", "by_explainer.occlusion.deletion"),
 )
 # The paper's Table 1, as (unrefined, eXBL): MobileNetV2 from ImageNet weights with
 # features[:6] frozen, on the COVID-19 Radiography Database. Shown beside real-data runs
@@ -142,13 +155,22 @@ def table1_rows(metrics: dict, paper: bool = False) -> list[dict]:
     models = metrics.get("models", {})
     rows = []
     for name, split, key in TABLE1_ROWS:
-        values = {m: per_split[split].get(key) for m, per_split in models.items() if split in per_split}
+        values = {m: lookup(per_split[split], key) for m, per_split in models.items() if split in per_split}
         if "unrefined" in values and any(v is not None for v in values.values()):
             row = {"metric": name, "split": split, "values": values}
             if paper:
                 row["paper"] = PAPER_TABLE1.get((name, split), (None, None))
             rows.append(row)
     return rows
+
+
+def lookup(entry: dict, key: str) -> float | None:
+    """``entry[a][b]...`` for a dotted ``key`` ("by_explainer.occlusion.deletion"); None where a part is missing."""
+    for part in key.split("."):
+        if not isinstance(entry, dict) or part not in entry:
+            return None
+        entry = entry[part]
+    return entry
 
 
 def table1_columns(rows: list[dict]) -> list[str]:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import runs, weights
+from exbl_core import explainers, faithfulness, runs, weights
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
-from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, table1_csv, table1_markdown, table1_rows
-from exbl_core.gradcam import predict_with_cams
+from exbl_core.explainers.gradcam import predict_with_cams
+from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, model_label, table1_csv, table1_markdown, table1_rows
 from exbl_core.methods import Pick, check_feedback, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
@@ -377,19 +377,32 @@ def validate_pick(good: int, bad: int, n: int) -> None:
         raise ValueError(f"image {good} was picked as both the good and the bad explanation; pick two different images")
 
 
-def pick_step(run: runs.Run, data: dict[str, Split], device: torch.device, good: int | None = None, bad: int | None = None) -> dict:
-    """Choose the exemplars (automatically unless given) and write exemplars.json and .png."""
+def pick_step(
+    run: runs.Run,
+    data: dict[str, Split],
+    device: torch.device,
+    good: int | None = None,
+    bad: int | None = None,
+    explainer: str = "gradcam",
+    rule: str = "user",
+) -> dict:
+    """Choose the exemplars (automatically unless given) and write exemplars.json and .png.
+
+    ``explainer`` names the maps the pair was judged on (recorded, so that a pick made on
+    occlusion maps says so); ``rule`` says how a given pair was chosen.
+    """
     train = data["train"]
     if (good is None) != (bad is None):
         raise ValueError("give both --good and --bad, or neither for the automatic pick")
+    explainers.get(explainer)
     if good is not None:
         validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
     scores = training_scores(model, train, train_config(run, "refine").tau)
-    rule = "user" if good is not None else AUTO_PICK_RULE
     if good is None:
         good, bad = auto_pick(scores, train.labels)
-    pick = {"rule": rule, "split": "train"}
+        rule, explainer = AUTO_PICK_RULE, "gradcam"
+    pick = {"rule": rule, "split": "train", "explainer": explainer}
     for role, i in (("good", good), ("bad", bad)):
         pick[role] = {
             "index": i,
@@ -476,15 +489,21 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
     if not run.has(runs.UNREFINED):
         raise runs.RunError(f"{run.path}: no model to evaluate yet ({runs.UNREFINED} is missing); run train first")
     tau = train_config(run, "refine").tau
+    splits = [s for s in EVAL_SPLITS if s in data]
+    explained = [s for s in splits if s in faithfulness.SPLITS]
+    samples = {split: faithfulness.sample_indices(len(data[split]), data_config(run).seed) for split in explained}
     models: dict = {}
     for name in models_in(run):
         model = load_model(run, name, device)
         models[name] = {}
-        for split in (s for s in EVAL_SPLITS if s in data):
+        for split in splits:
             s = data[split]
             probs, cams = predict_with_cams(model, s.float_images())
             models[name][split] = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau, s.regions, s.child)
-    metrics: dict = {"models": models}
+            if split in samples:
+                usable = explainers.usable(int(s.images.shape[-1]))
+                models[name][split]["by_explainer"] = faithfulness.score_explainers(model, s, samples[split], usable, tau)
+    metrics: dict = {"models": models, "explainer_sample": {split: len(idx) for split, idx in samples.items()}}
     if "unrefined" in models and "shortcut_test" in models["unrefined"]:
         metrics["shortcut_gap"] = {name: shortcut_gap(m["test"], m["shortcut_test"]) for name, m in models.items()}
         metrics["verdicts"] = {
@@ -528,25 +547,26 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
         cams = predict_with_cams(unrefined, test.float_images(vp))[1]
         ap[vp] = activation_precision_scores(cams, test.masks[vp], train_config(run, "refine").tau)
         rows, title = default_figure_rows(test, ap), FIGURE_ROWS_RULE
-    for i in rows:
-        if not 0 <= i < len(test):
-            raise ValueError(f"figure row {i} is out of range: the test split has images 0 to {len(test) - 1}")
     names = ["unrefined", *run.refined()]
-    idx = torch.tensor(rows, dtype=torch.long)
-    x = test.float_images(idx)
-    results = {name: predict_with_cams(unrefined if name == "unrefined" else load_model(run, name, device), x) for name in names}
-    labels = [
-        f"{test.names[i]}\ntrue {CLASSES[int(test.labels[i])]}\n"
-        + "\n".join(f"{name}: {CLASSES[int(results[name][0][r].argmax())]}" for name in names)
-        for r, i in enumerate(rows)
-    ]
-    cam_sets = {name: cams for name, (_, cams) in results.items()}
+    x = test.float_images(torch.tensor(rows, dtype=torch.long))
+    usable = explainers.usable(int(x.shape[-1]))
+    results = {name: faithfulness.explain(unrefined if name == "unrefined" else load_model(run, name, device), x, usable) for name in names}
+    labels = figure_row_labels(test, rows, {name: probs.argmax(1) for name, (probs, _) in results.items()})
+    cam_sets = {(name, explainer): maps for name, (_, by) in results.items() for explainer, maps in by.items()}
     runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, cam_sets, labels, title=title)))
     metrics = runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else evaluate_step(run, data, device)
     table = table1(run, metrics)
     runs.atomic_write_text(run.file(runs.TABLE1_CSV), table1_csv_text(run, table))
-    runs.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table, table1_note(run)))
+    runs.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table, table1_note(run, metrics)))
     return table
+
+
+def figure_row_labels(split: Split, rows: list[int], preds: dict[str, torch.Tensor]) -> list[str]:
+    """Figure 3's row labels: the image, its true class, and each model's prediction (``preds`` per model, one per row)."""
+    return [
+        f"#{i} true {CLASSES[int(split.labels[i])]}\n" + "\n".join(f"{model_label(m)}: {CLASSES[int(p[r])]}" for m, p in preds.items())
+        for r, i in enumerate(rows)
+    ]
 
 
 def table1(run: runs.Run, metrics: dict) -> list[dict]:
@@ -560,7 +580,19 @@ def table1_csv_text(run: runs.Run, rows: list[dict]) -> str:
     return table1_csv(rows, None if start is None else start.to_dict())
 
 
-def table1_note(run: runs.Run) -> str | None:
-    """The line under Table 1 saying what the unrefined model started from (``None`` if not recorded)."""
+def table1_note(run: runs.Run, metrics: dict | None = None) -> str | None:
+    """The lines under Table 1: what the unrefined model started from (when recorded), and which images
+    the per-explainer rows ("(sample)") were scored on (when ``metrics`` has them); ``None`` when there is neither."""
+    lines = []
     start = start_weights(run)
-    return None if start is None else f"Started from {weights.describe(start)}."
+    if start is not None:
+        lines.append(f"Started from {weights.describe(start)}.")
+    sample = (metrics or {}).get("explainer_sample")
+    if sample:
+        where = " and ".join(f"{n} {split.replace('_', '-')}" for split, n in sample.items())
+        lines.append(
+            f"Rows marked (sample): each explainer's maps of the predicted class on the same {where} images, chosen once "
+            "with the run's seed. Deletion is the drop of that class's probability when the map's top 5% is hidden "
+            "(larger: the map found more of what the model uses)."
+        )
+    return " ".join(lines) or None

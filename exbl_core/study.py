@@ -22,6 +22,7 @@ import torch
 
 from exbl_core import pipeline, runs
 from exbl_core.data import Split
+from exbl_core.figures import lookup
 from exbl_core.methods import METHODS, get_method
 from exbl_core.verdict import recovered
 
@@ -29,7 +30,16 @@ STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
 STUDY_PNG = "study.png"
 STUDY_FORMAT = "exbl-study"
-FIGURES = ("test_accuracy", "shortcut_test_accuracy", "test_ap", "child_cp", "recovered")
+FIGURES = (
+    "test_accuracy",
+    "shortcut_test_accuracy",
+    "test_ap",
+    "child_cp",
+    "child_cp_occlusion",
+    "deletion_gradcam",
+    "deletion_occlusion",
+    "recovered",
+)
 
 Progress = Callable[[str], None]
 
@@ -142,6 +152,9 @@ def study_rows(seed: int, metrics: dict, methods: list[str]) -> list[dict]:
                 "shortcut_test_accuracy": m["shortcut_test"]["accuracy"],
                 "test_ap": m["test"]["activation_precision"],
                 "child_cp": m["shortcut_test"].get("child_cp"),
+                "child_cp_occlusion": lookup(m["shortcut_test"], "by_explainer.occlusion.child_cp"),
+                "deletion_gradcam": lookup(m["shortcut_test"], "by_explainer.gradcam.deletion"),
+                "deletion_occlusion": lookup(m["shortcut_test"], "by_explainer.occlusion.deletion"),
                 "recovered": None if feedback == "none" else recovered(m["shortcut_test"]["accuracy"], base, oracle),
                 "verdict": metrics.get("verdicts", {}).get(name, {}).get("label"),
             }
@@ -171,7 +184,9 @@ def study_markdown(rows: list[dict]) -> str:
     lines = [
         f"Medians over seeds {' '.join(map(str, seeds))}, with [min, max]. recovered = share of the oracle's "
         "shortcut-test accuracy that a method wins back over the unrefined model; child_cp = Confounder Precision "
-        "on shortcut-test children called Viral Pneumonia.",
+        "of GradCAM on shortcut-test children called Viral Pneumonia (all of them); child_cp_occlusion = the same for "
+        "occlusion maps, and deletion_* = the drop of the predicted class's probability when each map's top 5% is "
+        "hidden, both on a fixed sample of up to 64 shortcut-test images.",
         "",
         head,
         "|---|---|" + "---|" * (len(FIGURES) + 1),
@@ -190,7 +205,12 @@ def study_png(rows: list[dict]) -> bytes:
     from exbl_core.figures import figure_png
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    panels = (("shortcut_test_accuracy", "shortcut-test accuracy"), ("test_ap", "test AP (lungs)"), ("child_cp", "child CP (shoulders)"))
+    panels = (
+        ("shortcut_test_accuracy", "shortcut-test accuracy"),
+        ("test_ap", "test AP (lungs)"),
+        ("child_cp", "child CP, GradCAM (shoulders)"),
+        ("child_cp_occlusion", "child CP, occlusion (shoulders)"),
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(models) + 1.6), sharey=True)
     for ax, (key, title) in zip(axes, panels, strict=True):
         for y, name in enumerate(models):

@@ -22,7 +22,7 @@ from torch import nn
 
 from exbl_core.augment import hide_patches, random_shift
 from exbl_core.data import Split
-from exbl_core.gradcam import analytic_cams, head_pass
+from exbl_core.explainers.gradcam import analytic_cams, head_pass
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS, Batch, Objective
 from exbl_core.metrics import activation_precision_scores

@@ -7,7 +7,7 @@ import torch
 
 from bench.cam_layers import PAPER_LAYER, layer_cams, layer_scores
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
-from exbl_core.gradcam import gradcam
+from exbl_core.explainers.gradcam import gradcam
 from exbl_core.metrics import evaluate_predictions
 
 

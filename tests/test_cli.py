@@ -256,7 +256,8 @@ def test_demo_on_real_data_puts_the_papers_table1_beside_ours_and_records_the_we
         assert "| metric | split | unrefined | eXBL | region-swap | paper: unrefined | paper: eXBL |" in text
         assert "The paper's columns are its Table 1" in text and note in text
     rows = {(r["metric"], r["split"]): r for r in csv.DictReader((out / "table1.csv").open())}
-    paper = {(m, s): (r["paper_unrefined"], r["paper_exbl"]) for (m, s), r in rows.items()}
+    paper = {(m, s): (r["paper_unrefined"], r["paper_exbl"]) for (m, s), r in rows.items() if r["paper_unrefined"]}
+    assert rows[("AP, occlusion (sample)", "test")]["paper_unrefined"] == ""  # the paper had no occlusion
     assert paper == {
         ("Accuracy", "val"): ("0.94", "0.89"),
         ("Accuracy", "test"): ("0.95", "0.90"),
@@ -282,3 +283,68 @@ def test_the_epoch_line_shows_a_methods_term_and_the_active_share_only_where_the
     cli.ProgressPrinter()({**event, "val_loss": 0.3, "val_accuracy": 0.9, "val_ap": 0.5, **term})
     line = capsys.readouterr().out
     assert "CE 0.400" in line and ("expl 0.250" in line) == ("expl" in term) and ("active 50%" in line) == ("active_triplets" in term)
+
+
+def test_explain_writes_gradcam_and_occlusion_of_chosen_images(demo_copy, capsys, tmp_path):
+    out = tmp_path / "maps.png"
+    code, stdout, err = _main(capsys, "explain", "--run", str(demo_copy), "--out", str(out), "--images", "0", "3", "--patch", "32")
+    assert code == 0, err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "2 shortcut_test images, unrefined model, GradCAM, Occlusion" in stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--explainers", "lime"], "unknown explainer 'lime'"),
+        (["--patch", "0"], "patch must be positive"),
+        (["--patch", "200"], "patch 200 is larger than the 96-px images"),
+        (["--stride", "0"], "stride must be at least 1"),
+        (["--infill", "1.5"], "infill must be a number in [0, 1]"),
+        (["--explainers", "gradcam", "--patch", "16"], "occlusion settings"),
+        (["--images", "9999"], "--images 9999"),
+        (["--split", "nowhere"], "--split nowhere"),
+    ],
+)
+def test_explain_refuses_bad_settings_with_one_line_and_writes_nothing(demo_copy, capsys, tmp_path, argv, named):
+    out = tmp_path / "maps.png"
+    before = {p.name: p.stat().st_mtime_ns for p in demo_copy.iterdir()}
+    code, _, err = _main(capsys, "explain", "--run", str(demo_copy), "--out", str(out), *argv)
+    assert code == 2
+    assert named in err and err.count("\n") == 1
+    assert not out.exists()
+    assert {p.name: p.stat().st_mtime_ns for p in demo_copy.iterdir()} == before
+
+
+def test_explain_never_replaces_a_file(demo_copy, capsys, tmp_path):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"my own picture")
+    code, _, err = _main(capsys, "explain", "--run", str(demo_copy), "--out", str(out))
+    assert code == 2 and "exists" in err
+    assert out.read_bytes() == b"my own picture"
+
+
+def test_metrics_json_scores_each_explainer_on_a_fixed_sample(demo_run):
+    metrics = json.loads((demo_run.path / "metrics.json").read_text())
+    assert list(metrics["explainer_sample"]) == ["test", "shortcut_test"]
+    for model in metrics["models"].values():
+        assert "by_explainer" not in model["val"]
+        for split in metrics["explainer_sample"]:
+            by = model[split]["by_explainer"]
+            assert list(by) == ["gradcam", "occlusion"]
+            for scores in by.values():
+                assert scores["n"] == metrics["explainer_sample"][split]
+                assert 0.0 <= scores["activation_precision"] <= 1.0 and -1.0 <= scores["deletion"] <= 1.0
+            if split == "shortcut_test":
+                assert "child_cp" in by["occlusion"]
+
+
+def test_refine_without_a_method_uses_the_default_the_help_states_and_says_so(demo_copy, capsys):
+    """After the demo, config.json's last refinement is region-swap; a bare refine must still be exbl."""
+    assert runs.read_json(demo_copy / "config.json")["refine"]["method"] == "region-swap"
+    before = (demo_copy / "refined-region-swap.pt").read_bytes()
+    code, out, err = _main(capsys, "refine", "--run", str(demo_copy), "--epochs", "1")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"Refining with {cli.model_label(cli.DEFAULT_METHOD)}")
+    assert (demo_copy / "refined-region-swap.pt").read_bytes() == before
+    assert f"default {cli.DEFAULT_METHOD}" in cli.build_parser()._subparsers._group_actions[0].choices["refine"].format_help()

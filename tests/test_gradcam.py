@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from exbl_core.gradcam import finish_cam, gradcam, has_gap_mlp_head, logits_and_cams, predict_with_cams
+from exbl_core.explainers.gradcam import finish_cam, gradcam, has_gap_mlp_head, logits_and_cams, predict_with_cams
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from exbl_core.augment import hide_patches
 from exbl_core.data import Split
-from exbl_core.gradcam import analytic_cams, gradcam, head_pass
+from exbl_core.explainers.gradcam import analytic_cams, gradcam, head_pass
 from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
 from exbl_core.methods.counterexamples import paste_objective, region_term
 from exbl_core.methods.gradcam_mask import outside_share
@@ -196,19 +196,35 @@ def test_region_swap_refills_only_the_region_and_from_other_images_of_the_batch(
     assert int((donors != torch.arange(6)).sum()) >= 4  # and most images get another's
 
 
-def test_the_avoid_region_is_where_the_bad_cam_looks_and_the_good_one_does_not(trained_model, tiny_data, monkeypatch):
+def test_the_avoid_region_is_where_the_bad_exemplars_occlusion_map_points_outside_its_lungs(trained_model, tiny_data, monkeypatch):
     train = tiny_data["train"]
-    good, bad = torch.zeros(64, 64), torch.zeros(64, 64)
-    good[40:, 20:40] = 1.0  # the lungs, say
+    bad = torch.zeros(64, 64)
     bad[:10, :10] = 1.0  # a shoulder
-    bad[40:, 20:40] = 1.0  # and the lungs too
-    monkeypatch.setattr("exbl_core.methods.region.gradcam", lambda model, x, y: torch.stack([good, bad]))
+    bad[40:, 20:40] = 0.8  # and the lungs too
+    monkeypatch.setattr("exbl_core.methods.region.bad_map", lambda model, split, pick: bad)
     masks = torch.zeros_like(train.masks)
+    masks[1, 40:, 20:40] = True  # the bad exemplar's lungs
     region = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0)
     assert region[:10, :10].all() and not region[40:, 20:40].any() and int(region.sum()) == 100
-    monkeypatch.setattr("exbl_core.methods.region.gradcam", lambda model, x, y: torch.stack([good, good]))
-    with pytest.raises(ValueError, match="pick a bad explanation that looks somewhere else"):
+    without_masks = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0, use_masks=False)
+    assert int(without_masks.sum()) == 100 + 20 * 24
+    inside = torch.zeros(64, 64)
+    inside[40:, 20:40] = 1.0
+    monkeypatch.setattr("exbl_core.methods.region.bad_map", lambda model, split, pick: inside)
+    with pytest.raises(ValueError, match="occlusion map points only inside its lungs"):
         avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1))
+
+
+def test_the_bad_map_is_the_bad_exemplars_occlusion_of_its_true_class(trained_model, tiny_data):
+    from exbl_core import explainers
+    from exbl_core.methods.region import bad_map
+
+    train = tiny_data["train"]
+    got = bad_map(trained_model, train, Pick(0, 3))
+    x = train.float_images(torch.tensor([3]))
+    want = explainers.for_display(explainers.get("occlusion").maps(trained_model.eval(), x, train.labels[3:4]))[0]
+    assert torch.allclose(got, want, atol=1e-6)
+    assert float(got.max()) == pytest.approx(1.0, abs=1e-4) or float(got.max()) == 0.0
 
 
 def test_counterexamples_cam_scores_the_cam_share_inside_the_pasted_region(trained_model, tiny_data):

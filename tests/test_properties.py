@@ -11,7 +11,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from exbl_core.gradcam import EPS, finish_cam, gradcam, head_pass, weighted_maps
+from exbl_core.explainers.gradcam import EPS, finish_cam, gradcam, head_pass, weighted_maps
 from exbl_core.losses import exbl_loss, triplet_terms
 from exbl_core.metrics import activation_precision, activation_precision_scores
 

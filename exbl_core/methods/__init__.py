@@ -31,6 +31,7 @@ METHODS: dict[str, Method] = {
         counterexamples.METHOD,
         counterexamples.METHOD_CAM,
         region_swap.METHOD,
+        region_swap.METHOD_FROM_MAP,
     )
 }
 """Every method, in the order the CLI, the app and the study list them: the paper's first."""

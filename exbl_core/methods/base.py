@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.gradcam import HeadPass
+from exbl_core.explainers.gradcam import HeadPass
 
 if TYPE_CHECKING:
     from exbl_core.training import TrainConfig

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.gradcam import HeadPass, analytic_cams
+from exbl_core.explainers.gradcam import HeadPass, analytic_cams
 from exbl_core.methods.base import Batch, Method, Objective, Pick
 from exbl_core.methods.gradcam_mask import outside_share
 from exbl_core.methods.region import avoid_region

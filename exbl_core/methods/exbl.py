@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.gradcam import HeadPass, analytic_cams, head_pass
+from exbl_core.explainers.gradcam import HeadPass, analytic_cams, head_pass
 from exbl_core.losses import Distance, Explanation, explanation, triplet_terms
 from exbl_core.methods.base import Batch, Method, Objective, Pick
 from exbl_core.model import evaluating

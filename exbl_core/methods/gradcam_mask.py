@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.gradcam import EPS, HeadPass, analytic_cams
+from exbl_core.explainers.gradcam import EPS, HeadPass, analytic_cams
 from exbl_core.methods.base import Batch, Method, Objective, Pick
 
 

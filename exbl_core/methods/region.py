@@ -1,8 +1,14 @@
-"""The "do not look here" region that two clicks define.
+"""The "do not rely on this" region that two clicks define, read from the bad exemplar's occlusion map.
 
-Radiographs are roughly aligned, so where the bad explanation looks and the good one
-does not is a place in the image, shared by all images. ``counterexamples`` reads it
-from the two exemplars when the data set has no lung masks.
+Radiographs are roughly aligned, so where the model decides from in the bad exemplar is
+a place in the image, shared by all images. ``counterexamples`` and ``region-swap`` read
+it here when the data set has no lung masks (and ``region-swap-occlusion`` always does).
+
+The map is occlusion, not GradCAM: at the paper's layer GradCAM puts every phantom's
+Viral Pneumonia evidence in one central blob and never on the shoulders that the model
+uses, while occlusion's top region sits on them (docs/design.md, section 12). Only the
+bad exemplar's map is read: a faithful map of a good exemplar of the same class can sit
+on the same shortcut, so "where the bad looks and the good does not" could be empty.
 """
 
 from __future__ import annotations
@@ -11,38 +17,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exbl_core import explainers
 from exbl_core.data import Split
-from exbl_core.gradcam import gradcam
 from exbl_core.methods.base import Pick
 from exbl_core.model import evaluating
 
-THRESHOLD = 0.5  # a CAM "looks" where it reaches half its maximum
+THRESHOLD = 0.5  # a map "points" where it reaches half its peak
 
 
-def _exemplar_cams(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
-    """The true-class CAMs of the good and the bad exemplar under ``model``: [2,H,W]."""
-    idx = torch.tensor([pick.good, pick.bad])
-    device = next(model.parameters()).device
-    with evaluating(model), torch.no_grad():
-        cams = gradcam(model, train.float_images(idx).to(device), train.labels[idx].to(device)).cpu()
-    return cams
+def bad_map(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
+    """The bad exemplar's faithful map [H,W] in [0, 1] for its true class under ``model``."""
+    idx = torch.tensor([pick.bad])
+    with evaluating(model):
+        maps = explainers.get(explainers.FAITHFUL).maps(model, train.float_images(idx), train.labels[idx])
+    return explainers.for_display(maps)[0]
 
 
-def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3) -> torch.Tensor:
-    """Bool [H,W]: where the bad exemplar's CAM is high and the good one's is not, outside the bad image's lungs.
+def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3, use_masks: bool = True) -> torch.Tensor:
+    """Bool [H,W]: where the bad exemplar's occlusion map reaches half its peak, outside its lungs when ``use_masks``.
 
-    Both CAMs explain each image's true class under the unrefined model. The region
-    grows by ``grow`` pixels so that it covers the structure, not just the CAM's peak.
+    The region grows by ``grow`` pixels so that it covers the structure, not just the
+    map's peak. ``use_masks=False`` ignores any lung mask, as on data without them.
     """
-    cams = _exemplar_cams(model, train, pick)
-    region = (cams[1] >= THRESHOLD) & (cams[0] < THRESHOLD)
-    if train.masks is not None:
+    region = bad_map(model, train, pick) >= THRESHOLD
+    if use_masks and train.masks is not None:
         region &= ~train.masks[pick.bad]
     if grow:
         region = F.max_pool2d(region[None, None].float(), 2 * grow + 1, stride=1, padding=grow)[0, 0].bool()
     if not bool(region.any()):
         raise ValueError(
-            "the bad explanation looks where the good one does (outside the lungs, they share every high-attention pixel): "
-            "pick a bad explanation that looks somewhere else"
+            "the bad exemplar's occlusion map points only inside its lungs, so it shows no shortcut to avoid: "
+            "pick a bad explanation whose occlusion map lies elsewhere"
         )
     return region

@@ -24,6 +24,7 @@ from torch import nn
 from exbl_core.data import Split
 from exbl_core.methods.base import Batch, Method, Objective, Pick
 from exbl_core.methods.counterexamples import paste_region, region_term, soft_edges
+from exbl_core.methods.region import avoid_region
 
 RATE = 1.0  # share of the images whose region is replaced: all, so that none keeps its own
 
@@ -41,9 +42,18 @@ def swap_objective(alpha: torch.Tensor, rate: float = RATE) -> Objective:
     return Objective(batch=batch)
 
 
-def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
-    region = paste_region(model, train, pick)
+def swap_and_avoid(region: torch.Tensor) -> Objective:
+    """The swap of ``region`` [H,W] between images, and the same region as GradCAM's "do not look here"."""
     return Objective(term=region_term(region), batch=swap_objective(soft_edges(region)).batch)
+
+
+def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+    return swap_and_avoid(paste_region(model, train, pick))
+
+
+def prepare_from_map(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+    """The region read from the bad exemplar's occlusion map alone, lung masks unused, as on data that has none."""
+    return swap_and_avoid(avoid_region(model, train, pick, use_masks=False))
 
 
 METHOD = Method(
@@ -57,4 +67,14 @@ METHOD = Method(
     # unlearn), taken as they were, not tuned for this method.
     default_lambda=0.3,
     schedule={"epochs": 8 / 3, "lr": 3.0},
+)
+
+METHOD_FROM_MAP = Method(
+    name="region-swap-occlusion",
+    feedback="two-clicks",
+    summary="region-swap with the region read from the bad exemplar's occlusion map, lung masks unused (as on data without them)",
+    source="this project: region-swap, with the region where hiding the bad exemplar lowers its class's probability most",
+    prepare=prepare_from_map,
+    default_lambda=METHOD.default_lambda,
+    schedule=METHOD.schedule,
 )

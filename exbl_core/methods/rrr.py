@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.gradcam import HeadPass
+from exbl_core.explainers.gradcam import HeadPass
 from exbl_core.methods.base import Batch, Method, Objective, Pick
 from exbl_core.model import evaluating
 

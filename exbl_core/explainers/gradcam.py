@@ -176,3 +176,29 @@ def predict_with_cams(model: nn.Module, images: torch.Tensor, batch_size: int = 
         probs.append(logits.softmax(1).cpu())
         cams.append(cam.cpu())
     return torch.cat(probs), torch.cat(cams)
+
+
+class GradCAM:
+    """The paper's explanation as a registry explainer: analytic GradCAM at ``features[-1]``.
+
+    It stays the differentiable explanation inside the eXBL loss (``head_pass`` and
+    ``analytic_cams``); this class only gives it the interface every explainer shares.
+    """
+
+    name = "gradcam"
+    label = "GradCAM"
+    settings: dict = {}
+
+    def check(self, size: int) -> None:
+        """GradCAM works at any input size the network accepts."""
+
+    @torch.no_grad()
+    def maps(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """GradCAMs [N,H,W] in [0, 1] of ``targets``, through the BatchNorm-folded copy of ``model``."""
+        device = next(model.parameters()).device
+        folded = fold_batchnorm(model)
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            out.append(gradcam(folded, x, targets[start : start + batch_size].to(device)).cpu())
+        return torch.cat(out) if out else images.new_zeros((0, *images.shape[-2:]))
