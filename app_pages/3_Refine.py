@@ -8,7 +8,7 @@ import streamlit as st
 
 from exbl_core import pipeline
 from exbl_core.data import CLASSES
-from exbl_core.figures import model_label
+from exbl_core.figures import EXPLAINER_LABELS, model_label
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS
 from studio import cache, live, pages, state, tasks, views
@@ -28,10 +28,12 @@ images = train.float_images()[:, 0].numpy()
 st.caption("Every method starts from the unrefined model and uses this pair; the lung-mask methods use every image's mask too.")
 cols = st.columns(2)
 for col, role, color in zip(cols, state.ROLES, (views.GOOD_RGB, views.BAD_RGB), strict=True):
-    i = pair[role]
+    i, shown = pair[role], state.marked_on(run, role)  # the map it was judged on
     col.image(
-        views.pair_tile(images[i], scores["cams"][i], color),
-        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, " + views.nowrap(f"AP {scores['ap'][i]:.2f}"),
+        views.pair_tile(images[i], cache.maps(run, "unrefined", "train", shown, [i])[0], color),
+        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, "
+        + views.nowrap(f"AP {scores['ap'][i]:.2f}")
+        + f", marked on its {EXPLAINER_LABELS[shown]} map",
         width="stretch",
     )
 st.page_link(pages.EXPLORE, label="Change the pair on Explore", icon=":material/swap_horiz:")
@@ -102,7 +104,10 @@ with st.container(border=True):
         # Only what the user changed: an untouched field keeps following the method's schedule.
         shown = {**cfg.to_dict(), "lambda_expl": shown_lambda}
         overrides = {"method": method} | {k: v for k, v in chosen.items() if v != shown[k]}
-        live.start("refine", run, tasks.refine_work(run, cache.data(run), cache.device(), pair["good"], pair["bad"], overrides))
+        work = tasks.refine_work(
+            run, cache.data(run), cache.device(), pair["good"], pair["bad"], overrides, state.pair_explainer(run), state.pair_rule(run)
+        )
+        live.start("refine", run, work)
 
 
 def pair_words(good: int, bad: int) -> str:

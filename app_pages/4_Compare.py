@@ -34,6 +34,8 @@ if metrics is None or busy_here:
 models = metrics["models"]
 refined = [m for m in run.refined() if m in models]
 oracle = models.get("oracle")
+if (sentence := state.disagreement(run, metrics)) is not None:
+    st.info(sentence)
 st.subheader("Verdicts")
 for name in refined:
     with st.container(border=True):
@@ -84,6 +86,7 @@ st.dataframe(
     }
     if table
     else None,
+    height="content",  # every row: with the explainer rows Table 1 is longer than the default ten, and no row may hide
 )
 if rows and "paper" in rows[0]:
     st.caption(PAPER_NOTE)
@@ -107,6 +110,13 @@ chosen = st.multiselect(
 figure = None
 if chosen:
     figure = cache.figure3_png(run, chosen, pipeline.FIGURE_ROWS_RULE if chosen == default_rows else "Test images chosen on Compare")
+    if (problem := cache.explainer_problem(run, "occlusion")) is None:
+        st.caption(
+            "Each model has two columns: GradCAM, the paper's map, and occlusion, where hiding a patch lowers the model's "
+            "confidence, which shows what the model uses. GradCAM at this layer can hide a shortcut that occlusion shows."
+        )
+    else:
+        st.caption(f"GradCAM only: {problem}.")
     st.image(figure, width="stretch")
 else:
     st.info("Choose one or more test images above to see them before and after.")

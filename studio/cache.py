@@ -4,7 +4,8 @@ Keys are the run folder and the modification time of the file the value comes fr
 a retrained checkpoint or a new config has a new mtime, so stale entries are never
 served. ``st.cache_resource`` rather than ``st.cache_data`` is used because these
 values are large (200 CAMs at 128x128 are 13 MB) and read-only: ``cache_data`` would
-copy them on every rerun.
+copy them on every rerun. Occlusion maps, at a fraction of a second each, are made only
+for the images a page shows and kept per image (``MapStore``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 import torch
 
-from exbl_core import pipeline, runs
-from exbl_core.data import CLASSES, Split
-from exbl_core.figures import figure3, figure_png, model_label
+from exbl_core import explainers, faithfulness, pipeline, runs
+from exbl_core.data import Split
+from exbl_core.figures import figure3, figure_png
 from exbl_core.training import choose_device
 from studio.jobs import get_runner
 
@@ -96,31 +98,163 @@ def scores(run: runs.Run, which: str, split_name: str) -> dict[str, np.ndarray]:
     return _scores(str(run.path), which, split_name, _mtime(run, checkpoint_name(which)), _data_key(run), tau)
 
 
-@st.cache_data(max_entries=16, show_spinner="Drawing Figure 3…")
+def image_size(run: runs.Run) -> int:
+    """The run's image side in pixels, from its config: no split needs loading to know it."""
+    return int(pipeline.data_config(run).size)
+
+
+def explainer_problem(run: runs.Run, name: str) -> str | None:
+    """Why ``name`` cannot explain this run's images (occlusion's window is larger than a tiny image), or None."""
+    try:
+        explainers.get(name).check(image_size(run))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def usable_explainers(run: runs.Run) -> tuple[str, ...]:
+    """The explainers that can run on this run's images, the paper's first."""
+    return explainers.usable(image_size(run))
+
+
+@st.cache_data(max_entries=16, show_spinner="Drawing Figure 3 with GradCAM and occlusion…")
 def _figure3_png(
-    run_path: str, rows: tuple[int, ...], title: str, models: tuple[str, ...], mtimes: tuple[float, ...], data_key: str, tau: float
+    run_path: str,
+    rows: tuple[int, ...],
+    title: str,
+    models: tuple[str, ...],
+    mtimes: tuple[float, ...],
+    data_key: str,
+    names: tuple[str, ...],
 ) -> bytes:
     test = _split(run_path, "test", data_key)
-    scores = {m: _scores(run_path, m, "test", t, data_key, tau) for m, t in zip(models, mtimes, strict=True)}
-    idx = list(rows)
-    labels = [
-        f"#{i} true {CLASSES[int(test.labels[i])]}\n"
-        + "\n".join(f"{model_label(m)}: {CLASSES[int(s['preds'][i])]}" for m, s in scores.items())
-        for i in idx
-    ]
-    cam_sets = {m: torch.from_numpy(s["cams"][idx]) for m, s in scores.items()}
-    return figure_png(figure3(test.float_images(torch.tensor(idx)), cam_sets, labels, title=title))
+    x = test.float_images(torch.tensor(rows, dtype=torch.long))
+    results = {m: faithfulness.explain(_model(run_path, m, t), x, names) for m, t in zip(models, mtimes, strict=True)}
+    labels = pipeline.figure_row_labels(test, list(rows), {m: probs.argmax(1) for m, (probs, _) in results.items()})
+    cam_sets = {(m, name): maps for m, (_, by) in results.items() for name, maps in by.items()}
+    return figure_png(figure3(x, cam_sets, labels, title=title))
 
 
 def figure3_png(run: runs.Run, rows: list[int], title: str) -> bytes:
-    """The paper's Figure 3 for the chosen test images, unrefined and every refined model, as PNG bytes (cached).
+    """The paper's Figure 3 for the chosen test images as PNG bytes (cached): each model's GradCAM and occlusion side by side.
 
-    ``title`` says how the rows were chosen; it is drawn into the image, so a downloaded
-    figure still says what it shows.
+    Unrefined and every refined model, as the CLI's figure step draws it. ``title`` says
+    how the rows were chosen; it is drawn into the image, so a downloaded figure still
+    says what it shows.
     """
     models = ("unrefined", *run.refined())
     mtimes = tuple(_mtime(run, pipeline.model_file(m)) for m in models)
-    return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), pipeline.train_config(run, "refine").tau)
+    return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), usable_explainers(run))
+
+
+class MapStore:
+    """One model's display maps from one explainer on one split, by image index, each computed once.
+
+    Occlusion costs a fraction of a second per image at 128 px on 2 cores, so maps are made
+    only for the images a page shows, and kept. A page asks with ``get``; ``prefetch``
+    fills the next page from a background thread one image at a time, and gives way as
+    soon as a page asks (it stops after its current image), so a page never waits for
+    more than one image of work it did not ask for. A newer ``prefetch`` replaces an older one.
+    """
+
+    def __init__(self, compute: Callable[[list[int]], np.ndarray]) -> None:
+        self._compute = compute
+        self._maps: dict[int, np.ndarray] = {}
+        self._work = threading.Lock()  # held while computing: one computation at a time
+        self._asking = 0  # pages waiting for maps: the background thread stops for them
+        self._count = threading.Lock()
+        self._generation = 0  # the latest prefetch: older threads stop
+
+    def has(self, index: int) -> bool:
+        return index in self._maps
+
+    def get(self, indices: list[int]) -> np.ndarray:
+        """Maps [len(indices),H,W]: those not computed yet in one batch, then all from the store."""
+        with self._count:
+            self._asking += 1
+        try:
+            with self._work:
+                missing = [i for i in dict.fromkeys(indices) if i not in self._maps]
+                if missing:
+                    self._maps.update(zip(missing, self._compute(missing), strict=True))
+        finally:
+            with self._count:
+                self._asking -= 1
+        return np.stack([self._maps[i] for i in indices])
+
+    def prefetch(self, indices: list[int]) -> threading.Thread | None:
+        """Compute the maps of ``indices`` in a background thread; None when all are there already."""
+        todo = [i for i in indices if i not in self._maps]
+        if not todo:
+            return None
+        self._generation += 1
+        thread = threading.Thread(target=self._fill, args=(todo, self._generation), name="exbl-prefetch-maps", daemon=True)
+        thread.start()
+        return thread
+
+    def _fill(self, todo: list[int], generation: int) -> None:
+        for i in todo:
+            if self._asking or generation != self._generation:
+                return
+            try:
+                with self._work:
+                    if i not in self._maps:
+                        self._maps[i] = self._compute([i])[0]
+            except Exception:  # noqa: BLE001 - a page that needs this map computes it again and shows the error
+                return
+
+
+def _explain(model: torch.nn.Module, s: Split, name: str, indices: list[int]) -> np.ndarray:
+    """Display maps in [0, 1] of the model's predicted class for ``s[indices]``."""
+    x = s.float_images(torch.tensor(indices, dtype=torch.long))
+    maps = explainers.get(name).maps(model, x, faithfulness.predicted(model, x))
+    return explainers.for_display(maps).numpy()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _map_store(run_path: str, which: str, split_name: str, name: str, mtime: float, data_key: str) -> MapStore:
+    model, s = _model(run_path, which, mtime), _split(run_path, split_name, data_key)
+    return MapStore(lambda indices: _explain(model, s, name, indices))
+
+
+def _store(run: runs.Run, which: str, split_name: str, name: str) -> MapStore:
+    return _map_store(str(run.path), which, split_name, name, _mtime(run, checkpoint_name(which)), _data_key(run))
+
+
+def maps(run: runs.Run, which: str, split_name: str, name: str, indices: list[int]) -> np.ndarray:
+    """Display maps [len(indices),H,W] in [0, 1] of ``which``'s predicted class, from explainer ``name``.
+
+    GradCAM comes from the split's cached scores (one batched pass, already there for AP
+    and sorting); any other explainer is computed for these images only, and kept per
+    run, model (checkpoint mtime), split, explainer and image.
+    """
+    if name == "gradcam":
+        return scores(run, which, split_name)["cams"][indices]
+    return _store(run, which, split_name, name).get(list(indices))
+
+
+def prefetch_maps(run: runs.Run, which: str, split_name: str, name: str, indices: list[int]) -> None:
+    """Start computing ``indices``' maps in the background (the next page), so that paging feels instant.
+
+    Nothing starts for GradCAM (it is there for the whole split) or while a job runs:
+    training needs the cores more than a page the user may never open.
+    """
+    job = get_runner().job
+    if name != "gradcam" and indices and (job is None or not job.running):
+        _store(run, which, split_name, name).prefetch(list(indices))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Explaining a sample of correctly classified training images with occlusion…")
+def _suggestion(run_path: str, mtime: float, data_key: str) -> tuple[int, int, dict]:
+    return faithfulness.faithful_pick(_model(run_path, "unrefined", mtime), _split(run_path, "train", data_key))
+
+
+def suggestion(run: runs.Run) -> tuple[int, int, dict]:
+    """``faithfulness.faithful_pick`` on the unrefined model and the training split, cached: several seconds at 128 px.
+
+    Raises ValueError (one line) when no pair can be suggested.
+    """
+    return _suggestion(str(run.path), _mtime(run, runs.UNREFINED), _data_key(run))
 
 
 def warm(run: runs.Run, which: str, splits: tuple[str, ...]) -> None:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from exbl_core import pipeline, runs
+from exbl_core import explainers, faithfulness, pipeline, runs
 from studio import cache
 from studio.jobs import get_runner
 
 ROLES = ("good", "bad")
+USER_RULE = "user"  # exemplars.json's rule for a pair marked by hand
+SUGGEST_RULE = (
+    "suggested from occlusion maps: among a seeded sample of correctly classified training images, the one with the "
+    "least of its map on the lungs is bad; the one of the same class with the most is good"
+)
 
 
 def current_run() -> runs.Run | None:
@@ -44,29 +49,70 @@ def pair(run: runs.Run) -> dict[str, int | None]:
     return picks[key]
 
 
-def mark(run: runs.Run, role: str, index: int) -> str | None:
-    """Mark ``index`` as the good or bad example, or unmark it if it already is.
+def _how(run: runs.Run) -> dict:
+    """How the pair was marked: the explainer shown at each mark, and the rule that exemplars.json will record.
+
+    Kept beside ``pair`` rather than in it, so that ``pair`` stays role -> index for every
+    page. Starts from the saved exemplars.json, whose pair was judged on its "explainer".
+    """
+    hows = st.session_state.setdefault("pick_how", {})
+    key = str(run.path)
+    if key not in hows:
+        saved = runs.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
+        shown = saved.get("explainer", "gradcam")
+        hows[key] = {"shown": {role: shown for role in ROLES if role in saved}, "rule": saved.get("rule", USER_RULE)}
+    return hows[key]
+
+
+def mark(run: runs.Run, role: str, index: int, explainer: str = "gradcam") -> str | None:
+    """Mark ``index`` as the good or bad example, judged on ``explainer``'s map, or unmark it if it already is.
 
     Returns the reason when the mark is refused: one image cannot be both good and bad.
     """
-    p = pair(run)
+    p, how = pair(run), _how(run)
     other = "bad" if role == "good" else "good"
+    if p[other] == index and p[role] != index:
+        return f"Image #{index} is already marked {other}: one image cannot be both. Unmark it first, or pick another image as {role}."
+    how["rule"] = USER_RULE  # a hand-made change: the pair is no longer the suggestion
     if p[role] == index:
         p[role] = None
+        how["shown"].pop(role, None)
         return None
-    if p[other] == index:
-        return f"Image #{index} is already marked {other}: one image cannot be both. Unmark it first, or pick another image as {role}."
     p[role] = index
+    how["shown"][role] = explainer
     return None
 
 
-def set_pair(run: runs.Run, good: int, bad: int) -> None:
+def set_pair(run: runs.Run, good: int, bad: int, explainer: str = "gradcam", rule: str = USER_RULE) -> None:
+    """Replace the pair (a suggestion), both judged on ``explainer``'s maps and chosen by ``rule``."""
     pair(run).update(good=good, bad=bad)
+    _how(run).update(shown=dict.fromkeys(ROLES, explainer), rule=rule)
+
+
+def marked_on(run: runs.Run, role: str) -> str:
+    """The explainer whose map was shown when ``role`` was marked (GradCAM for a pair saved before explainers)."""
+    return _how(run)["shown"].get(role, "gradcam")
+
+
+def pair_explainer(run: runs.Run) -> str:
+    """The explainer exemplars.json records for the pair: the faithful one (occlusion) when either mark was made on it.
+
+    The rule: one mark made on occlusion means the judgement used what the model uses, so
+    the record says so; otherwise the pair was judged on GradCAM alone, the bad mark's maps.
+    """
+    shown = [marked_on(run, role) for role in ROLES]
+    return explainers.FAITHFUL if explainers.FAITHFUL in shown else marked_on(run, "bad")
+
+
+def pair_rule(run: runs.Run) -> str:
+    """How the pair was chosen: the suggestion's rule while it is unchanged, else "user"."""
+    return _how(run)["rule"]
 
 
 def forget_pair(run: runs.Run) -> None:
     """Drop the marks after retraining: they described the old model's explanations."""
     st.session_state.setdefault("picks", {}).pop(str(run.path), None)
+    st.session_state.setdefault("pick_how", {}).pop(str(run.path), None)
 
 
 def current_metrics(run: runs.Run) -> dict | None:
@@ -90,3 +136,19 @@ def saved_pair(run: runs.Run) -> tuple[int, int, float] | None:
         return None
     saved = runs.read_json(run.file(runs.EXEMPLARS))
     return saved["good"]["index"], saved["bad"]["index"], run.file(runs.EXEMPLARS).stat().st_mtime
+
+
+def disagreement(run: runs.Run, metrics: dict | None = None) -> str | None:
+    """The sentence saying GradCAM and occlusion disagree about the shortcut, or None.
+
+    Read from the unrefined model's shortcut-test entry of ``metrics`` (metrics.json when
+    not given, and only while it is not older than the unrefined model it describes).
+    """
+    if metrics is None:
+        if not (run.has(runs.METRICS) and run.has(runs.UNREFINED)):
+            return None
+        if run.file(runs.METRICS).stat().st_mtime < run.file(runs.UNREFINED).stat().st_mtime:
+            return None
+        metrics = runs.read_json(run.file(runs.METRICS))
+    entry = metrics.get("models", {}).get("unrefined", {}).get("shortcut_test")
+    return None if entry is None else faithfulness.disagreement(entry)

@@ -58,12 +58,25 @@ def _pair_event(emit: Emit, pick: dict) -> None:
     emit({"type": "step", "step": "pair", "good": good, "bad": bad, "message": f"Pair saved: good #{good}, bad #{bad}"})
 
 
-def refine_work(run: runs.Run, data: dict[str, Split], device: torch.device, good: int, bad: int, overrides: dict) -> Work:
-    """Save the pair, refine, then evaluate (skipped after Cancel, so that Cancel answers at once)."""
+def refine_work(
+    run: runs.Run,
+    data: dict[str, Split],
+    device: torch.device,
+    good: int,
+    bad: int,
+    overrides: dict,
+    explainer: str = "gradcam",
+    rule: str = "user",
+) -> Work:
+    """Save the pair, refine, then evaluate (skipped after Cancel, so that Cancel answers at once).
+
+    ``explainer`` names the maps the pair was judged on and ``rule`` how it was chosen
+    (``state.pair_explainer`` and ``state.pair_rule``): exemplars.json records both.
+    """
 
     def work(emit: Emit, cancel: threading.Event) -> str:
         emit({"type": "step", "step": "pick", "message": f"Saving the pair: good #{good}, bad #{bad}…"})
-        _pair_event(emit, pipeline.pick_step(run, data, device, good, bad))
+        _pair_event(emit, pipeline.pick_step(run, data, device, good, bad, explainer=explainer, rule=rule))
         if cancel.is_set():
             return "cancelled"
         status = _refine(run, data, device, emit, cancel, overrides)

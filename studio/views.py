@@ -59,7 +59,7 @@ def framed(rgb: np.ndarray, color: tuple[int, int, int] | None, width: int = 4) 
 
 
 def pair_tile(image: np.ndarray, cam: np.ndarray, frame: tuple[int, int, int] | None = None, alpha: float = 0.45) -> np.ndarray:
-    """Input beside its GradCAM overlay, as one image: one element per grid cell keeps pages fast."""
+    """Input beside the overlay of its map (GradCAM or occlusion), as one image: one element per grid cell keeps pages fast."""
     gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
     return framed(np.concatenate([gray_rgb(image), gap, overlay(image, cam, alpha)], axis=1), frame)
 
