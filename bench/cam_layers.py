@@ -2,7 +2,7 @@
 
 A measurement, not a speed benchmark. The paper's GradCAM reads the last convolutional
 layer, ``features[18]``. For each layer asked for, this reports the two figures the fair
-testbed asks of a CAM (DESIGN.md section 3): child CP on the shortcut-test split (the
+testbed asks of a CAM (docs/design.md section 3): child CP on the shortcut-test split (the
 children the model calls Viral Pneumonia) and AP of the three classes without the
 confounder on the test split, each image explained for its predicted class as everywhere
 else. The map sizes at 128 px: ``features[18]`` to ``[14]`` 4x4, ``[13]`` to ``[7]`` 8x8,

@@ -1,7 +1,7 @@
 """Is a backbone pretrained on formula-driven shapes the lever that makes the shortcut visible?
 
 A network trained from scratch on a few hundred phantoms builds one global "child"
-feature, so its GradCAM cannot point at the shoulders (DESIGN.md section 8); the paper's
+feature, so its GradCAM cannot point at the shoulders (docs/design.md section 8); the paper's
 backbone came pretrained, with features that describe their own place. This script gives
 ours such a start without a single radiograph or phantom: eight kinds of shapes anywhere
 on smooth backgrounds, and a dense target per cell of the final feature map (4x4, or 8x8

@@ -1,7 +1,7 @@
 """Is the phantom a fair testbed? Train the unrefined model (or the oracle) under one set of levers.
 
 A measurement, not a speed benchmark: it prints one JSON line with what the testbed
-needs (DESIGN.md section 3): test and shortcut-test accuracy, the gap, AP per class,
+needs (docs/design.md section 3): test and shortcut-test accuracy, the gap, AP per class,
 child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
 
     python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--hide 0.33 --hide-patch 32] [--sides one]

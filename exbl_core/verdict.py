@@ -1,6 +1,6 @@
 """Did a refinement unlearn the shortcut? One computed verdict for every results view.
 
-AP alone can rise while the decision still comes from the confounder (DESIGN.md
+AP alone can rise while the decision still comes from the confounder (docs/design.md
 section 8), so the verdict reads the shortcut test. With an oracle (the same model
 trained with child anatomy independent of the class) it measures how much of the
 oracle's shortcut-test accuracy a model recovers; without one it can only compare

@@ -1,4 +1,4 @@
-"""Loading real data: the COVID-19 Radiography Database layout, splits, and DICOM (DESIGN.md §3).
+"""Loading real data: the COVID-19 Radiography Database layout, splits, and DICOM (docs/design.md §3).
 
 Bad input of every kind is in test_faults.py; this file checks that good input loads
 correctly and that the split is seeded and reproducible.

@@ -1,4 +1,4 @@
-"""GradCAM (DESIGN.md §5): the analytic path equals autograd, and gradients flow through it."""
+"""GradCAM (docs/design.md §5): the analytic path equals autograd, and gradients flow through it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The eXBL loss (DESIGN.md §6) against values computed by hand."""
+"""The eXBL loss (docs/design.md §6) against values computed by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics (DESIGN.md §7) against hand-built CAMs and masks whose answers are known."""
+"""Metrics (docs/design.md §7) against hand-built CAMs and masks whose answers are known."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The classifier (DESIGN.md §4): MobileNetV2 with the paper's head, its backbone, freezing.
+"""The classifier (docs/design.md §4): MobileNetV2 with the paper's head, its backbone, freezing.
 
 Where backbone weights come from (files, the ImageNet cache, the download) is tested in
 test_weights.py.

@@ -81,7 +81,7 @@ def test_finished_cam_is_non_negative_with_max_1_when_not_empty(weighted, grow_h
 @given(st.integers(0, 2**31 - 1), st.integers(0, 3))
 @example(seed=1688771, target=0)  # a map whose peak is 7e-4, found by a CI run
 def test_gradcam_of_a_trained_model_is_non_negative_and_divided_by_its_peak(trained_model, seed, target):
-    # The division carries DESIGN.md's 1e-8 guard, so a map whose peak is p tops out at
+    # The division carries docs/design.md's 1e-8 guard, so a map whose peak is p tops out at
     # p / (p + 1e-8): within 1e-5 of 1 only when p > 1e-3, which random inputs to a
     # trained model do not always give. The test states the normalisation exactly.
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(seed))

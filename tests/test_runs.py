@@ -1,4 +1,4 @@
-"""Run folders on disk (DESIGN.md §9): atomic files, checkpoints with metadata, stages."""
+"""Run folders on disk (docs/design.md §9): atomic files, checkpoints with metadata, stages."""
 
 from __future__ import annotations
 

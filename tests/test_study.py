@@ -1,4 +1,4 @@
-"""The study (DESIGN.md section 11): its rows, summaries and files, and what it refuses."""
+"""The study (docs/design.md section 11): its rows, summaries and files, and what it refuses."""
 
 from __future__ import annotations
 

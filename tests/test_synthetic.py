@@ -1,4 +1,4 @@
-"""The synthetic phantom: deterministic, balanced, with the confounder planted where DESIGN.md §3 says."""
+"""The synthetic phantom: deterministic, balanced, with the confounder planted where docs/design.md §3 says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training (DESIGN.md §8): events, early stopping, best weights, cancellation and faults.
+"""Training (docs/design.md §8): events, early stopping, best weights, cancellation and faults.
 
 Every test trains a fresh model on 16 images of 32x32 for one to three epochs.
 """

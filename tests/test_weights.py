@@ -1,4 +1,4 @@
-"""Backbone weights (DESIGN.md §4): ImageNet from the hub cache, random, or a local file.
+"""Backbone weights (docs/design.md §4): ImageNet from the hub cache, random, or a local file.
 
 No test here touches the network: ``offline`` refuses every connection and name lookup,
 and the one download that succeeds is served from memory by a fake ``urlopen``.
