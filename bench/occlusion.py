@@ -2,6 +2,7 @@
 
     python -m bench.occlusion [--run DIR] [--size 128] [--images 4] [--repeats 5] [--threads N]
     python -m bench.occlusion --sweep RUN [--images 64]   # how the window and stride change the story
+    python -m bench.occlusion --batches [--run DIR]       # occluded images per forward pass, side by side
 
 
 Ours puts every occluded copy through the BatchNorm-folded network in large batches under
@@ -69,7 +70,8 @@ def run(run_dir=None, size: int = 128, images: int = 4, repeats: int = 5) -> Sec
     ]
     markdown = (
         f"{images} phantoms at {size} px, {PATCH}-px window, stride {STRIDE} ({windows} windows), each image's mean as infill, "
-        f"the trained quick-demo checkpoint, {torch.get_num_threads()} torch threads, {repeats} alternating repeats. "
+        f"the trained checkpoint of `{run_dir or 'the cached quick demo'}`, {torch.get_num_threads()} torch threads, "
+        f"{repeats} alternating repeats. "
         f"Largest difference between our maps and Captum's: {difference:.1e}.\n\n"
         + table(["method", "best s / map", "time vs ours (best, median)"], rows)
     )
@@ -141,17 +143,39 @@ def sweep(run_dir, images: int = 64) -> Section:
     return Section("Occlusion settings", markdown)
 
 
+BATCHES = (8, 16, 32, 64, 256)
+
+
+def batches(run_dir=None, size: int = 128, images: int = 4, repeats: int = 5) -> Section:
+    """Time per map for each forward batch size, alternating: small batches keep activations in the CPU's cache."""
+    model = load_trained(ensure_trained_run(run_dir))
+    x, _, _ = synthetic_batch(size, images)
+    with torch.no_grad():
+        targets = model(x).argmax(1)
+    ours = explainers.get("occlusion")
+    timings = compare({str(b): (lambda b=b: ours.maps(model, x, targets, batch_size=b)) for b in BATCHES}, repeats=repeats)
+    rows = [[b, f"{timings.best(str(b)) / images:.3f}", f"{timings.median(str(b)) / images:.3f}"] for b in BATCHES]
+    markdown = (
+        f"{images} phantoms at {size} px, default window and stride, {torch.get_num_threads()} torch threads, "
+        f"{repeats} alternating repeats.\n\n" + table(["images per forward pass", "best s / map", "median s / map"], rows)
+    )
+    return Section("Occlusion: forward batch size", markdown)
+
+
 def main() -> None:
     p = bench_parser(__doc__)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--batches", action="store_true", help="time the forward batch sizes side by side")
     p.add_argument("--sweep", type=Path, metavar="RUN", help="compare window and stride settings on this finished demo run")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.sweep:
         print(sweep(args.sweep, args.images).render())
+    elif args.batches:
+        print(batches(args.run, args.size, args.images, args.repeats).render())
     else:
         print(run(args.run, args.size, args.images, args.repeats).render())
 

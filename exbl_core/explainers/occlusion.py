@@ -27,7 +27,10 @@ Infill = float | str  # a constant in [0, 1], or "mean": each image's own mean v
 # a 32-px window covers a humerus head at 128 px, and stride 16 tiles the image with 7x7 windows,
 # a quarter of the forward passes of a 24-px window at stride 8, for the same story.
 PATCH, STRIDE, INFILL = 32, 16, "mean"
-FORWARD_BATCH = 256  # occluded images per forward pass: large batches keep the cores busy
+# Occluded images per forward pass. Small batches win on CPU: a batch's activations stay in the
+# cache (at 128 px, one map took 0.26 s in batches of 16 and 0.52 s in batches of 256 on one
+# thread, best of 6 alternating runs; python -m bench.occlusion --batches measures it).
+FORWARD_BATCH = 16
 
 
 def check_settings(patch: int, stride: int, infill: Infill) -> None:
@@ -105,7 +108,7 @@ class Occlusion:
         windows = window_masks((h, w), self.patch, self.stride, device)  # [P,H,W]
         p = len(windows)
         maps = []
-        # A few images at a time, so that their P occluded copies fill about one forward batch.
+        # Whole images at a time, so that the per-window drops of each image arrive together.
         per_chunk = max(1, batch_size // p)
         for s in range(0, n, per_chunk):
             x = images[s : s + per_chunk].to(device)
