@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig, TrainingError, choose_device
+from exbl_core.training import Interrupted, TrainConfig, TrainingError, choose_device
 
 DEFAULT_OUT = Path("runs") / "demo"
 DEFAULT_METHOD = "exbl"  # refine's method when none is given: the paper's, never config.json's last choice
@@ -56,7 +57,8 @@ class ProgressPrinter:
         elif kind == "early_stop":
             tqdm.write(f"{event['phase']}: early stop at epoch {event['epoch']}; best epoch {event['best_epoch']} restored")
         elif kind in ("cancelled", "failed"):
-            tqdm.write(f"{event['phase']}: {kind} at epoch {event['epoch']}; last good checkpoint is from epoch {event['best_epoch']}")
+            kept = event.get("kept_message") or f"last good checkpoint is from epoch {event['best_epoch']}"
+            tqdm.write(f"{event['phase']}: {kind} at epoch {event['epoch']}; {kept}")
 
     def _close(self) -> None:
         if self.bar is not None:
@@ -189,6 +191,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     preset = _presets(args)
     methods = args.methods or list(METHODS)
+    preset_name = "quick" if args.quick else "demo"
+    study.check_request(args.out, args.seeds, methods)  # refusals come before any output, and touch nothing
+    study.check_resume(args.out, study.study_settings(preset_name, preset, methods))
     device = choose_device()
     _say(f"Study: seeds {' '.join(map(str, args.seeds))}; methods {' '.join(methods)}; device {device}; folder {args.out}")
     bar = tqdm(total=len(args.seeds), desc="seeds", file=sys.stderr)
@@ -197,7 +202,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         bar.set_postfix_str(message)
         tqdm.write(message)
 
-    rows = study.run_study(args.out, args.seeds, methods, preset, device, progress, on_seed=lambda _seed: bar.update(1))
+    rows = study.run_study(args.out, args.seeds, methods, preset, device, progress, lambda _seed: bar.update(1), preset_name)
     bar.close()
     _say("\n" + study.study_markdown(rows))
     _say(f"Wrote {args.out / study.STUDY_JSON}, {study.STUDY_MD} and {study.STUDY_PNG}; each seed's run is in {args.out}/seed-N")
@@ -489,14 +494,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    """Turn SIGTERM into a KeyboardInterrupt, which training records and answers like SIGINT."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM takes SIGINT's path: the step records the interruption and says what it kept.
+
+    Only the main thread may install a handler; elsewhere (a test calling ``main`` from a
+    thread) SIGTERM keeps its default.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_interrupts():
+            return args.func(args)
     except (DataError, runs.RunError, runs.CheckpointError, TrainingError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last good checkpoint is kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A training step's Interrupted says what it kept; elsewhere nothing was being written.
+        said = str(exc) if isinstance(exc, Interrupted) else "the files written before it are kept"
+        print(f"interrupted: {said}", file=sys.stderr)
         return 130

@@ -7,8 +7,13 @@ and writes its results back atomically.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import threading
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,8 +27,10 @@ from exbl_core.methods import Pick, check_feedback, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
-from exbl_core.training import EventCallback, FitResult, TrainConfig, TrainingError, fit
+from exbl_core.training import EventCallback, FitResult, Interrupted, TrainConfig, TrainingError, fit
 from exbl_core.verdict import shortcut_verdict
+
+log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("val", "test", "shortcut_test")
 AUTO_PICK_RULE = (
@@ -174,6 +181,7 @@ def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
         source = cfg.pop("source", None)
         if source not in kinds:
             raise ValueError(f"source {source!r} is neither 'synthetic' nor 'folder'")
+        check_types(kinds[source], cfg)
         spec = kinds[source](**cfg)
         check_data(spec)
     except runs.RunError:
@@ -183,13 +191,46 @@ def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
     return spec
 
 
+def _fits(value: object, hint: object) -> bool:
+    """Does a JSON value have the setting's type? bool is no int here (``"epochs": true`` is no
+    epoch count), an int is a fine float, and a float is no int (``"size": 96.5`` is no size)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is bool and isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if option is str and isinstance(value, str):
+            return True
+    return False
+
+
+def check_types(cls: type, values: dict) -> None:
+    """Refuse a config.json value of the wrong JSON type for ``cls``'s field, naming it (TypeError).
+
+    The dataclasses check ranges, not types: ``True >= 1`` and ``16 <= 96.5`` both pass.
+    Unknown keys are left to the dataclass, which refuses them.
+    """
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _fits(value, hints[key]):
+            wanted = " or ".join(getattr(t, "__name__", str(t)) for t in typing.get_args(hints[key]) or (hints[key],))
+            raise TypeError(f"{key} is {json.dumps(value)}, which is not of type {wanted.replace('NoneType', 'null')}")
+
+
 def _reason(exc: Exception) -> str:
     return f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
 
 
 def check_config(run: runs.Run) -> runs.Run:
     """Refuse a config.json of the wrong shape now, with one line naming it, instead of deep in a step."""
-    data_config(run)
+    if isinstance(data_config(run), FolderSpec):
+        for split in ("train", "val", "test"):
+            split_entries(run, split)
     for phase in ("train", "refine"):
         train_config(run, phase)
     return run
@@ -207,8 +248,25 @@ def load_split(run: runs.Run, split: str) -> Split:
         return generate_split(split, spec)
     if split not in ("train", "val", "test"):
         raise DataError(f"split {split!r} exists only for synthetic data")
-    entries = [tuple(e) for e in runs.read_json(run.file(runs.SPLIT))[split]]
+    entries = split_entries(run, split)
     return load_entries(spec.path, entries, spec.size, skip_bad=spec.skip_bad)
+
+
+def split_entries(run: runs.Run, split: str) -> list[tuple[int, str]]:
+    """A real-data split's ``(label, image path)`` entries from split.json, checked: a hand-edited
+    label out of range or of the wrong type gets one line naming the file, before any training."""
+    path = run.file(runs.SPLIT)
+    entries = runs.read_json(path).get(split)
+    if not isinstance(entries, list):
+        raise runs.RunError(f"{path}: has no list of {split} images")
+    for i, entry in enumerate(entries):
+        ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)
+        label = entry[0] if ok else None
+        if not ok or not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(CLASSES):
+            raise runs.RunError(
+                f"{path}: {split} entry {i} is {json.dumps(entry)}; each must be [label, image path] with a label 0 to {len(CLASSES) - 1}"
+            )
+    return [(label, rel) for label, rel in entries]
 
 
 def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str, Split]:
@@ -218,7 +276,11 @@ def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str,
 def train_config(run: runs.Run, phase: str) -> TrainConfig:
     """The run's training (``phase`` "train") or refinement ("refine") settings, checked."""
     try:
-        return TrainConfig(**run.config()[phase])
+        settings = run.config()[phase]
+        if not isinstance(settings, dict):
+            raise TypeError(f"expected an object, found {type(settings).__name__}")
+        check_types(TrainConfig, settings)
+        return TrainConfig(**settings)
     except (KeyError, TypeError, ValueError) as exc:
         raise runs.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
 
@@ -246,13 +308,56 @@ def models_in(run: runs.Run) -> list[str]:
 
 
 def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | None = None) -> torch.nn.Module:
-    """One of the run's models (see ``models_in``), in eval mode, on ``device``."""
+    """One of the run's models (see ``models_in``), in eval mode, on ``device``; checked to be that model of this run."""
     name = model_file(which)
     if not run.has(name):
         raise runs.RunError(f"{run.path}: no {which} model yet ({name} is missing)")
     model = build_model(num_classes=len(CLASSES), freeze=False)
-    runs.load_checkpoint(run.file(name), model)
+    meta = runs.load_checkpoint(run.file(name), model)
+    check_identity(run, which, meta)
     return model.to(device or torch.device("cpu")).eval()
+
+
+def data_fingerprint(data: dict) -> str:
+    """SHA-256 of config.json's ``data`` section as canonical JSON, without the data set's path:
+    a data set moved to another folder is the same data, and split.json names its images."""
+    settings = {k: v for k, v in data.items() if k != "path"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def run_identity(run: runs.Run) -> dict:
+    """What every checkpoint records of the run it was trained in: its id (None for a run made
+    before runs had one) and its data settings' fingerprint."""
+    config = run.config()
+    return {"run_id": config.get("run_id"), "data_sha256": data_fingerprint(config.get("data", {}))}
+
+
+IDENTITY_FIELDS = ("role", "run_id", "data_sha256")
+
+
+def check_identity(run: runs.Run, which: str, meta: dict) -> None:
+    """Refuse a checkpoint that is not ``which`` of this run: a swapped file, another run's, or other data or size.
+
+    A checkpoint written before checkpoints recorded these still loads, with a notice that it
+    cannot be checked; each field that is there is checked.
+    """
+    path = run.file(model_file(which))
+    config = run.config()
+    problems = []
+    if "role" in meta and meta["role"] != which:
+        problems.append(f"it holds the {meta['role']} model, not the {which} model")
+    if "run_id" in meta and meta["run_id"] != config.get("run_id"):
+        problems.append(f"it was trained in another run (id {meta['run_id']}, this run's is {config.get('run_id')})")
+    if "data_sha256" in meta and meta["data_sha256"] != data_fingerprint(config.get("data", {})):
+        problems.append("it was trained on other data settings than this run's config.json")
+    size = config.get("data", {}).get("size")
+    if "image_size" in meta and meta["image_size"] != size:
+        problems.append(f"it is for {meta['image_size']} px images, this run's are {size} px")
+    if problems:
+        raise runs.CheckpointError(f"{path}: {'; '.join(problems)}; it was not loaded")
+    missing = [f for f in IDENTITY_FIELDS if f not in meta]
+    if missing:
+        log.warning("%s: written before checkpoints recorded their model, run and data, so it cannot be checked against this run", path)
 
 
 def can_train_oracle(run: runs.Run) -> bool:
@@ -268,22 +373,90 @@ def oracle_data(run: runs.Run) -> dict[str, Split]:
     return {s: generate_split(s, oracle_config(spec)) for s in ("train", "val")}
 
 
-def _checkpoint_writer(run: runs.Run, name: str, phase: str, cfg: TrainConfig, image_size: int):
-    """Writes each new best model, with the settings that made it; the first new unrefined.pt
-    also drops the files of the run or model it replaces (``runs.replacing``)."""
+@dataclass
+class _Attempt:
+    """One training attempt at a model's file: where its best epochs go, and what it kept when it ended.
 
-    def write(state: dict, epoch: int, record: dict) -> None:
-        meta = {"phase": phase, "epoch": epoch, "image_size": image_size, "val_loss": record["val_loss"], "settings": cfg.to_dict()}
-        runs.save_checkpoint(run.file(name), state, meta)
-        if name == runs.UNREFINED:
-            runs.settle(run.path)
+    A staged file (oracle.pt, refined-*.pt) is written to its partial file at every new best
+    epoch and moved onto the model's file only when the attempt finishes, so an interrupted or
+    failed attempt never replaces a finished model. unrefined.pt is written in place: replacing
+    it replaces the run, which ``runs.replacing`` keeps aside until its first new checkpoint.
+    """
 
-    return write
+    run: runs.Run
+    name: str  # the finished model's file
+    role: str  # "unrefined", "oracle" or the method's name
+    phase: str
+    cfg: TrainConfig
+    image_size: int
+    had_final: bool = False  # a finished model was there when the attempt started
+    best_epoch: int = 0  # the latest best epoch this attempt wrote
+    ended: bool = False  # an end event (done, cancelled, failed) was recorded
+
+    @property
+    def staged(self) -> bool:
+        return self.name in runs.STAGED_FILES
+
+    @property
+    def target(self) -> str:
+        return runs.partial_file(self.name) if self.staged else self.name
+
+    def write(self, state: dict, epoch: int, record: dict) -> None:
+        """Save a new best epoch with what it is (see ``check_identity``); the first new unrefined.pt
+        also drops the files of the run or model it replaces (``runs.replacing``)."""
+        meta = {
+            "phase": self.phase,
+            "role": self.role,
+            "epoch": epoch,
+            "image_size": self.image_size,
+            "val_loss": record["val_loss"],
+            "settings": self.cfg.to_dict(),
+            **run_identity(self.run),
+        }
+        runs.save_checkpoint(self.run.file(self.target), state, meta)
+        self.best_epoch = epoch
+        if self.name == runs.UNREFINED:
+            runs.settle(self.run.path)
+
+    def finish(self) -> None:
+        """The attempt ended normally: its best epoch becomes the model (before history says ``done``)."""
+        if self.staged and self.best_epoch > 0:
+            runs.promote(self.run.file(self.target), self.run.file(self.name))
+
+    def kept(self) -> dict:
+        """What an interrupted or failed attempt left, for its history event."""
+        kept_file = self.target if self.best_epoch else None
+        return {"model": self.name, "model_unchanged": self.staged, "file": kept_file, "epoch": self.best_epoch}
+
+    def message(self) -> str:
+        """One sentence on what an interrupted or failed attempt kept, naming the files."""
+        if not self.staged:
+            if self.best_epoch:
+                return f"{self.name} holds this attempt's best epoch {self.best_epoch}; the attempt did not finish"
+            return f"no epoch of this attempt finished, so {self.name} was not written by it"
+        before = (
+            f"{self.name} is unchanged (the finished model from before)" if self.had_final else f"there is still no finished {self.name}"
+        )
+        if self.best_epoch:
+            return f"{before}; this attempt's best epoch {self.best_epoch} is in {self.target}"
+        return f"{before}; no epoch of this attempt finished, nothing of it was kept"
 
 
-def _recorder(run: runs.Run, on_event: EventCallback | None, **tags) -> EventCallback:
+def _recorder(run: runs.Run, on_event: EventCallback | None, attempt: _Attempt | None = None, **tags) -> EventCallback:
+    """Append each event but batches to history, and pass it on; an attempt's end also settles its file.
+
+    ``done`` moves the finished model into place before history records it, so a history that
+    says ``done`` never names a model that is not on disk; ``cancelled`` and ``failed`` say what was kept.
+    """
+
     def record(event: dict) -> None:
         event = {**event, **tags}
+        if attempt is not None and event["type"] in ("done", "cancelled", "failed"):
+            if event["type"] == "done":
+                attempt.finish()  # a failed move is recorded as the attempt's failure, by _fit_step
+            else:
+                event.update(kept=attempt.kept(), kept_message=attempt.message())
+            attempt.ended = True
         if event["type"] != "batch_end":
             run.append_history(event)
         if on_event is not None:
@@ -293,22 +466,34 @@ def _recorder(run: runs.Run, on_event: EventCallback | None, **tags) -> EventCal
 
 
 def _fit_step(
-    run: runs.Run, phase: str, name: str, cfg: TrainConfig, model, data, objective, on_event, cancel, device, **tags
+    run: runs.Run, phase: str, role: str, cfg: TrainConfig, model, data, objective, on_event, cancel, device, **tags
 ) -> FitResult:
     """Run ``fit`` with its start recorded in history: the settings this attempt really used.
 
     ``tags`` (a refinement's ``method``) go into every event, so that the history tells
-    the attempts of several methods apart.
+    the attempts of several methods apart. However the attempt ends, history records it;
+    a KeyboardInterrupt comes out as ``Interrupted``, saying what was kept.
     """
-    record = _recorder(run, on_event, **tags)
-    record({"type": "start", "phase": phase, "epochs": cfg.epochs, "settings": cfg.to_dict(), "time": time.time()})
+    name = model_file(role)
     size = int(data["train"].images.shape[-1])
-    writer = _checkpoint_writer(run, name, Path(name).stem, cfg, size)
-    result = fit(model, data["train"], data["val"], cfg, objective, record, cancel, writer, device, phase=phase)
+    attempt = _Attempt(run, name, role, Path(name).stem, cfg, size, had_final=run.has(name))
+    record = _recorder(run, on_event, attempt, **tags)
+    record({"type": "start", "phase": phase, "epochs": cfg.epochs, "settings": cfg.to_dict(), "time": time.time()})
+    try:
+        result = fit(model, data["train"], data["val"], cfg, objective, record, cancel, attempt.write, device, phase=phase)
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if not attempt.ended:  # stopped outside fit's loop, or in its own end event: still one end in history
+            end = {"type": "cancelled", "reason": "interrupted"} if interrupted else {"type": "failed", "error": str(exc)}
+            record({**end, "phase": phase, "epoch": None, "best_epoch": attempt.best_epoch})
+        if interrupted:
+            raise Interrupted(attempt.message()) from exc
+        raise
     if result.status == "done" and result.best_epoch == 0:
         raise TrainingError(
             f"{phase}: no epoch reached a finite validation loss, so {run.file(name)} was not written; try a lower learning rate"
         )
+    result.kept_message = None if result.status == "done" else attempt.message()
     return result
 
 
@@ -335,7 +520,7 @@ def train_step(
     model = build_model(num_classes=len(CLASSES), backbone=backbone, freeze=False)
     freeze_early_blocks(model, start.frozen_blocks)
     model = model.to(device)
-    return _fit_step(run, role, model_file(role), cfg, model, fit_data, None, on_event, cancel, device)
+    return _fit_step(run, role, role, cfg, model, fit_data, None, on_event, cancel, device)
 
 
 def training_scores(model: torch.nn.Module, split: Split, tau: float = 5.0) -> dict[str, torch.Tensor]:
@@ -457,8 +642,8 @@ def refine_step(
     """Refine a copy of the unrefined model with one method; its checkpoint is rewritten at every new best epoch.
 
     ``overrides`` (method, epochs, lambda_expl, lr, patience, ...) apply to this attempt; history
-    and the checkpoint record them. config.json takes them only when the step ends with a
-    model, so a failed attempt leaves it as it was and a plain retry uses the settings that worked.
+    and the checkpoint record them. config.json takes them only when the attempt finishes
+    (done or early stop), so a failed or interrupted attempt leaves it as it was and a plain retry uses the settings that worked.
     """
     if not run.has(runs.EXEMPLARS):
         raise runs.RunError(f"{run.path}: pick a good and a bad explanation first ({runs.EXEMPLARS} is missing)")
@@ -472,9 +657,9 @@ def refine_step(
     model = load_model(run, "unrefined", device)
     objective = method.prepare(model, train, Pick(good, bad), cfg)
     torch.manual_seed(cfg.seed)
-    result = _fit_step(run, "refine", model_file(method.name), cfg, model, data, objective, on_event, cancel, device, method=method.name)
+    result = _fit_step(run, "refine", method.name, cfg, model, data, objective, on_event, cancel, device, method=method.name)
     chosen = replace(train_config(run, "refine"), **(overrides or {}))  # the user's choice, without the method's schedule
-    if result.best_epoch > 0 and chosen != train_config(run, "refine"):
+    if result.status == "done" and chosen != train_config(run, "refine"):
         config = run.config()
         config["refine"] = chosen.to_dict()
         runs.write_json(run.file(runs.CONFIG), config)

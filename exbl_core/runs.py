@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -57,11 +58,38 @@ def refined_file(method: str) -> str:
     return f"refined-{method}.pt"
 
 
+def partial_file(name: str) -> str:
+    """Where an attempt at ``name`` keeps its best epoch until it finishes (``refined-exbl.partial.pt``).
+
+    Only a finished attempt is moved onto ``name``, so an interrupted one never replaces
+    a finished model; the partial file is never loaded as the model's result.
+    """
+    return f"{name.removesuffix('.pt')}.partial.pt"
+
+
 REFINED_FILES = tuple(refined_file(m) for m in METHODS)
+# The models whose attempts are staged in a partial file: unrefined.pt is not, since replacing
+# it replaces the whole run, which ``replacing`` keeps aside until the new model's first checkpoint.
+STAGED_FILES = (ORACLE, *REFINED_FILES)
+PARTIAL_FILES = tuple(partial_file(n) for n in STAGED_FILES)
 # Every file a run folder may hold that the tool wrote; nothing else is ever replaced or deleted.
-RUN_FILES = (CONFIG, SPLIT, UNREFINED, ORACLE, *REFINED_FILES, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+RUN_FILES = (
+    CONFIG,
+    SPLIT,
+    UNREFINED,
+    ORACLE,
+    *REFINED_FILES,
+    *PARTIAL_FILES,
+    EXEMPLARS,
+    EXEMPLARS_PNG,
+    HISTORY,
+    METRICS,
+    FIGURE3,
+    TABLE1_CSV,
+    TABLE1_MD,
+)
 # What a trained model brings with it: set aside together when the model is replaced.
-MODEL_FILES = (UNREFINED, ORACLE, *REFINED_FILES, EXEMPLARS, EXEMPLARS_PNG, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+MODEL_FILES = (UNREFINED, ORACLE, *REFINED_FILES, *PARTIAL_FILES, EXEMPLARS, EXEMPLARS_PNG, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
 LOCK = ".lock"
 ASIDE = ".previous-run"
 # atomic_write_bytes's temporary files: ".<owned name>.<random>.tmp"
@@ -134,6 +162,15 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise RunError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
+
+
+def promote(partial: str | Path, final: str | Path) -> None:
+    """Move a finished attempt's partial checkpoint onto the model's file in one ``os.replace``."""
+    try:
+        os.replace(partial, final)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise WriteError(f"{final}: the finished model could not be moved into place from {Path(partial).name} ({reason})") from exc
 
 
 def save_checkpoint(path: str | Path, state_dict: dict, meta: dict) -> None:
@@ -307,7 +344,9 @@ def create_run(path: str | Path, config: dict) -> Run:
         run.path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(f"{run.path}: the run folder could not be created ({exc.strerror or exc})") from exc
-    write_json(run.file(CONFIG), {"format": RUN_FORMAT, "version": FORMAT_VERSION, "arch": ARCH, "classes": list(CLASSES), **config})
+    # A random id, so that a checkpoint can tell this run from a copy of another; a copied run keeps it.
+    stamp = {"format": RUN_FORMAT, "version": FORMAT_VERSION, "arch": ARCH, "classes": list(CLASSES), "run_id": secrets.token_hex(8)}
+    write_json(run.file(CONFIG), {**stamp, **config})
     return run
 
 

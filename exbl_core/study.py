@@ -8,7 +8,8 @@ each method, and evaluates them all. Each seed is an ordinary run folder
 (one row per seed and model), ``study.md`` (medians and ranges) and ``study.png``.
 
 Every step is skipped when its result is already on disk, so an interrupted study
-resumes where it stopped and finished seeds are kept.
+resumes where it stopped and finished seeds are kept. study.json records the preset and
+its settings, and a resume with other settings is refused before anything is touched.
 """
 
 from __future__ import annotations
@@ -67,6 +68,51 @@ def check_request(out: Path, seeds: list[int], methods: list[str]) -> None:
             raise StudyError(f"{out}: holds files the study did not write ({', '.join(sorted(foreign)[:3])}); choose another --out")
         if out.joinpath(STUDY_JSON).is_file() and runs.read_json(out / STUDY_JSON).get("format") != STUDY_FORMAT:
             raise StudyError(f"{out / STUDY_JSON}: not a study file; choose another --out")
+
+
+def study_settings(preset_name: str, preset: pipeline.Preset, methods: list[str]) -> dict:
+    """What makes two runs of a study comparable: the preset, its data, training and refinement
+    settings (each seed's run replaces only their ``seed``) and the methods."""
+    return {
+        "preset": preset_name,
+        "quick": preset_name == "quick",
+        "methods": list(methods),
+        "data": preset.data.to_dict(),
+        "train": preset.train.to_dict(),
+        "refine": preset.refine.to_dict(),
+    }
+
+
+def _differences(recorded: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key recorded -> now`` for every setting that differs, nested keys joined by dots."""
+    out = []
+    for key in dict.fromkeys([*recorded, *now]):
+        was, new = recorded.get(key), now.get(key)
+        if isinstance(was, dict) and isinstance(new, dict):
+            out += _differences(was, new, f"{prefix}{key}.")
+        elif was != new:
+            out.append(f"{prefix}{key} {was} -> {new}")
+    return out
+
+
+def check_resume(out: Path, settings: dict) -> None:
+    """Refuse to resume a study in ``out`` with other settings than it was started with, naming what differs.
+
+    A study.json written before studies recorded their settings cannot be checked, and is resumed.
+    """
+    path = out / STUDY_JSON
+    if not path.is_file():
+        return
+    recorded = runs.read_json(path).get("settings")
+    if recorded is None:
+        return
+    differ = _differences(recorded, settings)
+    if differ:
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise StudyError(
+            f"{path}: this study was started with other settings ({'; '.join(differ[:3])}{more}); "
+            "resume it with the same ones, or choose another --out"
+        )
 
 
 def find_study(run_path: Path) -> Path | None:
@@ -228,10 +274,16 @@ def study_png(rows: list[dict]) -> bytes:
     return figure_png(fig)
 
 
-def write_study(out: Path, methods: list[str], rows: list[dict]) -> None:
-    """study.json, study.md and study.png, each written atomically; ``seeds`` lists the seeds finished so far."""
+def write_study_json(out: Path, methods: list[str], rows: list[dict], settings: dict | None = None) -> None:
+    """study.json: the settings (which a resume must match), the seeds finished so far and their rows."""
     seeds = list(dict.fromkeys(r["seed"] for r in rows))
-    runs.write_json(out / STUDY_JSON, {"format": STUDY_FORMAT, "seeds": seeds, "methods": methods, "rows": rows})
+    doc = {"format": STUDY_FORMAT, "seeds": seeds, "methods": methods, "rows": rows}
+    runs.write_json(out / STUDY_JSON, doc if settings is None else {**doc, "settings": settings})
+
+
+def write_study(out: Path, methods: list[str], rows: list[dict], settings: dict | None = None) -> None:
+    """study.json, study.md and study.png, each written atomically; ``seeds`` lists the seeds finished so far."""
+    write_study_json(out, methods, rows, settings)
     runs.atomic_write_text(out / STUDY_MD, study_markdown(rows))
     runs.atomic_write_bytes(out / STUDY_PNG, study_png(rows))
 
@@ -244,15 +296,24 @@ def run_study(
     device: torch.device,
     progress: Progress = lambda _msg: None,
     on_seed: Callable[[int], None] = lambda _seed: None,
+    preset_name: str = "demo",
 ) -> list[dict]:
-    """Run (or resume) the study and write its files after every seed; returns study.json's rows."""
+    """Run (or resume) the study and write its files after every seed; returns study.json's rows.
+
+    study.json records the settings before the first seed starts, so that even a study
+    interrupted in its first seed refuses a resume with other settings (``check_resume``).
+    """
     out = Path(out)
+    settings = study_settings(preset_name, preset, methods)
     check_request(out, seeds, methods)
+    check_resume(out, settings)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / STUDY_JSON).is_file() or "settings" not in runs.read_json(out / STUDY_JSON):
+        write_study_json(out, methods, [], settings)
     rows: list[dict] = []
     for seed in seeds:
         metrics = seed_run(out, seed, methods, preset, device, progress)
         rows += study_rows(seed, metrics, methods)
-        write_study(out, methods, rows)
+        write_study(out, methods, rows, settings)
         on_seed(seed)
     return rows

@@ -4,7 +4,9 @@ Both loops share one engine: Adam with the learning rate decayed on plateau, ear
 stopping on validation loss with the best weights restored, an event callback that
 receives plain numbers, and cancellation through a ``threading.Event`` checked at
 every batch. A new best model is handed to ``on_checkpoint`` as soon as it appears,
-so a cancelled or failed run always leaves the last good checkpoint behind.
+so a cancelled or failed run always leaves its best epoch behind (the pipeline keeps it
+in a partial file, never over a finished model). A cancel, a fault and a KeyboardInterrupt
+each end with a ``cancelled`` or ``failed`` event.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class TrainingError(RuntimeError):
 
 class Cancelled(RuntimeError):
     """Raised inside the loop when the cancel event is set; caught by ``fit``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (SIGINT, or SIGTERM turned into one) whose message says what the step kept."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class FitResult:
     best_val_loss: float
     epochs_run: int
     history: list[Event]
+    kept_message: str | None = None  # set by the pipeline when the attempt did not finish: what it kept
 
 
 def choose_device() -> torch.device:
@@ -301,6 +308,11 @@ def fit(
         restore_best()
         publish({"type": "cancelled", "epoch": epoch, "best_epoch": best["epoch"]})
         return FitResult("cancelled", best["epoch"], best["loss"], epoch, history)
+    except KeyboardInterrupt:
+        # SIGINT (or SIGTERM, which the CLI turns into one): recorded like a cancel, then passed on.
+        restore_best()
+        publish({"type": "cancelled", "epoch": epoch, "best_epoch": best["epoch"], "reason": "interrupted"})
+        raise
     except Exception as exc:
         restore_best()
         publish({"type": "failed", "epoch": epoch, "best_epoch": best["epoch"], "error": str(exc)})

@@ -98,9 +98,15 @@ def _outcome(job: Job) -> None:
     if job.status == "done":
         st.success(f"The {JOB_NAMES[job.kind]} finished in {took}.")
     elif job.status == "cancelled":
-        st.warning(f"The {JOB_NAMES[job.kind]} was cancelled after {took}. The best checkpoint saved before that is kept.")
+        st.warning(f"The {JOB_NAMES[job.kind]} was cancelled after {took}. {_kept(job.events)}")
     elif job.status == "failed":
         st.error(f"The {JOB_NAMES[job.kind]} failed after {took}: {job.error}")
+
+
+def _kept(events: list[dict]) -> str:
+    """What the cancelled job kept, as its training step said (a refinement never replaces a finished model)."""
+    said = next((e["kept_message"] for e in reversed(events) if e.get("kept_message")), None)
+    return f"Kept: {said}." if said else "Nothing it was writing was lost."
 
 
 def _latest_phase(events: list[dict]) -> str | None:
@@ -142,7 +148,7 @@ def job_panel(
             if describe is not None:
                 st.caption(describe(job))
             if job.cancel.is_set():
-                st.progress(0.0, text="Cancelling: stops after the current batch and keeps the best checkpoint so far…")
+                st.progress(0.0, text="Cancelling: stops after the current batch; a finished model is never replaced…")
             else:
                 now = progress.job_progress(job.events, job.started, time.time())
                 st.progress(now.fraction or 0.0, text=now.text)

@@ -18,6 +18,7 @@ from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
 from exbl_core import pipeline, runs
+from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
 from exbl_core.verdict import Verdict, shortcut_verdict
@@ -314,11 +315,18 @@ def test_compare_shows_verdict_table_figure_and_downloads(runs_dir: Path, finish
     assert "Train the oracle" in [b.label for b in at.button], "without an oracle, Compare offers to train one"
 
 
+def stand_in(run: runs.Run, source: str, which: str) -> None:
+    """Save ``source``'s weights as the run's ``which`` model: a checkpoint records its role, so a plain copy is refused."""
+    model = build_model(num_classes=4)
+    meta = runs.load_checkpoint(run.file(pipeline.model_file(source)), model)
+    runs.save_checkpoint(run.file(pipeline.model_file(which)), model.state_dict(), {**meta, "role": which})
+
+
 def test_compare_puts_every_refined_model_side_by_side_with_the_oracles_verdict(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     metrics = runs.read_json(run.file(runs.METRICS))
-    shutil.copy2(run.file(runs.refined_file("exbl")), run.file(runs.refined_file("counterexamples")))
-    shutil.copy2(run.file(runs.UNREFINED), run.file(runs.ORACLE))
+    stand_in(run, "exbl", "counterexamples")
+    stand_in(run, "unrefined", "oracle")
     models = metrics["models"]
     models["counterexamples"] = models["exbl"]
     models["oracle"] = json.loads(json.dumps(models["unrefined"]))
