@@ -3,6 +3,7 @@
     python -m bench.occlusion [--run DIR] [--size 128] [--images 4] [--repeats 5] [--threads N]
     python -m bench.occlusion --sweep RUN [--images 64]   # how the window and stride change the story
     python -m bench.occlusion --batches [--run DIR]       # occluded images per forward pass, side by side
+    python -m bench.occlusion --evaluate RUN              # what scoring the explainers adds to `evaluate`
 
 
 Ours puts every occluded copy through the BatchNorm-folded network in large batches under
@@ -143,6 +144,51 @@ def sweep(run_dir, images: int = 64) -> Section:
     return Section("Occlusion settings", markdown)
 
 
+def evaluate_share(run_dir: Path) -> Section:
+    """Time ``evaluate`` on a finished run, and the part of it spent scoring the explainers (wall and CPU seconds).
+
+    metrics.json is rewritten by this (as ``python -m exbl_core evaluate`` would), so run
+    it on a copy of the run.
+    """
+    import time
+
+    from exbl_core import faithfulness, pipeline, runs
+
+    run = runs.open_run(run_dir)
+    data = pipeline.load_data(run)
+    spent = {"wall": 0.0, "cpu": 0.0}
+    score = faithfulness.score_explainers
+
+    def timed(*args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return score(*args, **kwargs)
+        finally:
+            spent["wall"] += time.perf_counter() - wall
+            spent["cpu"] += time.process_time() - cpu
+
+    faithfulness.score_explainers = timed
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        metrics = pipeline.evaluate_step(run, data, torch.device("cpu"))
+        total = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+    finally:
+        faithfulness.score_explainers = score
+    rows = [
+        ["evaluate, all of it", f"{total['wall']:.1f}", f"{total['cpu']:.1f}"],
+        ["of which scoring the explainers", f"{spent['wall']:.1f}", f"{spent['cpu']:.1f}"],
+    ]
+    markdown = (
+        f"`{run_dir}`: {len(metrics['models'])} models, explainers scored on {metrics['explainer_sample']} images, "
+        f"{torch.get_num_threads()} torch threads.\n\n" + table(["part", "wall s", "CPU s"], rows)
+    )
+    return Section(
+        "Occlusion in evaluate",
+        markdown,
+        [("scoring the explainers adds <= 60 s to evaluate", f"{spent['wall']:.0f} s", spent["wall"] <= 60)],
+    )
+
+
 BATCHES = (8, 16, 32, 64, 256)
 
 
@@ -167,6 +213,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--evaluate", type=Path, metavar="RUN", help="time evaluate on a copy of a finished run (rewrites its metrics.json)")
     p.add_argument("--batches", action="store_true", help="time the forward batch sizes side by side")
     p.add_argument("--sweep", type=Path, metavar="RUN", help="compare window and stride settings on this finished demo run")
     args = p.parse_args()
@@ -174,6 +221,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.sweep:
         print(sweep(args.sweep, args.images).render())
+    elif args.evaluate:
+        print(evaluate_share(args.evaluate).render())
     elif args.batches:
         print(batches(args.run, args.size, args.images, args.repeats).render())
     else:
