@@ -200,16 +200,18 @@ def test_the_avoid_region_is_where_the_bad_exemplars_occlusion_map_points_outsid
     train = tiny_data["train"]
     bad = torch.zeros(64, 64)
     bad[:10, :10] = 1.0  # a shoulder
-    bad[40:, 20:40] = 0.8  # and the lungs too
+    bad[40:, 22:42] = 0.8  # and the lungs too
     monkeypatch.setattr("exbl_core.methods.region.bad_map", lambda model, split, pick: bad)
     masks = torch.zeros_like(train.masks)
-    masks[1, 40:, 20:40] = True  # the bad exemplar's lungs
-    region = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0)
-    assert region[:10, :10].all() and not region[40:, 20:40].any() and int(region.sum()) == 100
-    without_masks = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0, use_masks=False)
+    masks[1, 40:, 22:42] = True  # the bad exemplar's lungs
+    region = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0, mirror=False)
+    assert region[:10, :10].all() and not region[40:, 22:42].any() and int(region.sum()) == 100
+    without_masks = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0, use_masks=False, mirror=False)
     assert int(without_masks.sum()) == 100 + 20 * 24
+    both_sides = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0)
+    assert both_sides[:10, :10].all() and both_sides[:10, -10:].all() and int(both_sides.sum()) == 200
     inside = torch.zeros(64, 64)
-    inside[40:, 20:40] = 1.0
+    inside[40:, 22:42] = 1.0
     monkeypatch.setattr("exbl_core.methods.region.bad_map", lambda model, split, pick: inside)
     with pytest.raises(ValueError, match="occlusion map points only inside its lungs"):
         avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1))

@@ -33,13 +33,20 @@ def bad_map(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
     return explainers.for_display(maps)[0]
 
 
-def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3, use_masks: bool = True) -> torch.Tensor:
+def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3, use_masks: bool = True, mirror: bool = True) -> torch.Tensor:
     """Bool [H,W]: where the bad exemplar's occlusion map reaches half its peak, outside its lungs when ``use_masks``.
 
-    The region grows by ``grow`` pixels so that it covers the structure, not just the
-    map's peak. ``use_masks=False`` ignores any lung mask, as on data without them.
+    With ``mirror`` the region is joined with its left-right mirror image: a chest is
+    bilaterally symmetric, and a model that reads one humerus head reads the other as
+    soon as the first is taken away (seed 0 of the demo: the bad exemplar's map covered
+    the left head only, and a swap of that region alone recovered 0.11 of the oracle's
+    shortcut-test accuracy). The region grows by ``grow`` pixels so that it covers the
+    structure, not just the map's peak. ``use_masks=False`` ignores any lung mask, as on
+    data without them.
     """
     region = bad_map(model, train, pick) >= THRESHOLD
+    if mirror:
+        region |= region.flip(-1)
     if use_masks and train.masks is not None:
         region &= ~train.masks[pick.bad]
     if grow:
