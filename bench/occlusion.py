@@ -38,11 +38,16 @@ def captum_maps(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, 
     )[:, 0]
 
 
-def run(run_dir=None, size: int = 128, images: int = 4, repeats: int = 5) -> Section:
+def trained_batch(run_dir, size: int, images: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A trained model, ``images`` phantoms at ``size`` px, and the model's predicted classes: what every timing explains."""
     model = load_trained(ensure_trained_run(run_dir))
     x, _, _ = synthetic_batch(size, images)
     with torch.no_grad():
-        targets = model(x).argmax(1)
+        return model, x, model(x).argmax(1)
+
+
+def run(run_dir=None, size: int = 128, images: int = 4, repeats: int = 5) -> Section:
+    model, x, targets = trained_batch(run_dir, size, images)
     ours = explainers.get("occlusion")
     windows = len(window_masks((size, size), PATCH, STRIDE))
     reference = captum_maps(model, x, targets, windows)
@@ -194,10 +199,7 @@ BATCHES = (8, 16, 32, 64, 256)
 
 def batches(run_dir=None, size: int = 128, images: int = 4, repeats: int = 5) -> Section:
     """Time per map for each forward batch size, alternating: small batches keep activations in the CPU's cache."""
-    model = load_trained(ensure_trained_run(run_dir))
-    x, _, _ = synthetic_batch(size, images)
-    with torch.no_grad():
-        targets = model(x).argmax(1)
+    model, x, targets = trained_batch(run_dir, size, images)
     ours = explainers.get("occlusion")
     timings = compare({str(b): (lambda b=b: ours.maps(model, x, targets, batch_size=b)) for b in BATCHES}, repeats=repeats)
     rows = [[b, f"{timings.best(str(b)) / images:.3f}", f"{timings.median(str(b)) / images:.3f}"] for b in BATCHES]

@@ -215,3 +215,25 @@ def demo_copy(demo_run: DemoRun, tmp_path: Path) -> Path:
     """A private copy of the demo run folder that a test may change."""
     assert demo_run.exit_code == 0, demo_run.stderr[-2000:]
     return Path(shutil.copytree(demo_run.path, tmp_path / "run"))
+
+
+TINY_RUN = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
+"""CLI options of the smallest run that trains, picks and refines in seconds."""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run taken through train, pick and a finished eXBL refinement with the CLI; tests change copies only."""
+    from exbl_core import cli
+
+    path = tmp_path_factory.mktemp("tiny") / "run"
+    assert cli.main(["train", "--run", str(path), *TINY_RUN, "--epochs", "1"]) == 0
+    assert cli.main(["pick", "--run", str(path), "--good", "0", "--bad", "1"]) == 0
+    assert cli.main(["refine", "--run", str(path), "--epochs", "1"]) == 0
+    return path
+
+
+@pytest.fixture
+def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_run`` (without its lock file) that a test may change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,29 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import cli, pipeline, runs
+from exbl_core import pipeline, runs
 from exbl_core.model import build_model
 from exbl_core.training import Interrupted, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
 FINAL, PARTIAL = runs.refined_file("exbl"), runs.partial_file(runs.refined_file("exbl"))
 LONG = {"epochs": 200, "patience": 200}  # an attempt that only ends when it is stopped
-
-
-@pytest.fixture(scope="module")
-def refined_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run with a finished eXBL refinement."""
-    path = tmp_path_factory.mktemp("interrupted") / "run"
-    assert cli.main(["train", "--run", str(path), *TINY, "--epochs", "1"]) == 0
-    assert cli.main(["pick", "--run", str(path), "--good", "0", "--bad", "1"]) == 0
-    assert cli.main(["refine", "--run", str(path), "--epochs", "1"]) == 0
-    return path
-
-
-@pytest.fixture
-def run_copy(refined_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(refined_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
 
 
 def sha256(path: Path) -> str:

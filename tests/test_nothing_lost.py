@@ -27,11 +27,10 @@ from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig, TrainingError
 from studio.jobs import JobRunner
-from tests.conftest import lung_mask, save_png
+from tests.conftest import TINY_RUN, lung_mask, save_png
 
 # On-disk names: the lock of a run folder, and where a replaced run waits for the new first checkpoint.
 LOCK, ASIDE = ".lock", ".previous-run"
-TINY = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
 USER_FILES = {  # a user's own folder, with names a run would use too
     "config.json": b'{"my": "settings"}',
     "unrefined.pt": b"my own weights",
@@ -71,21 +70,6 @@ def user_folder(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run taken through train, pick and refine with the CLI."""
-    path = tmp_path_factory.mktemp("tiny") / "run"
-    assert cli.main(["train", "--run", str(path), *TINY, "--epochs", "1"]) == 0
-    assert cli.main(["pick", "--run", str(path), "--good", "0", "--bad", "1"]) == 0
-    assert cli.main(["refine", "--run", str(path), "--epochs", "1"]) == 0
-    return path
-
-
-@pytest.fixture
-def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(LOCK)))
-
-
 def _fail_before_any_checkpoint(monkeypatch) -> None:
     def fit(*_args, **_kwargs):
         raise TrainingError("unrefined training: the loss became nan in epoch 1, batch 1")
@@ -96,7 +80,7 @@ def _fail_before_any_checkpoint(monkeypatch) -> None:
 # --------------------------------------------------------------------------- folders that are not runs
 
 
-@pytest.mark.parametrize("extra", [("--data", "missing-data-set"), TINY])
+@pytest.mark.parametrize("extra", [("--data", "missing-data-set"), TINY_RUN])
 def test_train_on_a_folder_without_config_json_touches_none_of_its_files(tmp_path, capsys, extra):
     folder = user_folder(tmp_path / "mine")
     message = refused(capsys, "train", "--run", folder, *extra)
@@ -106,14 +90,14 @@ def test_train_on_a_folder_without_config_json_touches_none_of_its_files(tmp_pat
 
 def test_demo_into_a_folder_that_is_not_a_run_refuses_and_touches_nothing(tmp_path, capsys):
     folder = user_folder(tmp_path / "mine")
-    assert "not empty and is not a run" in refused(capsys, "demo", "--out", folder, *TINY)
-    assert "not empty and is not a run" in refused(capsys, "demo", "--out", folder, *TINY, "--overwrite")
+    assert "not empty and is not a run" in refused(capsys, "demo", "--out", folder, *TINY_RUN)
+    assert "not empty and is not a run" in refused(capsys, "demo", "--out", folder, *TINY_RUN, "--overwrite")
     assert snapshot(folder) == USER_FILES
 
 
 def test_demo_into_an_existing_run_needs_overwrite(run_copy, capsys):
     before = snapshot(run_copy)
-    assert "a run already exists here; pass --overwrite" in refused(capsys, "demo", "--out", run_copy, *TINY)
+    assert "a run already exists here; pass --overwrite" in refused(capsys, "demo", "--out", run_copy, *TINY_RUN)
     assert snapshot(run_copy) == before
 
 
@@ -121,10 +105,10 @@ def test_overwrite_keeps_the_old_run_until_the_new_model_has_a_checkpoint(run_co
     (run_copy / "notes.txt").write_text("the user's own")
     before = snapshot(run_copy)
     _fail_before_any_checkpoint(monkeypatch)
-    assert "the loss became nan" in refused(capsys, "demo", "--out", run_copy, *TINY, "--overwrite")
+    assert "the loss became nan" in refused(capsys, "demo", "--out", run_copy, *TINY_RUN, "--overwrite")
     assert snapshot(run_copy) == before, "the old run is back, byte for byte"
     monkeypatch.undo()
-    code, err = _main(capsys, "train", "--run", run_copy, *TINY, "--seed", "4", "--epochs", "1", "--overwrite")
+    code, err = _main(capsys, "train", "--run", run_copy, *TINY_RUN, "--seed", "4", "--epochs", "1", "--overwrite")
     assert code == 0, err
     assert not (run_copy / ASIDE).exists() and not (run_copy / runs.refined_file("exbl")).exists()
     assert runs.read_json(run_copy / runs.CONFIG)["train"]["seed"] == 4
@@ -317,7 +301,7 @@ def held(run_copy):
     proc.join(30)
 
 
-@pytest.mark.parametrize("argv", [("refine", "--epochs", "1"), ("evaluate",), ("train", "--overwrite", *TINY)])
+@pytest.mark.parametrize("argv", [("refine", "--epochs", "1"), ("evaluate",), ("train", "--overwrite", *TINY_RUN)])
 def test_a_second_writer_exits_2_naming_the_process(run_copy, held, capsys, argv):
     before = snapshot(run_copy)
     command, *rest = argv
@@ -358,7 +342,7 @@ def cli_step(draw) -> tuple[str, list[str]]:
     command = draw(st.sampled_from(("demo", "train", "pick", "refine", "evaluate", "figure")))
     argv = [command, "--out" if command == "demo" else "--run", "{" + target + "}"]
     if command in ("demo", "train"):
-        argv += [*TINY[:1], "--per-class", *draw(st.sampled_from((("2", "2", "2"), ("0", "0", "0"))))]
+        argv += [*TINY_RUN[:1], "--per-class", *draw(st.sampled_from((("2", "2", "2"), ("0", "0", "0"))))]
         argv += ["--size", draw(st.sampled_from(("32", "32", "-5", "100000")))]
         argv += ["--overwrite"] if draw(st.booleans()) else []
         argv += ["--epochs", draw(st.sampled_from(("1", "0")))] if command == "train" else []

@@ -8,29 +8,12 @@ resizing. Each is one line naming the file and the setting, exit 2, and nothing 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from exbl_core import cli, pipeline, runs
 from exbl_core.training import TrainConfig
-
-TINY = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
-
-
-@pytest.fixture(scope="module")
-def picked_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic run, trained for one epoch, with a pair picked: ready to refine."""
-    path = tmp_path_factory.mktemp("strict") / "run"
-    assert cli.main(["train", "--run", str(path), *TINY, "--epochs", "1"]) == 0
-    assert cli.main(["pick", "--run", str(path), "--good", "0", "--bad", "1"]) == 0
-    return path
-
-
-@pytest.fixture
-def run_copy(picked_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(picked_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
