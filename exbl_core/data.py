@@ -274,8 +274,16 @@ def make_split(pairs: dict[str, list[tuple[Path, Path]]], sizes: SplitSizes, see
 
 
 def load_entries(root: str | Path, entries: list[tuple[int, str]], size: int, skip_bad: bool = False, workers: int = 4) -> Split:
-    """Load a list of ``(label, relative image path)`` into a Split at ``size`` x ``size``."""
+    """Load a list of ``(label, relative image path)`` into a Split at ``size`` x ``size``.
+
+    A missing data folder and an empty list are said as such first: otherwise a moved data
+    set reads as a missing lung mask, and an empty list as "none of the 0 images".
+    """
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: the data folder is not there (moved or deleted?); put it back or start a new run")
+    if not entries:
+        raise DataError(f"{root}: this split lists no images")
     masks_dirs = {(root / rel).parent.parent / "masks" for _, rel in entries}
     indexes = {d: mask_index(d) if d.is_dir() else {} for d in masks_dirs}
 
