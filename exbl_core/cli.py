@@ -516,7 +516,19 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _printable_anywhere() -> None:
+    """Escape what the console cannot encode instead of failing on it.
+
+    With an ASCII-only console, printing a non-ASCII run path raised UnicodeEncodeError
+    after the model had trained; the path is now printed with backslash escapes.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_anywhere()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:

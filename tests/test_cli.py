@@ -348,3 +348,17 @@ def test_refine_without_a_method_uses_the_default_the_help_states_and_says_so(de
     assert out.splitlines()[0].startswith(f"Refining with {cli.model_label(cli.DEFAULT_METHOD)}")
     assert (demo_copy / "refined-region-swap.pt").read_bytes() == before
     assert f"default {cli.DEFAULT_METHOD}" in cli.build_parser()._subparsers._group_actions[0].choices["refine"].format_help()
+
+
+def test_a_non_ascii_path_prints_on_an_ascii_console(tmp_path):
+    out = tmp_path / "Lüngen-run"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "exbl_core", "explain", "--run", str(out), "--out", str(tmp_path / "maps.png")],
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert b"L\\xfcngen-run" in done.stderr and b"Traceback" not in done.stderr
