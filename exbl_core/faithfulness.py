@@ -34,10 +34,15 @@ def sample_indices(n: int, seed: int, size: int = SAMPLE) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predicted(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """The predicted class of each image [N]."""
+def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Softmax probabilities [N,C] of every image, in batches, on the CPU."""
     device = next(model.parameters()).device
-    return torch.cat([model(images[s : s + batch_size].to(device)).argmax(1).cpu() for s in range(0, len(images), batch_size)])
+    return torch.cat([model(images[s : s + batch_size].to(device)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
+
+
+def predicted(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each image [N]."""
+    return probabilities(model, images).argmax(1)
 
 
 def score_explainers(
@@ -124,7 +129,6 @@ def explain(
     model: nn.Module, images: torch.Tensor, names: tuple[str, ...] = explainers.NAMES
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Probabilities [N,C] and, per explainer, display maps [N,H,W] in [0, 1] of the predicted class: what a figure shows."""
-    device = next(model.parameters()).device
-    probs = torch.cat([model(images[s : s + 128].to(device)).softmax(1).cpu() for s in range(0, len(images), 128)])
+    probs = probabilities(model, images)
     preds = probs.argmax(1)
     return probs, {name: explainers.for_display(explainers.get(name).maps(model, images, preds)) for name in names}

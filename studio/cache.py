@@ -206,9 +206,7 @@ class MapStore:
 
 def _explain(model: torch.nn.Module, s: Split, name: str, indices: list[int]) -> np.ndarray:
     """Display maps in [0, 1] of the model's predicted class for ``s[indices]``."""
-    x = s.float_images(torch.tensor(indices, dtype=torch.long))
-    maps = explainers.get(name).maps(model, x, faithfulness.predicted(model, x))
-    return explainers.for_display(maps).numpy()
+    return faithfulness.explain(model, s.float_images(torch.tensor(indices, dtype=torch.long)), (name,))[1][name].numpy()
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
