@@ -74,7 +74,9 @@ def _print_pick(pick: dict) -> None:
     _say(f"Exemplars ({pick['rule']}):")
     for role in ("good", "bad"):
         p = pick[role]
-        _say(f"  {role:>4}: training image {p['index']} ({p['class']}, predicted {p['predicted']}), AP {p['ap']:.3f}")
+        share = pick.get("found", {}).get(f"{role}_lung_share")
+        seen = "" if share is None else f"; {share:.2f} of its occlusion map on the lungs"
+        _say(f"  {role:>4}: training image {p['index']} ({p['class']}, predicted {p['predicted']}), GradCAM AP {p['ap']:.3f}{seen}")
 
 
 def _print_results(run: runs.Run, metrics: dict) -> None:
@@ -193,16 +195,21 @@ def cmd_study(args: argparse.Namespace) -> int:
     methods = args.methods or list(METHODS)
     preset_name = "quick" if args.quick else "demo"
     study.check_request(args.out, args.seeds, methods)  # refusals come before any output, and touch nothing
-    study.check_resume(args.out, study.study_settings(preset_name, preset, methods))
+    study.check_resume(args.out, study.study_settings(preset_name, preset, methods, args.pick_from))
     device = choose_device()
-    _say(f"Study: seeds {' '.join(map(str, args.seeds))}; methods {' '.join(methods)}; device {device}; folder {args.out}")
+    _say(
+        f"Study: seeds {' '.join(map(str, args.seeds))}; methods {' '.join(methods)}; pair picked on {args.pick_from} maps; "
+        f"device {device}; folder {args.out}"
+    )
     bar = tqdm(total=len(args.seeds), desc="seeds", file=sys.stderr)
 
     def progress(message: str) -> None:
         bar.set_postfix_str(message)
         tqdm.write(message)
 
-    rows = study.run_study(args.out, args.seeds, methods, preset, device, progress, lambda _seed: bar.update(1), preset_name)
+    rows = study.run_study(
+        args.out, args.seeds, methods, preset, device, progress, lambda _seed: bar.update(1), preset_name, args.pick_from
+    )
     bar.close()
     _say("\n" + study.study_markdown(rows))
     _say(f"Wrote {args.out / study.STUDY_JSON}, {study.STUDY_MD} and {study.STUDY_PNG}; each seed's run is in {args.out}/seed-N")
@@ -218,7 +225,7 @@ def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, de
         result = pipeline.train_step(run, data, device, ProgressPrinter(), cancel)
         _say(f"Unrefined model: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.UNREFINED)}")
     elif step == "pick":
-        _print_pick(pipeline.pick_step(run, data, device, args.good, args.bad))
+        _print_pick(pipeline.pick_step(run, data, device, args.good, args.bad, explainer=args.pick_from))
     elif step == "oracle":
         result = pipeline.train_step(run, data, device, ProgressPrinter(), cancel, role="oracle")
         _say(f"Oracle: best epoch {result.best_epoch} of {result.epochs_run} -> {run.file(runs.ORACLE)}")
@@ -406,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     def pick_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--good", type=int, help="training-image index of the good explanation (default: automatic, highest AP)")
         p.add_argument("--bad", type=int, help="training-image index of the bad explanation (default: automatic, lowest AP)")
+        pick_from_option(p)
+
+    def pick_from_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--pick-from",
+            choices=list(explainers.NAMES),
+            default="gradcam",
+            help="the maps the pair is judged on: the automatic pick reads them (gradcam: lowest and highest AP; "
+            "occlusion: least and most of the map on the lungs), and exemplars.json records them (default gradcam)",
+        )
 
     def refine_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -445,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
     st.add_argument("--methods", nargs="+", help=f"methods to compare (default: all: {' '.join(METHODS)})")
     st.add_argument("--quick", action="store_true", help="tiny data and few epochs: checks the study's files in seconds")
+    pick_from_option(st)
     st.set_defaults(func=cmd_study, data=None, seed=0)
 
     helps = {

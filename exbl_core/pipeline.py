@@ -37,6 +37,10 @@ AUTO_PICK_RULE = (
     "automatic: the correctly classified training image with the lowest AP is bad; "
     "the correctly classified image of the same class with the highest AP is good"
 )
+FAITHFUL_PICK_RULE = (
+    "automatic, on occlusion maps: of a seeded sample of correctly classified training images, the one whose map has the "
+    "least mass on its lungs is bad; the image of the same class with the most is good"
+)
 
 
 @dataclass(frozen=True)
@@ -574,7 +578,10 @@ def pick_step(
     """Choose the exemplars (automatically unless given) and write exemplars.json and .png.
 
     ``explainer`` names the maps the pair was judged on (recorded, so that a pick made on
-    occlusion maps says so); ``rule`` says how a given pair was chosen.
+    occlusion maps says so); ``rule`` says how a given pair was chosen. The automatic
+    pick reads the same maps: GradCAM's AP (``auto_pick``), or where occlusion maps
+    put their mass (``faithfulness.faithful_pick``), which is what a user looking at
+    the faithful map would click when GradCAM hides the shortcut.
     """
     train = data["train"]
     if (good is None) != (bad is None):
@@ -583,11 +590,18 @@ def pick_step(
     if good is not None:
         validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
-    scores = training_scores(model, train, train_config(run, "refine").tau)
-    if good is None:
+    refine = train_config(run, "refine")
+    scores = training_scores(model, train, refine.tau)
+    found = None
+    if good is None and explainer == explainers.FAITHFUL:
+        good, bad, found = faithfulness.faithful_pick(model, train, seed=refine.seed)
+        rule = FAITHFUL_PICK_RULE
+    elif good is None:
         good, bad = auto_pick(scores, train.labels)
-        rule, explainer = AUTO_PICK_RULE, "gradcam"
+        rule = AUTO_PICK_RULE
     pick = {"rule": rule, "split": "train", "explainer": explainer}
+    if found is not None:
+        pick["found"] = found
     for role, i in (("good", good), ("bad", bad)):
         pick[role] = {
             "index": i,

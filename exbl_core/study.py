@@ -70,13 +70,15 @@ def check_request(out: Path, seeds: list[int], methods: list[str]) -> None:
             raise StudyError(f"{out / STUDY_JSON}: not a study file; choose another --out")
 
 
-def study_settings(preset_name: str, preset: pipeline.Preset, methods: list[str]) -> dict:
+def study_settings(preset_name: str, preset: pipeline.Preset, methods: list[str], pick_from: str = "gradcam") -> dict:
     """What makes two runs of a study comparable: the preset, its data, training and refinement
-    settings (each seed's run replaces only their ``seed``) and the methods."""
+    settings (each seed's run replaces only their ``seed``), the methods, and the maps the
+    automatic pick reads (``pick_from``)."""
     return {
         "preset": preset_name,
         "quick": preset_name == "quick",
         "methods": list(methods),
+        "pick_from": pick_from,
         "data": preset.data.to_dict(),
         "train": preset.train.to_dict(),
         "refine": preset.refine.to_dict(),
@@ -106,6 +108,7 @@ def check_resume(out: Path, settings: dict) -> None:
     recorded = runs.read_json(path).get("settings")
     if recorded is None:
         return
+    recorded = {"pick_from": "gradcam", **recorded}  # studies recorded before the choice existed picked on GradCAM
     differ = _differences(recorded, settings)
     if differ:
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
@@ -144,6 +147,7 @@ def seed_run(
     preset: pipeline.Preset,
     device: torch.device,
     progress: Progress,
+    pick_from: str = "gradcam",
 ) -> dict:
     """Train, pick, refine and evaluate one seed in ``out/seed-N``; returns its metrics.json."""
     folder = out / f"seed-{seed}"
@@ -152,10 +156,10 @@ def seed_run(
         refine = replace(preset.refine, seed=seed)
         pipeline.new_run(folder, replace(preset.data, seed=seed), train, refine)
     with runs.locked(folder):
-        return _seed_steps(runs.open_run(folder), seed, methods, device, progress)
+        return _seed_steps(runs.open_run(folder), seed, methods, device, progress, pick_from)
 
 
-def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.device, progress: Progress) -> dict:
+def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.device, progress: Progress, pick_from: str) -> dict:
     """Every step of one seed that is not finished yet, under the run's lock."""
     data: dict[str, Split] = pipeline.load_data(run)
     for role in ("unrefined", "oracle"):
@@ -163,7 +167,8 @@ def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.devi
             progress(f"seed {seed}: training the {role} model")
             pipeline.train_step(run, data, device, role=role)
     if not run.has(runs.EXEMPLARS):
-        pipeline.pick_step(run, data, device)
+        progress(f"seed {seed}: picking the pair on {pick_from} maps")
+        pipeline.pick_step(run, data, device, explainer=pick_from)
     refused = {}
     for name in methods:
         if not (run.has(pipeline.model_file(name)) and _finished(run, "refine", name)):
@@ -297,6 +302,7 @@ def run_study(
     progress: Progress = lambda _msg: None,
     on_seed: Callable[[int], None] = lambda _seed: None,
     preset_name: str = "demo",
+    pick_from: str = "gradcam",
 ) -> list[dict]:
     """Run (or resume) the study and write its files after every seed; returns study.json's rows.
 
@@ -304,7 +310,7 @@ def run_study(
     interrupted in its first seed refuses a resume with other settings (``check_resume``).
     """
     out = Path(out)
-    settings = study_settings(preset_name, preset, methods)
+    settings = study_settings(preset_name, preset, methods, pick_from)
     check_request(out, seeds, methods)
     check_resume(out, settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +318,7 @@ def run_study(
         write_study_json(out, methods, [], settings)
     rows: list[dict] = []
     for seed in seeds:
-        metrics = seed_run(out, seed, methods, preset, device, progress)
+        metrics = seed_run(out, seed, methods, preset, device, progress, pick_from)
         rows += study_rows(seed, metrics, methods)
         write_study(out, methods, rows, settings)
         on_seed(seed)

@@ -88,3 +88,25 @@ def test_a_finished_quick_study_refuses_a_resume_without_quick_and_resumes_with_
     assert snapshot(out) == before
     assert cli.main(["study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "--quick"]) == 0
     assert "training" not in capsys.readouterr().out, "a finished seed was trained again"
+
+
+def test_resuming_with_the_pair_picked_on_other_maps_is_refused(started_quick_study, capsys):
+    before = snapshot(started_quick_study)
+    line = refused(
+        capsys, "study", "--out", started_quick_study, "--seeds", "0", "--methods", "exbl", "--quick", "--pick-from", "occlusion"
+    )
+    assert "pick_from gradcam -> occlusion" in line
+    assert snapshot(started_quick_study) == before
+
+
+def test_a_study_recorded_before_pick_from_existed_resumes_as_a_gradcam_pick(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    settings = study.study_settings("quick", pipeline.QUICK, ["exbl"])
+    older = {k: v for k, v in settings.items() if k != "pick_from"}
+    (out / study.STUDY_JSON).write_text(
+        json.dumps({"format": study.STUDY_FORMAT, "seeds": [], "methods": ["exbl"], "rows": [], "settings": older})
+    )
+    study.check_resume(out, settings)  # the same study: no refusal
+    with pytest.raises(study.StudyError, match="pick_from gradcam -> occlusion"):
+        study.check_resume(out, study.study_settings("quick", pipeline.QUICK, ["exbl"], "occlusion"))
