@@ -8,7 +8,7 @@ import streamlit as st
 
 from exbl_core import pipeline, runs
 from exbl_core.figures import model_label
-from studio import cache, live, pages, progress, state, tasks, views
+from studio import cache, example, live, pages, progress, state, tasks, views
 
 pages.setup("eXBL Studio")
 st.markdown(
@@ -54,7 +54,8 @@ def result(run: runs.Run) -> None:
 
 
 st.subheader("Current run")
-run = state.current_run()
+run = state.current_run() or example.offer()
+example.notes()
 if run is None:
     views.empty_state(
         "No run yet: run the demo below, or choose the data and train a model on Data and model.", pages.DATA, "Data and model"
@@ -70,9 +71,18 @@ st.subheader("Run the whole demo")
 busy = live.other_job_note(run, ALL_JOBS)
 quick = st.toggle("Quick version (tiny data, about a minute)", value=False, disabled=busy)
 preset = pipeline.QUICK if quick else pipeline.DEMO
-epochs = [preset.train.epochs] + [pipeline.scheduled(preset.refine, {"method": m}).epochs for m in preset.methods]
+shipped = not quick and st.toggle(
+    "Start from the shipped model (off: train it from scratch, minutes)",
+    value=True,
+    disabled=busy,
+    help="The shipped example in assets/ holds this demo's trained unrefined model and oracle; refinement starts from them.",
+)
+epochs = [] if shipped else [preset.train.epochs]
+epochs += [pipeline.scheduled(preset.refine, {"method": m}).epochs for m in preset.methods]
 st.caption(
-    "Generates synthetic chest X-ray phantoms, trains the unrefined model, picks the pair automatically by AP, refines "
+    "Generates synthetic chest X-ray phantoms, "
+    + ("starts from the shipped unrefined model and oracle, " if shipped else "trains the unrefined model, ")
+    + "picks the pair automatically by AP, refines "
     f"with {' and '.join(model_label(m) for m in preset.methods)} and evaluates: "
     f"{' + '.join(map(str, epochs))} epochs on "
     f"{4 * preset.data.n_train} training images at {preset.data.size}×{preset.data.size}. "
@@ -83,4 +93,4 @@ if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disab
     with st.spinner("Creating the run…"):
         run = pipeline.new_run(cache.runs_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", preset.data, preset.train, preset.refine)
     state.select_run(run)
-    live.start("demo", run, tasks.demo_work(run, cache.device(), preset.methods))
+    live.start("demo", run, tasks.demo_work(run, cache.device(), preset.methods, shipped and example.for_demo()))

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,explain,study,weights}``."""
+"""Command-line interface: ``python -m exbl_core {demo,train,oracle,pick,refine,evaluate,figure,explain,study,weights,assets}``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from exbl_core import explainers, faithfulness, pipeline, runs, study, weights
+from exbl_core import assets, explainers, faithfulness, pipeline, runs, study, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.explainers import occlusion
 from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
@@ -176,9 +176,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepared = pipeline.prepare_run(*_settings(args, None), args.weights)
     device = choose_device()
     _say(f"eXBL demo on {'the data set in ' + str(args.data) if args.data else 'synthetic chest X-ray phantoms'}, device {device}")
+    shipped = _shipped_example(args, prepared)
     with _starting(args.out, prepared, replacing_run) as (run, data):
         _say("Data: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
-        for step in ("train", "oracle") if preset.oracle else ("train",):
+        if shipped:
+            assets.install(run)
+            _say(f"Models: unrefined and oracle from {assets.describe(shipped)}; --from-scratch trains them instead")
+        for step in () if shipped else ("train", "oracle") if preset.oracle else ("train",):
             _run_step(step, args, run, data, device)
         _run_step("pick", args, run, data, device)
         for method in preset.methods:
@@ -187,6 +191,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for step in ("evaluate", "figure"):
             _run_step(step, args, run, data, device)
     _say(f"Demo finished in {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
+def _shipped_example(args: argparse.Namespace, prepared: pipeline.PreparedRun) -> dict | None:
+    """The shipped example's manifest when the demo may start from it (its settings, assets intact, no --from-scratch).
+
+    An altered or missing asset is no reason to stop the demo: one line says so and the models are trained.
+    """
+    if args.from_scratch or not assets.matches(prepared.config):
+        return None
+    try:
+        return assets.verify()
+    except assets.AssetError as exc:
+        print(f"notice: {exc}; training from scratch instead", file=sys.stderr, flush=True)
+        return None
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    """Make the shipped example (build), or verify it by hash and by re-measuring on regenerated phantoms (check)."""
+    folder = args.dir or assets.ASSETS_DIR
+    if args.action == "build":
+        assets.check_target(folder, args.overwrite)
+        _say(f"Building the shipped example in {folder}: the default demo's unrefined model and oracle, on the CPU")
+        manifest = assets.build(folder, args.overwrite, ProgressPrinter(), _say)
+        for entry in manifest["files"].values():
+            _say(f"  {entry['file']}: {entry['bytes'] / 2**20:.1f} MiB, best epoch {entry['best_epoch']}, SHA-256 {entry['sha256']}")
+        measured = manifest["figures"]
+        _say(f"Wrote {folder / assets.MANIFEST} in {manifest['seconds']:.0f} s")
+    else:
+        measured = assets.check(folder)
+    for role, fig in measured.items():
+        _say(
+            f"  {role}: test accuracy {fig['test_accuracy']:.4f}, shortcut-test accuracy {fig['shortcut_test_accuracy']:.4f}, "
+            f"shortcut gap {fig['shortcut_gap']:+.4f}"
+        )
+    if args.action == "check":
+        _say(f"{folder}: intact (SHA-256 and figures match {assets.MANIFEST}, within {assets.TOLERANCE})")
     return 0
 
 
@@ -453,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     weights_option(demo)
     pick_options(demo)
     demo.add_argument("--rows", type=int, nargs="+", help="test-image indices for figure3.png (default: 4 Viral Pneumonia images)")
+    demo.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train the unrefined model even when the settings are the shipped example's (default: start from assets/)",
+    )
     demo.set_defaults(
         func=cmd_demo, method=None, epochs=None, lr=None, lambda_expl=None, margin=None, distance=None, explanation=None, patience=None
     )
@@ -500,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--stride", type=int, help=f"occlusion stride in pixels (default {occlusion.STRIDE})")
     ex.add_argument("--infill", type=_infill, help="occlusion infill: a value in [0, 1], or mean: each image's own mean (default)")
     ex.set_defaults(func=cmd_explain)
+
+    a = sub.add_parser("assets", help="make (build) or verify (check) the shipped example in assets/: the default demo's models")
+    a.add_argument("action", choices=("build", "check"), help="build: train and write them; check: hashes and re-measured figures")
+    a.add_argument("--dir", type=Path, help="the assets folder (default: assets/ of this checkout)")
+    a.add_argument("--overwrite", action="store_true", help="build: replace the shipped example already there")
+    a.set_defaults(func=cmd_assets)
 
     w = sub.add_parser("weights", help="say whether the ImageNet weights are cached; --download fetches them")
     w.add_argument(

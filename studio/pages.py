@@ -9,7 +9,7 @@ import streamlit as st
 from PIL import Image
 
 from exbl_core import runs
-from studio import cache, state, views
+from studio import cache, example, state, views
 
 HOME = "app_pages/0_Home.py"
 DATA = "app_pages/1_Data_and_model.py"
@@ -42,10 +42,11 @@ def setup(title: str) -> None:
 
 def trained_run() -> runs.Run:
     """The current run with an unrefined model, or an empty state linking to Data and model (the page stops)."""
-    run = state.current_run()
+    run = state.current_run() or example.offer()
     if run is None:
         views.empty_state("No run yet: choose the data on Data and model.", DATA, "Data and model")
         st.stop()
+    example.notes()
     if not run.has(runs.UNREFINED):
         views.empty_state("No model yet: train one on Data and model.", DATA, "Data and model")
         st.stop()

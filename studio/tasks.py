@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import assets, pipeline, runs
 from exbl_core.data import Split
 from studio import cache
 from studio.jobs import Emit, Work
@@ -105,18 +105,22 @@ def oracle_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> 
     return work
 
 
-def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...]) -> Work:
-    """The whole workflow on a new run: train, automatic pick, refine with each of ``methods``, evaluate."""
+def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...], shipped: bool = False) -> Work:
+    """The whole workflow on a new run: train (or, with ``shipped``, copy the shipped unrefined model and oracle),
+    automatic pick, refine with each of ``methods``, evaluate."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
-        phases = {
-            "unrefined": pipeline.train_config(run, "train").epochs,
-            "refine": sum(pipeline.refine_settings(run, {"method": m}).epochs for m in methods),
-        }
+        phases = {"refine": sum(pipeline.refine_settings(run, {"method": m}).epochs for m in methods)}
+        if not shipped:
+            phases = {"unrefined": pipeline.train_config(run, "train").epochs, **phases}
         emit({"type": "plan", "phases": phases})
         emit({"type": "step", "step": "data", "message": "Generating the synthetic data…"})
         data = pipeline.load_data(run)
-        if _train(run, data, device, emit, cancel) != "done" or cancel.is_set():
+        if shipped:
+            emit({"type": "step", "step": "data", "message": "Starting from the shipped unrefined model and oracle (no training)…"})
+            assets.install(run)
+            cache.warm(run, "unrefined", ("train", "test"))
+        elif _train(run, data, device, emit, cancel) != "done" or cancel.is_set():
             return "cancelled"
         emit({"type": "step", "step": "pick", "message": "Picking the pair automatically by AP…"})
         _pair_event(emit, pipeline.pick_step(run, data, device))

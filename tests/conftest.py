@@ -237,3 +237,42 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
     """A private copy of ``tiny_run`` (without its lock file) that a test may change."""
     return Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
+
+
+def example_preset():
+    """A tiny stand-in for the default demo's preset, so that a shipped example builds in seconds."""
+    from dataclasses import replace
+
+    from exbl_core import pipeline
+    from exbl_core.training import TrainConfig
+
+    return replace(
+        pipeline.DEMO,
+        data=SyntheticConfig(size=32, n_train=2, n_val=2, n_test=3, viral_strength=2.0),
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=8),
+        refine=TrainConfig(epochs=1, batch_size=8),
+        methods=("exbl",),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shipped example built once by ``assets build`` with ``example_preset`` as the demo's preset; tests use copies."""
+    from exbl_core import cli, pipeline
+
+    folder = tmp_path_factory.mktemp("assets") / "example"
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        mp.setattr(pipeline, "DEMO", example_preset())
+        assert cli.main(["assets", "build", "--dir", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture
+def shipped_example(tiny_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of ``tiny_example`` that the code uses as ``assets/``, with ``example_preset`` as the demo's preset."""
+    from exbl_core import assets, pipeline
+
+    monkeypatch.setattr(pipeline, "DEMO", example_preset())
+    copy = Path(shutil.copytree(tiny_example, tmp_path / "assets"))
+    monkeypatch.setattr(assets, "ASSETS_DIR", copy)
+    return copy

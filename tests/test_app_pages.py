@@ -88,7 +88,7 @@ def test_home_without_runs_says_what_to_do_and_links_to_data(runs_dir: Path) -> 
     assert not at.exception
     assert "No run yet" in infos(at)
     assert "Data_and_model" in links(at)
-    assert [b.label for b in at.button] == ["Run the demo"]
+    assert [b.label for b in at.button] == ["Open the shipped example", "Run the demo"]
 
 
 def test_home_prefetches_explore_scores_for_a_run_trained_elsewhere(runs_dir: Path, finished_run: Path, monkeypatch) -> None:

@@ -54,6 +54,7 @@ def free_port() -> int:
 def app_url(tmp_path: Path) -> Iterator[str]:
     """A fresh app server on localhost with its own runs folder; stopped after the test."""
     port = free_port()
+    (tmp_path / "runs").mkdir()  # an empty runs folder: the example is offered, not opened at once as on a first start
     env = {**os.environ, "EXBL_RUNS_DIR": str(tmp_path / "runs")}
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below, after the server
     server = subprocess.Popen(

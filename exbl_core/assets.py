@@ -1,0 +1,313 @@
+"""The shipped example: the default demo's unrefined model and oracle, kept in ``assets/``.
+
+A first start needs something to look at without 14 epochs of training, so the two
+models of the default demo (phantom seed 0) ship with the code: their weights as fp16
+state dicts (half the bytes, and a model reloaded to fp32 scores as the trained one
+within a few images), and ``manifest.json`` with the settings they were trained with, each
+file's SHA-256, the code commit, the command and its duration, and the figures measured
+on the reloaded weights. ``check`` repeats that measurement on regenerated data, so a
+manifest that no longer describes its files is caught, not only a changed byte.
+
+Nothing here writes into ``assets/`` except ``build``, which refuses to replace the
+files without ``overwrite``. A run gets the example by ``install``, which writes the
+models as ordinary checkpoints of that run (fp32, with the run's identity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from exbl_core import faithfulness, pipeline, runs, weights
+from exbl_core.data import CLASSES
+from exbl_core.model import ARCH, build_model
+from exbl_core.synthetic import SyntheticConfig, generate_split
+from exbl_core.training import EventCallback, TrainConfig
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "exbl-assets"
+ASSET_FORMAT = "exbl-asset"
+VERSION = 1
+ROLES = ("unrefined", "oracle")
+BUILD_COMMAND = "python -m exbl_core assets build"
+TOLERANCE = 0.005  # figures re-measured by check may differ from the manifest's by this much (two images in 400)
+FIGURES = ("test_accuracy", "shortcut_test_accuracy", "shortcut_gap")
+BUILD_THREADS = 1
+
+
+class AssetError(ValueError):
+    """An asset that is missing, altered, or made for other settings; the message names the file and the fix."""
+
+
+def _fix(path: Path, problem: str) -> AssetError:
+    return AssetError(f"{path}: {problem}; run '{BUILD_COMMAND} --overwrite' to make the shipped example again")
+
+
+def shipped_settings() -> dict:
+    """The sections of config.json the shipped models depend on: the default demo's data, training and start weights."""
+    return settings_doc(pipeline.DEMO.data, pipeline.DEMO.train, weights.StartWeights(weights.RANDOM))
+
+
+def settings_doc(data: SyntheticConfig, train: TrainConfig, start: weights.StartWeights) -> dict:
+    """config.json's ``data``, ``train`` and ``model`` sections for these settings."""
+    return {"data": {"source": "synthetic", **data.to_dict()}, "train": train.to_dict(), "model": start.to_dict()}
+
+
+def matches(config: dict) -> bool:
+    """Would a run with this config.json train the shipped models? Data, training settings and start weights all equal."""
+    return {key: config.get(key) for key in ("data", "train", "model")} == shipped_settings()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _commit() -> str:
+    """The code's commit, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ASSETS_DIR.parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def _payload(run: runs.Run, role: str) -> bytes:
+    """One trained model of ``run`` as an fp16 asset: its weights and what it is, saved with ``torch.save``."""
+    model = build_model(num_classes=len(CLASSES), freeze=False)
+    meta = runs.load_checkpoint(run.file(pipeline.model_file(role)), model)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    payload = {
+        "format": ASSET_FORMAT,
+        "version": VERSION,
+        "arch": ARCH,
+        "classes": list(CLASSES),
+        "role": role,
+        "epoch": meta["epoch"],
+        "val_loss": meta["val_loss"],
+        "image_size": meta["image_size"],
+        "data_sha256": meta["data_sha256"],
+        "settings": meta["settings"],
+        "state_dict": {k: v.contiguous() for k, v in state.items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def _read_payload(path: Path) -> dict:
+    """An asset file loaded with ``weights_only=True``, checked to be one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, random bytes, or a pickle that would run code
+        raise _fix(path, f"cannot be loaded safely ({runs.describe_load_failure(exc)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != ASSET_FORMAT or not isinstance(payload.get("state_dict"), dict):
+        raise _fix(path, "is not a shipped-example model")
+    return payload
+
+
+def _fp32_model(payload: dict, path: Path) -> torch.nn.Module:
+    """An asset's fp16 weights in an fp32 model, in eval mode: how every use of the example reads them."""
+    model = build_model(num_classes=len(CLASSES), freeze=False)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    except RuntimeError as exc:
+        raise _fix(path, "its weights do not fit this model") from exc
+    return model.eval()
+
+
+def load(directory: Path, role: str) -> tuple[torch.nn.Module, dict]:
+    """The asset ``role`` as an fp32 model in eval mode, and its metadata (everything but the weights)."""
+    path = directory / pipeline.model_file(role)
+    payload = _read_payload(path)
+    return _fp32_model(payload, path), {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def measure(model: torch.nn.Module, data: SyntheticConfig) -> dict[str, float]:
+    """Test accuracy, shortcut-test accuracy and their difference (the shortcut gap) on regenerated phantoms."""
+    accuracy = {}
+    for split in ("test", "shortcut_test"):
+        s = generate_split(split, data)
+        accuracy[split] = float((faithfulness.predicted(model, s.float_images()) == s.labels).float().mean())
+    test, shortcut = accuracy["test"], accuracy["shortcut_test"]
+    return {"test_accuracy": test, "shortcut_test_accuracy": shortcut, "shortcut_gap": test - shortcut}
+
+
+def read_manifest(directory: Path | None = None) -> dict:
+    """manifest.json, checked to describe the shipped settings of this code (else an ``AssetError`` naming it)."""
+    path = _folder(directory) / MANIFEST
+    try:
+        manifest = runs.read_json(path)
+    except runs.RunError as exc:
+        raise _fix(path, str(exc).removeprefix(f"{path}: ")) from exc
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != VERSION:
+        raise _fix(path, f"is not a version-{VERSION} manifest of the shipped example")
+    if manifest.get("settings") != shipped_settings():
+        raise _fix(path, "was made for other data or training settings than this code's default demo")
+    files, figures = manifest.get("files"), manifest.get("figures")
+    if not isinstance(files, dict) or set(files) != set(ROLES) or not all(isinstance(files[r], dict) for r in ROLES):
+        raise _fix(path, f"does not list exactly the {' and '.join(ROLES)} models")
+    if not isinstance(figures, dict) or not all(
+        isinstance(figures.get(r), dict) and all(isinstance(figures[r].get(k), int | float) for k in FIGURES) for r in ROLES
+    ):
+        raise _fix(path, f"does not hold every model's {', '.join(FIGURES)}")
+    return manifest
+
+
+def verify(directory: Path | None = None) -> dict:
+    """The fast check, before the example is used: the manifest's settings, each file's SHA-256, and a safe load.
+
+    Returns the manifest. Seconds, not minutes: the app and the demo run it on every use.
+    """
+    directory = _folder(directory)
+    manifest = read_manifest(directory)
+    for role in ROLES:
+        entry = manifest["files"][role]
+        path = directory / pipeline.model_file(role)
+        if not path.is_file():
+            raise _fix(path, "is missing")
+        if sha256(path) != entry.get("sha256"):
+            raise _fix(path, f"its SHA-256 differs from {MANIFEST}'s (the file was changed or truncated)")
+        meta = _read_payload(path)
+        if meta.get("role") != role or meta.get("data_sha256") != pipeline.data_fingerprint(manifest["settings"]["data"]):
+            raise _fix(path, f"holds another model than the {role} model of {MANIFEST}'s settings")
+    return manifest
+
+
+def check(directory: Path | None = None) -> dict[str, dict[str, float]]:
+    """``verify``, then every model re-measured on regenerated test and shortcut-test phantoms, within ``TOLERANCE``.
+
+    Returns the figures measured now, per role.
+    """
+    directory = _folder(directory)
+    manifest = verify(directory)
+    data = SyntheticConfig(**{k: v for k, v in manifest["settings"]["data"].items() if k != "source"})
+    measured = {}
+    for role in ROLES:
+        model, _ = load(directory, role)
+        with torch.inference_mode():
+            measured[role] = now = measure(model, data)
+        recorded = manifest["figures"][role]
+        off = [f"{k} {now[k]:.4f} against {recorded[k]:.4f}" for k in FIGURES if abs(now[k] - recorded[k]) > TOLERANCE]
+        if off:
+            raise _fix(directory / pipeline.model_file(role), f"re-measured {'; '.join(off)} in {MANIFEST}")
+    return measured
+
+
+def _folder(directory: Path | None) -> Path:
+    """``directory``, or ``ASSETS_DIR`` read at call time (tests point it at a copy)."""
+    return ASSETS_DIR if directory is None else directory
+
+
+def check_target(directory: Path, overwrite: bool) -> None:
+    """Refuse to replace a shipped example without ``overwrite``; writes nothing."""
+    ours = [n for n in (MANIFEST, *(pipeline.model_file(r) for r in ROLES)) if (directory / n).exists()]
+    if ours and not overwrite:
+        raise AssetError(f"{directory / ours[0]}: the shipped example is already there; pass --overwrite to make it again")
+
+
+def build(
+    directory: Path | None = None,
+    overwrite: bool = False,
+    on_event: EventCallback | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> dict:
+    """Train the default demo's unrefined model and oracle from random weights and write them and manifest.json.
+
+    Training happens in a temporary run folder; the files are written (atomically) only once
+    both models exist and are measured, the manifest last. It runs on one CPU thread
+    (``BUILD_THREADS``): a float sum's order depends on how work is split between threads,
+    so one thread keeps the bytes from depending on the machine's core count. Returns the manifest.
+    """
+    directory = _folder(directory)
+    check_target(directory, overwrite)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        return _build(directory, on_event, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str], None]) -> dict:
+    started = time.perf_counter()
+    settings = shipped_settings()
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
+        run = pipeline.new_run(Path(tmp) / "run", pipeline.DEMO.data, pipeline.DEMO.train, pipeline.DEMO.refine, weights.RANDOM)
+        data = pipeline.load_data(run, ("train", "val"))
+        for role in ROLES:
+            say(f"Training the {role} model (up to {pipeline.DEMO.train.epochs} epochs)")
+            pipeline.train_step(run, data, device, on_event, role=role)
+        blobs = {role: _payload(run, role) for role in ROLES}
+    files, figures = {}, {}
+    for role, blob in blobs.items():
+        name = pipeline.model_file(role)
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        with torch.inference_mode():
+            figures[role] = measure(_fp32_model(payload, directory / name), pipeline.DEMO.data)
+        files[role] = {
+            "file": name,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+            "best_epoch": payload["epoch"],
+            "val_loss": payload["val_loss"],
+        }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": VERSION,
+        "settings": settings,
+        "files": files,
+        "figures": figures,
+        "commit": _commit(),
+        "command": BUILD_COMMAND,
+        "seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+        "threads": BUILD_THREADS,
+    }
+    for role, blob in blobs.items():
+        runs.atomic_write_bytes(directory / pipeline.model_file(role), blob)
+    runs.write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def install(run: runs.Run, directory: Path | None = None) -> dict:
+    """Put the shipped models into ``run`` as its unrefined.pt and oracle.pt (fp32 checkpoints with the run's identity).
+
+    ``run`` must have been created with ``shipped_settings`` (``matches``); the assets are
+    verified first and only read. Returns the manifest. The caller holds the run's lock.
+    """
+    if not matches(run.config()):
+        raise runs.RunError(f"{run.path}: its settings differ from the shipped example's, so its models must be trained")
+    directory = _folder(directory)
+    manifest = verify(directory)
+    for role in ROLES:
+        model, meta = load(directory, role)
+        checkpoint = {
+            "phase": Path(pipeline.model_file(role)).stem,
+            "role": role,
+            "epoch": meta["epoch"],
+            "image_size": meta["image_size"],
+            "val_loss": meta["val_loss"],
+            "settings": meta["settings"],
+            "shipped_sha256": manifest["files"][role]["sha256"],
+            **pipeline.run_identity(run),
+        }
+        runs.save_checkpoint(run.file(pipeline.model_file(role)), model.state_dict(), checkpoint)
+    return manifest
+
+
+def describe(manifest: dict) -> str:
+    """One line on what the shipped models are, for the demo and the app."""
+    fig = manifest["figures"]["unrefined"]
+    return (
+        f"the shipped example in assets/ (phantom seed {manifest['settings']['data']['seed']}, trained by '{manifest['command']}'; "
+        f"test accuracy {fig['test_accuracy']:.3f}, shortcut gap {fig['shortcut_gap']:+.3f})"
+    )
