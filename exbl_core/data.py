@@ -177,14 +177,14 @@ def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[torch.Tenso
 # --------------------------------------------------------------------------- layout
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def mask_index(masks_dir: Path) -> dict[str, list[Path]]:
     """The image files in a masks folder, by file name without its extension."""
     index: dict[str, list[Path]] = {}
-    for p in _image_files(masks_dir):
+    for p in image_files(masks_dir):
         index.setdefault(p.stem, []).append(p)
     return index
 
@@ -225,7 +225,8 @@ def scan_dataset(root: str | Path, skip_bad: bool = False) -> tuple[dict[str, li
     unknown = sorted(set(folders) - set(CLASSES))
     if unknown:
         raise DataError(
-            f"{root}: unknown class folder(s) {', '.join(map(repr, unknown))}; expected exactly {', '.join(map(repr, CLASSES))}"
+            f"{root}: unknown class folder(s) {', '.join(map(repr, unknown))}; training and scoring need exactly "
+            f"{', '.join(map(repr, CLASSES))} (a folder of other classes opens for inspection only, as a gallery)"
         )
     missing = [c for c in CLASSES if c not in folders]
     if missing:
@@ -239,7 +240,7 @@ def scan_dataset(root: str | Path, skip_bad: bool = False) -> tuple[dict[str, li
                 raise DataError(f"{sub}: folder is missing; each class needs images/ and masks/")
         masks = mask_index(masks_dir)
         found = []
-        for image in _image_files(images_dir):
+        for image in image_files(images_dir):
             try:
                 found.append((image, find_mask(image, masks)))
             except DataError as exc:
@@ -309,4 +310,67 @@ def load_entries(root: str | Path, entries: list[tuple[int, str]], size: int, sk
         labels=torch.tensor([entries[i][0] for i in kept], dtype=torch.long),
         names=[entries[i][1] for i in kept],
         skipped=skipped,
+    )
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+@dataclass
+class Gallery:
+    """Images of any classes, for looking at (masks and a model's maps), never for training or scoring.
+
+    ``labels`` index ``classes`` (the folder names), not the paper's four; an image without a
+    lung mask has an all-False row in ``masks`` and False in ``has_mask``.
+    """
+
+    images: torch.Tensor  # uint8 [N,1,S,S]
+    masks: torch.Tensor  # bool [N,S,S]
+    has_mask: torch.Tensor  # bool [N]
+    labels: torch.Tensor
+    classes: list[str]
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def scan_gallery(root: str | Path) -> dict[str, list[tuple[Path, Path | None]]]:
+    """Every class folder's images with their lung masks (None where there is none), whatever the
+    classes are called: the folder layout of the data set, read for inspection."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder does not exist")
+    found: dict[str, list[tuple[Path, Path | None]]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "images").is_dir()):
+        index = mask_index(folder / "masks") if (folder / "masks").is_dir() else {}
+        pairs = [(image, find_mask(image, index) if image.stem in index else None) for image in image_files(folder / "images")]
+        if pairs:
+            found[folder.name] = pairs
+    if not found:
+        raise DataError(f"{root}: no images found (expected CLASS/images/ folders with PNG, JPEG or DICOM files)")
+    return found
+
+
+def load_gallery(root: str | Path, size: int, workers: int = 4) -> Gallery:
+    """The images of :func:`scan_gallery` at ``size`` x ``size``, as a model of that size reads them."""
+    found = scan_gallery(root)
+    entries = [(label, image, mask) for label, pairs in enumerate(found.values()) for image, mask in pairs]
+
+    def load(entry: tuple[int, Path, Path | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        _, image, mask = entry
+        if mask is not None:
+            return load_pair(image, mask, size)
+        img = (_resize(read_gray(image), size, "bilinear").clamp(0, 1) * 255).round().to(torch.uint8)[None]
+        return img, torch.zeros(size, size, dtype=torch.bool)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        loaded = list(pool.map(load, entries))
+    return Gallery(
+        images=torch.stack([img for img, _ in loaded]),
+        masks=torch.stack([m for _, m in loaded]),
+        has_mask=torch.tensor([mask is not None for _, _, mask in entries]),
+        labels=torch.tensor([label for label, _, _ in entries], dtype=torch.long),
+        classes=list(found),
+        paths=[image for _, image, _ in entries],
     )
