@@ -11,7 +11,7 @@ The tool owns only the files it names below (``RUN_FILES``), in folders marked a
 by their config.json: it never writes into, or deletes from, a folder that is not a
 run, and never touches a file it did not name. One writer at a time holds a run's
 lock (``locked``); replacing a run or its model first moves the old files aside
-(``set_aside``) and drops them only once the new model's first checkpoint exists.
+(``set_aside``) and drops them only once the new model has finished training.
 """
 
 from __future__ import annotations
@@ -68,10 +68,11 @@ def partial_file(name: str) -> str:
 
 
 REFINED_FILES = tuple(refined_file(m) for m in METHODS)
-# The models whose attempts are staged in a partial file: unrefined.pt is not, since replacing
-# it replaces the whole run, which ``replacing`` keeps aside until the new model's first checkpoint.
+# The models whose attempts are always staged in a partial file. unrefined.pt is staged only
+# when it replaces a finished one: replacing it replaces the whole run, which ``replacing``
+# keeps aside until the new model finishes; a first training keeps its best epoch in place.
 STAGED_FILES = (ORACLE, *REFINED_FILES)
-PARTIAL_FILES = tuple(partial_file(n) for n in STAGED_FILES)
+PARTIAL_FILES = tuple(partial_file(n) for n in (UNREFINED, *STAGED_FILES))
 # Every file a run folder may hold that the tool wrote; nothing else is ever replaced or deleted.
 RUN_FILES = (
     CONFIG,
@@ -477,6 +478,11 @@ def set_aside(path: str | Path, names: tuple[str, ...]) -> None:
         raise WriteError(f"{path}: could not set the previous run's files aside ({exc.strerror or exc})") from exc
 
 
+def replaced_model(path: str | Path) -> bool:
+    """Whether a finished unrefined.pt waits aside for a new model to finish (inside ``replacing``)."""
+    return (Path(path) / ASIDE / UNREFINED).is_file()
+
+
 def settle(path: str | Path) -> None:
     """Drop the set-aside files once a new unrefined.pt exists; otherwise put them back."""
     path = Path(path)
@@ -498,10 +504,11 @@ def settle(path: str | Path) -> None:
 
 @contextlib.contextmanager
 def replacing(path: str | Path, names: tuple[str, ...] = RUN_FILES) -> Iterator[None]:
-    """Set ``names`` aside for a new model: they are dropped at its first checkpoint, else restored.
+    """Set ``names`` aside for a new model: they are dropped when it finishes, else restored.
 
-    The checkpoint writer calls ``settle`` right after the first new unrefined.pt, and the
-    end of the block settles again, so a failure or cancel before it puts the old files back.
+    The new model's best epochs go to unrefined.partial.pt (``replaced_model``), and only a
+    finished attempt moves it onto unrefined.pt and settles; the end of the block settles
+    again, so a failure, cancel or interrupt at any epoch puts the old run back.
     """
     set_aside(path, names)
     try:

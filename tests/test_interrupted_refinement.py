@@ -210,3 +210,42 @@ def test_the_cli_stopped_by_a_signal_keeps_the_finished_model_and_says_what_it_k
     assert _partial_epoch(run_copy) == int(found.group(1))
     end = _last_refine_end(run_copy)
     assert end["type"] == "cancelled" and end["reason"] == "interrupted" and end["kept"]["file"] == PARTIAL
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != runs.LOCK}
+
+
+def test_a_retraining_cancelled_after_its_first_epoch_brings_the_whole_previous_run_back(run_copy):
+    """Training a finished run's model again stages it like a refinement: the old run is restored, byte for byte."""
+    config = runs.read_json(run_copy / runs.CONFIG)
+    config["train"].update(LONG)
+    runs.write_json(run_copy / runs.CONFIG, config)
+    before = _files(run_copy)
+    run, cancel = runs.open_run(run_copy), threading.Event()
+    with runs.locked(run_copy), runs.replacing(run_copy, runs.MODEL_FILES):
+        data = pipeline.load_data(run)
+        result = pipeline.train_step(run, data, torch.device("cpu"), _after_first_epoch(cancel.set), cancel)
+    partial = runs.partial_file(runs.UNREFINED)
+    assert result.status == "cancelled" and result.best_epoch == 1
+    after = _files(run_copy)
+    assert after.pop(partial) and after.pop(runs.HISTORY) != before.pop(runs.HISTORY)
+    assert after == before, "the finished run was not restored byte for byte"
+    end = runs.Run(run_copy).history()[-1]
+    assert end["type"] == "cancelled" and end["kept"] == {"model": runs.UNREFINED, "model_unchanged": True, "file": partial, "epoch": 1}
+    assert result.kept_message == (
+        f"the previous run comes back unchanged, its finished {runs.UNREFINED} included; this attempt's best epoch 1 is in {partial}"
+    )
+    assert not (run_copy / runs.ASIDE).exists()
+
+
+def test_a_retraining_that_finishes_replaces_the_run_and_leaves_no_partial_file(run_copy):
+    run = runs.open_run(run_copy)
+    with runs.locked(run_copy), runs.replacing(run_copy, runs.MODEL_FILES):
+        data = pipeline.load_data(run)
+        result = pipeline.train_step(run, data, torch.device("cpu"))
+    assert result.status == "done"
+    names = set(_files(run_copy))
+    assert runs.UNREFINED in names and runs.partial_file(runs.UNREFINED) not in names
+    assert runs.refined_file("exbl") not in names and runs.EXEMPLARS not in names, "the replaced run's results stayed"
+    assert not (run_copy / runs.ASIDE).exists()
