@@ -171,7 +171,8 @@ def build_model(
     paper's head differs from ImageNet's. ``freeze=None`` freezes ``features[:6]`` exactly
     when a backbone was loaded: frozen *random* filters only cripple the network (on the
     synthetic default the validation accuracy stalled near 0.4 with them frozen, and
-    passed 0.9 without). ``output_stride`` 32 is the paper's network, 16 ``dilate_last_stage``.
+    passed 0.9 without). ``output_stride`` 32 is the paper's network; 16 (``dilate_last_stage``) is an
+    experiment setting (experiments/shapes_backbone.py), which the CLI and the app never use.
     """
     if output_stride not in (16, 32):
         raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")

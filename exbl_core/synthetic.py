@@ -36,6 +36,7 @@ class SyntheticConfig:
     shortcut_child_rate: float = 0.5  # P(child) for every class in shortcut_test
     pathology_strength: float = 1.0  # scales COVID / Lung_Opacity lesions
     viral_strength: float = 1.0  # scales the subtle Viral Pneumonia texture
+    # Experiment settings (experiments/testbed_levers.py): the CLI and the app keep their defaults.
     confounder_contrast: float = 1.0  # scales the epiphysis' dark gap and bright cap
     confounder_sides: str = "both"  # "both" humerus heads carry child anatomy, or "one", drawn per image
     noise: float = 0.03

@@ -59,6 +59,8 @@ class TrainConfig:
     lr_factor: float = 0.5
     weight_decay: float = 0.0
     seed: int = 0
+    # Experiment settings (experiments/testbed_levers.py; docs/results.md): the CLI and the app
+    # keep them off, since none of them unlearned the phantom's shortcut.
     shift: float = 0.0  # random translation of each training image, as a share of its size
     flip: bool = False  # random horizontal flips
     hide: float = 0.0  # hide-and-seek: the chance that each grid cell of a training image is hidden

@@ -80,7 +80,7 @@ def weighted_maps(model: nn.Module, state: HeadPass, targets: torch.Tensor) -> t
     """``sum_k alpha_k A_k`` [B,h,w] at the target layer's resolution: GradCAM before ReLU, upsampling and normalisation.
 
     Kept signed and unnormalised so that maps of different images can be averaged and
-    compared (``bench/shortcut_map.py`` does that to find where the shortcut lives).
+    compared (``experiments/shortcut_map.py`` does that to find where the shortcut lives).
     """
     lin1, _, _, lin2 = model.classifier
     upstream = (state.pre > 0).to(state.pre.dtype) * state.keep * lin2.weight[targets]  # dy_c/dh

@@ -4,7 +4,7 @@ A measurement, not a speed benchmark: it prints one JSON line with what the test
 needs (docs/design.md section 3): test and shortcut-test accuracy, the gap, AP per class,
 child CP, and the children-minus-adults Viral Pneumonia map at the CAM's resolution.
 
-    python -m bench.testbed_levers --viral 2.0 --shift 0.1 --flip [--hide 0.33 --hide-patch 32] [--sides one]
+    python -m experiments.testbed_levers --viral 2.0 --shift 0.1 --flip [--hide 0.33 --hide-patch 32] [--sides one]
         [--weights FILE] [--oracle] [--cam-layers 18 14 6] [--seed 0] [--out results.jsonl]
 """
 
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-from bench.cam_layers import ap_other, layer_scores
-from bench.shortcut_map import shortcut_map
 from exbl_core import pipeline
 from exbl_core.data import VIRAL_PNEUMONIA
 from exbl_core.explainers.gradcam import predict_with_cams
@@ -30,6 +28,8 @@ from exbl_core.runs import atomic_write_bytes
 from exbl_core.synthetic import generate_split, oracle_config
 from exbl_core.training import choose_device, fit
 from exbl_core.weights import load_backbone
+from experiments.cam_layers import ap_other, layer_scores
+from experiments.shortcut_map import shortcut_map
 
 
 def main() -> None:
@@ -50,7 +50,10 @@ def main() -> None:
     p.add_argument("--weights", help="start the backbone from this weights file (features[:6] frozen, as for every loaded backbone)")
     p.add_argument("--oracle", action="store_true")
     p.add_argument(
-        "--cam-layers", type=int, nargs="+", help="also child CP and AP for GradCAM at these layers of model.features (bench.cam_layers)"
+        "--cam-layers",
+        type=int,
+        nargs="+",
+        help="also child CP and AP for GradCAM at these layers of model.features (experiments.cam_layers)",
     )
     p.add_argument("--save", help="save the model's state dict here")
     p.add_argument("--out", help="append the JSON line to this file")

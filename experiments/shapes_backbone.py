@@ -8,10 +8,10 @@ on smooth backgrounds, and a dense target per cell of the final feature map (4x4
 at output stride 16), so that each cell must describe what lies under it (Kataoka et al.,
 ACCV 2020, "Pre-training without Natural Images", made dense). ``--target centre`` marks the kinds whose centre
 lies in the cell, ``--target presence`` every kind that covers part of it. It writes a
-backbone-only weights file, which ``bench.testbed_levers --weights FILE`` then measures:
+backbone-only weights file, which ``experiments.testbed_levers --weights FILE`` then measures:
 
-    python -m bench.shapes_backbone --out shapes.pt [--target presence] [--output-stride 16] [--steps 1000]
-    python -m bench.testbed_levers --viral 2.0 --weights shapes.pt --seed 0
+    python -m experiments.shapes_backbone --out shapes.pt [--target presence] [--output-stride 16] [--steps 1000]
+    python -m experiments.testbed_levers --viral 2.0 --weights shapes.pt --seed 0
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ confounder on the test split, each image explained for its predicted class as ev
 else. The map sizes at 128 px: ``features[18]`` to ``[14]`` 4x4, ``[13]`` to ``[7]`` 8x8,
 ``[6]`` to ``[4]`` 16x16.
 
-    python -m bench.cam_layers runs/demo [--which unrefined] [--layers 18 16 14 10 7 6]
+    python -m experiments.cam_layers runs/demo [--which unrefined] [--layers 18 16 14 10 7 6]
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""bench.cam_layers: child CP and AP at other GradCAM layers, on the definitions the runs use."""
+"""experiments.cam_layers: child CP and AP at other GradCAM layers, on the definitions the runs use."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.cam_layers import PAPER_LAYER, layer_cams, layer_scores
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
 from exbl_core.explainers.gradcam import gradcam
 from exbl_core.metrics import evaluate_predictions
+from experiments.cam_layers import PAPER_LAYER, layer_cams, layer_scores
 
 
 def test_the_papers_layer_scores_as_the_runs_metrics_do(trained_model, tiny_data):

@@ -23,7 +23,7 @@ patients with and without epiphyses. For each model this reports, over those pat
 * ``grad_outside`` / ``grad_region``: the share of that squared gradient outside the lung
   mask and inside the confounder region: where the gradient is, whatever its size.
 
-    python -m bench.gradient_masking runs/demo [--which unrefined oracle rrr-lungs exbl] [--json]
+    python -m experiments.gradient_masking runs/demo [--which unrefined oracle rrr-lungs exbl] [--json]
 """
 
 from __future__ import annotations

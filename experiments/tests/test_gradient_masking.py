@@ -1,4 +1,4 @@
-"""bench.gradient_masking: the same patients with and without epiphyses, and what a model makes of them."""
+"""experiments.gradient_masking: the same patients with and without epiphyses, and what a model makes of them."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.gradient_masking import FIGURES, masking_scores, patients_with_and_without
 from exbl_core.data import VIRAL_PNEUMONIA
 from exbl_core.methods.rrr import input_gradient_penalty
 from exbl_core.synthetic import SyntheticConfig
+from experiments.gradient_masking import FIGURES, masking_scores, patients_with_and_without
 
 CFG = SyntheticConfig(size=64, n_train=1, n_val=1, n_test=6, seed=3)
 

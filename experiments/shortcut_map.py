@@ -8,7 +8,7 @@ child-minus-adult difference is large is where the model's Viral Pneumonia evide
 comes from the confounder. Humerus heads, and so the epiphyses, sit in the two top
 corner cells.
 
-    python -m bench.shortcut_map runs/demo [--which unrefined|oracle|METHOD]
+    python -m experiments.shortcut_map runs/demo [--which unrefined|oracle|METHOD]
 """
 
 from __future__ import annotations
