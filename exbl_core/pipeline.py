@@ -7,6 +7,7 @@ and writes its results back atomically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from exbl_core import explainers, faithfulness, runs, weights
+from exbl_core import metrics as metrics_module
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.explainers.gradcam import predict_with_cams
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, model_label, table1_csv, table1_markdown, table1_rows
@@ -683,8 +685,40 @@ def refine_step(
 # --------------------------------------------------------------------------- results
 
 
+@functools.cache
+def evaluation_code() -> str:
+    """SHA-256 of the code that measures a model (metrics, faithfulness, the explainers): read once per process."""
+    files = [Path(metrics_module.__file__), Path(faithfulness.__file__), *sorted(Path(explainers.__file__).parent.glob("*.py"))]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def evaluation_key(run: runs.Run, name: str, tau: float, samples: dict[str, torch.Tensor]) -> str:
+    """What one model's metrics depend on: its checkpoint's bytes, the measuring code, the data settings, tau
+    and the explained sample. ``evaluate_step`` reuses an entry whose key is unchanged instead of measuring again."""
+    digest = hashlib.sha256(run.file(model_file(name)).read_bytes())
+    settings = {"code": evaluation_code(), "data": data_fingerprint(run.config()["data"]), "tau": tau}
+    settings["samples"] = {split: idx.tolist() for split, idx in samples.items()}
+    digest.update(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _earlier_metrics(run: runs.Run) -> dict:
+    """The metrics.json an evaluation may reuse entries of; nothing when there is none or it cannot be read."""
+    try:
+        return runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else {}
+    except runs.RunError:
+        return {}
+
+
 def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -> dict:
-    """metrics.json: every metric of every model on val, test and (synthetic) shortcut_test, and each refinement's verdict."""
+    """metrics.json: every metric of every model on val, test and (synthetic) shortcut_test, and each refinement's verdict.
+
+    A model measured before, unchanged since (``evaluation_key``), keeps its entry: after a
+    refinement only the new model is measured, not the unrefined model and the oracle again.
+    """
     if not run.has(runs.UNREFINED):
         raise runs.RunError(f"{run.path}: no model to evaluate yet ({runs.UNREFINED} is missing); run train first")
     tau = train_config(run, "refine").tau
@@ -692,7 +726,12 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
     explained = [s for s in splits if s in faithfulness.SPLITS]
     samples = {split: faithfulness.sample_indices(len(data[split]), data_config(run).seed) for split in explained}
     models: dict = {}
-    for name in models_in(run):
+    keys = {name: evaluation_key(run, name, tau, samples) for name in models_in(run)}
+    earlier = _earlier_metrics(run)
+    for name in keys:
+        if earlier.get("model_keys", {}).get(name) == keys[name] and name in earlier.get("models", {}):
+            models[name] = earlier["models"][name]  # this very checkpoint, measured by this code on this data
+            continue
         model = load_model(run, name, device)
         models[name] = {}
         for split in splits:
@@ -702,7 +741,7 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
             if split in samples:
                 usable = explainers.usable(int(s.images.shape[-1]))
                 models[name][split]["by_explainer"] = faithfulness.score_explainers(model, s, samples[split], usable, tau)
-    metrics: dict = {"models": models, "explainer_sample": {split: len(idx) for split, idx in samples.items()}}
+    metrics: dict = {"models": models, "explainer_sample": {split: len(idx) for split, idx in samples.items()}, "model_keys": keys}
     if "unrefined" in models and "shortcut_test" in models["unrefined"]:
         metrics["shortcut_gap"] = {name: shortcut_gap(m["test"], m["shortcut_test"]) for name, m in models.items()}
         metrics["verdicts"] = {
