@@ -86,3 +86,24 @@ def test_a_broken_example_is_not_opened_and_the_page_says_to_train(
     assert len(warned) == 1 and "unrefined.pt" in warned[0] and "from scratch" in warned[0]
     assert not runs.list_runs(folder)
     assert "Run the demo" in [b.label for b in at.button]
+
+
+@pytest.mark.slow
+def test_run_the_demo_starts_from_the_example_unless_switched_off(
+    shipped_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = app_with_runs_in(tmp_path, monkeypatch)
+    for from_example in (True, False):
+        at = open_page("app.py")
+        switch = next(t for t in at.toggle if t.label.startswith("Start from the shipped model"))
+        if not from_example:
+            switch.set_value(False).run()
+        next(b for b in at.button if b.label == "Run the demo").click().run()
+        assert not at.exception
+        assert get_runner().wait(120)
+        run = runs.open_run(get_runner().job.run_path)
+        events = run.history()
+        trained = any(e.get("phase") == "unrefined" for e in events)
+        assert trained is not from_example
+        assert run.has(runs.ORACLE) is from_example and run.has(runs.METRICS)
+    assert len(runs.list_runs(folder)) == 2
