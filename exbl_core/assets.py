@@ -71,12 +71,16 @@ def sha256(path: Path) -> str:
 
 
 def _commit() -> str:
-    """The code's commit, or "unknown" outside a git checkout."""
+    """The code's commit, with "+changes" when the package differs from it, or "unknown" outside a git checkout."""
+    root = ASSETS_DIR.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ASSETS_DIR.parent, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "exbl_core"], cwd=root, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    if head.returncode != 0 or not head.stdout.strip():
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.returncode == 1 else "")
 
 
 def _payload(run: runs.Run, role: str) -> bytes:
@@ -237,7 +241,7 @@ def build(
 
 
 def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str], None]) -> dict:
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), _commit()  # the code that trains, read before it does
     settings = shipped_settings()
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
@@ -266,7 +270,7 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
         "settings": settings,
         "files": files,
         "figures": figures,
-        "commit": _commit(),
+        "commit": commit,
         "command": BUILD_COMMAND,
         "seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
