@@ -10,7 +10,7 @@ import streamlit as st
 from exbl_core import pipeline, runs, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.synthetic import SyntheticConfig
-from studio import cache, live, pages, state, tasks, views
+from studio import cache, gallery, live, pages, state, tasks, views
 
 SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
 PRESETS = {"Demo (about 8 minutes of training on 2 CPU cores)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
@@ -158,6 +158,8 @@ with st.expander("Start a new run, or open a saved one", expanded=run is None):
         new_run_form()
     with tab_open:
         open_run_form()
+
+gallery.data_page_section()  # real radiographs of any classes, for looking: studio/gallery.py
 
 if run is None:
     st.info("No run yet: choose the data above and press **Create the run**, or open a saved run.")

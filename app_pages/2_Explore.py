@@ -11,7 +11,7 @@ import torch
 from exbl_core import explainers, faithfulness, pipeline
 from exbl_core.data import CLASSES
 from exbl_core.figures import EXPLAINER_LABELS, overlay
-from studio import cache, live, pages, progress, state, views
+from studio import cache, gallery, live, pages, progress, state, views
 
 PER_PAGE = 12
 COLUMNS = 3
@@ -157,6 +157,8 @@ def suggested_tiles(images, good: int, bad: int) -> None:
 available = pipeline.split_names(run)
 split_name = SPLITS[st.sidebar.radio("Images", [label for label, name in SPLITS.items() if name in available])]
 explainer = explainer_choice()
+if gallery.explore_section(run, explainer):  # real radiographs instead of a split: studio/gallery.py
+    st.stop()
 label = EXPLAINER_LABELS[explainer]
 split = cache.split(run, split_name)
 scores = cache.scores(run, "unrefined", split_name)

@@ -330,9 +330,21 @@ class Gallery:
     labels: torch.Tensor
     classes: list[str]
     paths: list[Path]
+    mask_paths: list[Path | None]
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, index: list[int]) -> Gallery:
+        return Gallery(
+            self.images[index],
+            self.masks[index],
+            self.has_mask[index],
+            self.labels[index],
+            self.classes,
+            [self.paths[i] for i in index],
+            [self.mask_paths[i] for i in index],
+        )
 
 
 def scan_gallery(root: str | Path) -> dict[str, list[tuple[Path, Path | None]]]:
@@ -373,4 +385,5 @@ def load_gallery(root: str | Path, size: int, workers: int = 4) -> Gallery:
         labels=torch.tensor([label for label, _, _ in entries], dtype=torch.long),
         classes=list(found),
         paths=[image for _, image, _ in entries],
+        mask_paths=[mask for _, _, mask in entries],
     )

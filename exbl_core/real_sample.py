@@ -163,10 +163,10 @@ def sources_markdown(files: dict[str, list[str]]) -> str:
         "",
         f"## {ADULT}/: one adult chest radiograph (DICOM)",
         "",
-        f"- `{ADULT}/images/{ADULT_FILE}`: a posteroanterior chest CR, 1955x1841, 15 bits stored, MONOCHROME1. From the",
+        f"- `{ADULT}/images/{ADULT_FILE}`: a frontal chest CR, 1841x1955 pixels (width x height), 15 bits stored, MONOCHROME1. From the",
         f"  pydicom-data 1.0.0 package (MIT licence; Darcy Mason and contributors), SHA-256 `{ADULT_SHA256}` as pydicom",
         "  records it. Its name follows the NEMA DICOM WG-04 sample images, from which pydicom's other `*_UNC` test files",
-        "  come. The source gives no diagnosis.",
+        "  come. The source gives no diagnosis; round opacities are visible in both lungs.",
         "",
         "## masks/: lung masks from a segmentation model",
         "",
@@ -210,8 +210,9 @@ def convert_segmenter(sdist: Path, out: Path = segmenter.WEIGHTS_FILE) -> str:
     return found
 
 
-def build(out: Path = DEFAULT_OUT, downloads: Path = DOWNLOADS, say: Callable[[str], None] = print) -> Path:
+def build(out: Path = DEFAULT_OUT, downloads: Path | None = None, say: Callable[[str], None] = print) -> Path:
     """Fetch, check and extract; write ``out`` (when it is not there yet) and the segmenter's weights."""
+    downloads = downloads or DOWNLOADS
     wheel, sdist = fetch(PNEUMONIA_WHEEL, downloads, say), fetch(CHEXWHATSAPP_SDIST, downloads, say)
     adult = adult_dicom()
     sha = convert_segmenter(sdist)
