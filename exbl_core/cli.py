@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from exbl_core import assets, explainers, faithfulness, masks, pipeline, real_sample, runs, segmenter, study, weights
-from exbl_core.data import CLASSES, DataError
+from exbl_core import assets, explainers, faithfulness, gallery, masks, pipeline, real_sample, runs, segmenter, study, weights
+from exbl_core.data import CLASSES, DataError, load_gallery
 from exbl_core.explainers import occlusion
 from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
@@ -358,6 +358,24 @@ def _infill(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is neither 'mean' nor a number") from None
 
 
+def _explain_gallery(args: argparse.Namespace, run: runs.Run, chosen: list) -> int:
+    """explain --data: real radiographs of any classes, lungs outlined, maps and both shoulders; for looking only."""
+    size = pipeline.data_config(run).size
+    for explainer in chosen:
+        explainer.check(size)
+    found = load_gallery(args.data, size)
+    outside = [i for i in args.images if not 0 <= i < len(found)]
+    if outside:
+        raise ValueError(f"--images {outside[0]}: {args.data} has images 0 to {len(found) - 1}")
+    unmasked = [i for i in args.images if not bool(found.has_mask[i])]
+    if unmasked:
+        raise ValueError(f"{found.paths[unmasked[0]]}: has no lung mask; run 'python -m exbl_core masks --data {args.data}' first")
+    model = pipeline.load_model(run, args.model, choose_device())
+    runs.atomic_write_bytes(args.out, figure_png(gallery.figure(model, found, args.images, chosen)))
+    _say(f"Wrote {args.out}: {len(args.images)} images of {args.data}, {model_label(args.model)} model (off its domain there)")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Write a PNG of chosen images with each explainer's map, for any model of a run; never replaces a file."""
     settings = {k: getattr(args, k) for k in ("patch", "stride", "infill") if getattr(args, k) is not None}
@@ -367,6 +385,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise ValueError(f"{args.out}: exists; choose another --out (explain never replaces a file)")
     run = pipeline.check_config(runs.open_run(args.run))
+    if args.data is not None:
+        return _explain_gallery(args, run, chosen)
     if args.split not in pipeline.split_names(run):
         raise ValueError(f"--split {args.split}: this run has {', '.join(pipeline.split_names(run))}")
     for explainer in chosen:
@@ -568,6 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True, type=Path, help="run folder")
     ex.add_argument("--out", required=True, type=Path, help="PNG file to write (never replaced)")
     ex.add_argument("--model", default="unrefined", help="unrefined (default), oracle, or a refinement method's name")
+    ex.add_argument(
+        "--data",
+        type=Path,
+        help="a gallery folder (CLASS/images/ and CLASS/masks/, any classes, e.g. real-sample): explain its images, "
+        "indexed by --images in class and file order, instead of --split's",
+    )
     ex.add_argument("--split", default="shortcut_test", help="train, val, test or shortcut_test (default; synthetic only)")
     ex.add_argument("--images", type=int, nargs="+", default=[0, 1, 2, 3], help="image indices in the split (default: 0 1 2 3)")
     ex.add_argument("--explainers", nargs="+", default=list(explainers.NAMES), help=f"default: {' '.join(explainers.NAMES)}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from exbl_core import faithfulness
+from exbl_core import explainers, faithfulness
 from exbl_core.data import CLASSES, Gallery, read_gray
 from exbl_core.figures import EXPLAINER_LABELS, mask_outline, overlay
 
@@ -66,23 +66,25 @@ def shoulder_crops(image: Path, mask: Path, size: int = 160) -> list[np.ndarray]
     return crops
 
 
-def explain(model: torch.nn.Module, gallery: Gallery, names: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """The model's predicted classes and display maps [N,H,W] of each explainer on the gallery's images."""
-    probs, maps = faithfulness.explain(model, gallery.images.float().div(255.0), names)
-    return probs.argmax(1), {name: m.numpy() for name, m in maps.items()}
+@torch.no_grad()
+def explain(model: torch.nn.Module, gallery: Gallery, chosen: list[explainers.Explainer]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """The model's predicted classes and, per explainer, display maps [N,H,W] in [0, 1] on the gallery's images."""
+    x = gallery.images.float().div(255.0)
+    preds = faithfulness.predicted(model, x)
+    return preds, {e.name: explainers.for_display(e.maps(model, x, preds)).numpy() for e in chosen}
 
 
-def figure(model: torch.nn.Module, gallery: Gallery, rows: list[int], names: tuple[str, ...]) -> plt.Figure:
+def figure(model: torch.nn.Module, gallery: Gallery, rows: list[int], chosen: list[explainers.Explainer]) -> plt.Figure:
     """One row per chosen image (each with a lung mask): the input with its lungs outlined, each
     explainer's map over it, and both shoulders at full resolution."""
     sub = gallery.subset(rows)
-    preds, maps = explain(model, sub, names)
-    titles = ["Input, lungs outlined", *(EXPLAINER_LABELS[n] for n in names), "Shoulder (image left)", "Shoulder (image right)"]
+    preds, maps = explain(model, sub, chosen)
+    titles = ["Input, lungs outlined", *(EXPLAINER_LABELS[e.name] for e in chosen), "Shoulder (image left)", "Shoulder (image right)"]
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.3 * len(titles), 2.5 * len(rows) + 0.6), squeeze=False)
     for r in range(len(rows)):
         gray = for_display(sub.images[r, 0].float().div(255).numpy())
         panels = [outlined(gray, sub.masks[r].numpy())]
-        panels += [overlay(gray, maps[n][r]) for n in names]
+        panels += [overlay(gray, maps[e.name][r]) for e in chosen]
         panels += shoulder_crops(sub.paths[r], sub.mask_paths[r])
         for c, panel in enumerate(panels):
             ax = axes[r, c]

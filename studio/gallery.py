@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from exbl_core import gallery, pipeline, real_sample, runs
+from exbl_core import explainers, gallery, pipeline, real_sample, runs
 from exbl_core.data import CLASSES, DataError, Gallery, load_gallery
 from exbl_core.figures import EXPLAINER_LABELS, overlay
 from studio import cache
@@ -103,7 +103,7 @@ def _grid(g: Gallery, pictures: list[np.ndarray], captions: list[str] | None = N
 def _explained(run_path: str, which: str, mtime: float, root: str, stamp: float, name: str) -> tuple[np.ndarray, np.ndarray]:
     run = runs.Run(Path(run_path))
     g = _load(root, cache.image_size(run), stamp)
-    preds, maps = gallery.explain(cache.model(run, which), g, (name,))
+    preds, maps = gallery.explain(cache.model(run, which), g, [explainers.get(name)])
     return preds.numpy(), maps[name]
 
 

@@ -112,3 +112,19 @@ def test_explore_shows_a_runs_maps_on_the_gallery_and_says_it_is_off_its_domain(
     assert len(shown) == 3 * 2 + 2 * 2  # each image with its map, and two children's shoulders
     assert sum("predicted" in c and "off its domain" in c for c in shown) == 3
     assert shown[-4:] == ["Child · image left", "Child · image right"] * 2
+
+
+def test_explain_writes_a_gallery_figure_and_refuses_an_image_without_a_mask(folder, tiny_run, tmp_path, capsys):
+    from exbl_core import cli
+
+    out = tmp_path / "real.png"
+    assert (
+        cli.main(
+            ["explain", "--run", str(tiny_run), "--data", str(folder), "--images", "1", "2", "--explainers", "gradcam", "--out", str(out)]
+        )
+        == 0
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["explain", "--run", str(tiny_run), "--data", str(folder), "--images", "0", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "a1.png: has no lung mask" in err and not (tmp_path / "x.png").exists()
