@@ -21,6 +21,13 @@ st.markdown(
     "A *shortcut test*, where children appear in every class, then shows whether the shortcut was really unlearned."
 )
 
+FIRST_CLICK = (  # per first step not yet done: the one sentence that says what to click first
+    "**Click first:** *Run the demo* below, which does every step for you while this page shows the time left.",
+    "**Click first:** *Explore*, to see where the model looks and mark one good and one bad explanation.",
+    "**Click first:** *Refine*, and press Start: it refines the model from your pair.",
+    "**Click first:** *Compare*, to see the results before and after.",
+    "**Click first:** *Compare*, to see before and after; then try another pair or method on *Explore* and *Refine*.",
+)
 STEP_PAGES = (pages.DATA, pages.EXPLORE, pages.REFINE, pages.COMPARE)
 STEP_ICONS = {"done": ":material/check_circle:", "running": ":material/pending:", "not yet": ":material/radio_button_unchecked:"}
 ALL_JOBS = tuple(live.JOB_PAGES)
@@ -41,6 +48,16 @@ def steps(run: runs.Run) -> None:
     draw()
 
 
+def first_click(run: runs.Run | None) -> str:
+    """The one sentence on what to click first: the first step of the workflow not done yet."""
+    if run is None:
+        return FIRST_CLICK[0]
+    if live.job_on(run):
+        return "**While the job runs:** its progress and time left are below; *Explore* works meanwhile."
+    has = [run.has(runs.UNREFINED), run.has(runs.EXEMPLARS), bool(run.refined()), state.current_metrics(run) is not None]
+    return FIRST_CLICK[has.index(False) if False in has else len(has)]
+
+
 def result(run: runs.Run) -> None:
     """The headline: the computed verdict and the numbers behind it, and the way to Compare."""
     metrics = state.current_metrics(run)
@@ -50,12 +67,14 @@ def result(run: runs.Run) -> None:
     models = metrics["models"]
     for name in run.refined():
         views.model_summary(models["unrefined"], models[name], models.get("oracle"), name=model_label(name))
+    views.rule_caption(models.get("oracle"))
     st.page_link(pages.COMPARE, label="See before and after, Table 1 and the downloads on Compare", icon=":material/arrow_forward:")
 
 
 st.subheader("Current run")
 run = state.current_run() or example.offer()
 example.notes()
+st.markdown(first_click(run))
 if run is None:
     views.empty_state(
         "No run yet: run the demo below, or choose the data and train a model on Data and model.", pages.DATA, "Data and model"

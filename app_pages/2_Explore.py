@@ -40,9 +40,16 @@ MARK_CSS = "".join(
 pages.setup("Explore")
 
 run = pages.trained_run()
-job = live.job_on(run)
-if job is not None and job.kind in ("train", "demo") and progress.current_step(job.events) == 0:
-    live.other_job_note(run, (), "Until it ends, these explanations come from the best epoch so far, and they change as it trains.")
+job = live.running_job()
+if job is not None:  # every page shows a running job's phase and time left
+    training_here = job.run_path == str(run.path) and job.kind in ("train", "demo") and progress.current_step(job.events) == 0
+    live.other_job_note(
+        run,
+        (),
+        "Until it ends, these explanations come from the best epoch so far, and they change as it trains."
+        if training_here
+        else "Explore works meanwhile: these are the unrefined model's explanations.",
+    )
 if (sentence := state.disagreement(run)) is not None:
     st.info(sentence)
 
@@ -64,22 +71,27 @@ def filters(split, scores) -> np.ndarray:
     sb = st.sidebar
     labels, preds = split.labels.numpy(), scores["preds"]
     keep = np.ones(len(labels), bool)
-    cls = sb.selectbox("True class", [ANY, *CLASSES])
+    # Each filter keeps its choice for the session: Streamlit forgets the widgets of a page not drawn.
+    cls = sb.selectbox("True class", [ANY, *CLASSES], key="filter-class", persist_state="session")
     if cls != ANY:
         keep &= labels == CLASSES.index(cls)
-    pred = sb.selectbox("Predicted class", [ANY, *CLASSES])
+    pred = sb.selectbox("Predicted class", [ANY, *CLASSES], key="filter-predicted", persist_state="session")
     if pred != ANY:
         keep &= preds == CLASSES.index(pred)
-    result = sb.selectbox("Prediction", [ANY, "Correct", "Wrong"])
+    result = sb.selectbox("Prediction", [ANY, "Correct", "Wrong"], key="filter-result", persist_state="session")
     if result != ANY:
         keep &= (labels == preds) == (result == "Correct")
     if split.child is not None:
         conf = sb.selectbox(
-            "Confounder", [ANY, "Child (growth plates)", "Adult"], help="Synthetic data only: which images carry the planted shortcut."
+            "Confounder",
+            [ANY, "Child (growth plates)", "Adult"],
+            help="Synthetic data only: which images carry the planted shortcut.",
+            key="filter-confounder",
+            persist_state="session",
         )
         if conf != ANY:
             keep &= split.child.numpy() == conf.startswith("Child")
-    order = sb.selectbox("Sort", ["AP, lowest first", "AP, highest first", "Image number"])
+    order = sb.selectbox("Sort", ["AP, lowest first", "AP, highest first", "Image number"], key="filter-sort", persist_state="session")
     idx = np.nonzero(keep)[0]
     if order != "Image number":
         idx = idx[np.argsort(scores["ap"][idx], kind="stable")]
@@ -90,6 +102,13 @@ def filters(split, scores) -> np.ndarray:
 
 def on_mark(role: str, index: int, explainer: str) -> None:
     refused = state.mark(run, role, index, explainer)
+    st.session_state["mark_message"] = None if refused is None else (index, refused)
+
+
+def on_figure(index: int) -> None:
+    """Add a test or shortcut-test image to Compare's Figure 3, or take it out (it is never marked as an exemplar)."""
+    default = pipeline.default_figure_rows(split, torch.from_numpy(scores["ap"]))
+    refused = state.toggle_figure_row(run, split_name, index, default)
     st.session_state["mark_message"] = None if refused is None else (index, refused)
 
 
@@ -155,7 +174,9 @@ def suggested_tiles(images, good: int, bad: int) -> None:
 
 
 available = pipeline.split_names(run)
-split_name = SPLITS[st.sidebar.radio("Images", [label for label, name in SPLITS.items() if name in available])]
+split_name = SPLITS[
+    st.sidebar.radio("Images", [label for label, name in SPLITS.items() if name in available], key="images", persist_state="session")
+]
 explainer = explainer_choice()
 if gallery.explore_section(run, explainer):  # real radiographs instead of a split: studio/gallery.py
     st.stop()
@@ -186,7 +207,10 @@ with st.container(border=True):
             "(the shoulders, the text markers). Press again to unmark. The pair remembers the map each mark was made on."
         )
     else:
-        st.caption("The pair is marked on training images, which refinement trains on; test images stay unseen. Switch in the sidebar.")
+        st.caption(
+            "The pair is marked on training images, which refinement trains on; test images stay unseen. Switch in the sidebar. "
+            "**Figure 3** puts an image into the before-and-after figure on Compare."
+        )
 st.html(f"<style>{MARK_CSS}</style>")
 
 idx = filters(split, scores)
@@ -207,11 +231,14 @@ else:
         "(GradCAM at this layer can hide a shortcut). Computed for this page's images only; AP and the sort are GradCAM's, "
         "and each caption says how much of the occlusion map lies on the lungs."
     )
-page = st.pagination(n_pages, key=f"page-{split_name}") if n_pages > 1 else 1
+page = st.pagination(n_pages, key=f"page-{split_name}", persist_state="session") if n_pages > 1 else 1
 shown = idx[(page - 1) * PER_PAGE : page * PER_PAGE].tolist()
 with st.spinner(f"{label} maps of the {len(shown)} images on this page…", show_time=True):
     maps = cache.maps(run, "unrefined", split_name, explainer, shown)
 shares = faithfulness.lung_share(torch.from_numpy(maps), split.masks[shown]).tolist() if explainer != "gradcam" else [None] * len(shown)
+in_figure = state.figure_rows(run, split_name)
+if in_figure is None and not picking:
+    in_figure = pipeline.default_figure_rows(split, torch.from_numpy(scores["ap"]))
 cols = st.columns(COLUMNS)
 for k, (i, m, share) in enumerate(zip(shown, maps, shares, strict=True)):
     role = next((r for r in state.ROLES if pair[r] == i and picking), None)
@@ -229,6 +256,16 @@ for k, (i, m, share) in enumerate(zip(shown, maps, shares, strict=True)):
                     on_click=on_mark,
                     args=(r, i, explainer),
                 )
+        else:
+            row.button(
+                "Figure 3",
+                key=f"figure-{split_name}-{i}",
+                type="primary" if i in in_figure else "secondary",
+                help=f"{'Take #' if i in in_figure else 'Put #'}{i} {'out of' if i in in_figure else 'into'} Figure 3 on Compare. "
+                "It is not marked: the pair stays on training images.",
+                on_click=on_figure,
+                args=(i,),
+            )
         row.button(
             "Zoom",
             key=f"zoom-{i}",

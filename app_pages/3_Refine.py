@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from exbl_core import pipeline
@@ -114,11 +112,15 @@ def pair_words(good: int, bad: int) -> str:
     return f"good #{good}, bad #{bad}"
 
 
-# Curves and results belong to the pair they came from: only the running job's, or the last
-# refinement's when it used the pair shown above (exemplars.json is saved at each Start).
+# Curves and results belong to the pair they came from: only the running job's, or the chosen
+# method's model when its checkpoint says it came from the pair shown above. A model refined
+# before checkpoints recorded their pair is taken to be from exemplars.json, saved at each Start.
+has_model = run.has(pipeline.model_file(method))
+model_pair = cache.refined_pair(run, method) if has_model else None
 saved = state.saved_pair(run)
-same_pair = saved is not None and saved[:2] == (pair["good"], pair["bad"])
-started = "" if saved is None else time.strftime("%d %b %H:%M", time.localtime(saved[2]))
+came_from = state.pair_key(model_pair)[:2] if model_pair is not None else saved[:2] if saved is not None else None
+same_pair = came_from == (pair["good"], pair["bad"])
+from_words = state.pair_words(model_pair) if model_pair is not None else pair_words(*came_from) if came_from else ""
 
 
 def live_caption(job: Job) -> str:
@@ -127,22 +129,23 @@ def live_caption(job: Job) -> str:
 
 
 if not refining_here:  # a running job's panel says itself which pair it refines with (live_caption)
-    if same_pair and run.has(pipeline.model_file(method)):
-        st.caption(f"The last refinement of this run, with this pair ({pair_words(*saved[:2])}), started {started}.")
-    elif saved is not None and run.has(pipeline.model_file(method)):
+    if same_pair and has_model:
+        st.caption(f"The last refinement of this run, with this pair ({from_words}), made the {model_label(method)} model below.")
+    elif came_from is not None and has_model:
         st.info(
-            f"No refinement with this pair yet. The run's refined models came from {pair_words(*saved[:2])} (started {started}); "
-            "Start refines the unrefined model again with this pair and replaces the chosen method's model."
+            f"No refinement with this pair yet. The run's {model_label(method)} model came from {from_words}; "
+            "Start refines the unrefined model again with this pair and replaces that model."
         )
     else:
         st.caption("No refinement yet: press Start. The live losses appear here.")
 live.job_panel(run, RUN_KINDS, phase="refine", after="curves" if same_pair else "nothing", describe=live_caption)
-if same_pair and run.has(pipeline.model_file(method)) and not refining_here:
+if same_pair and has_model and not refining_here:
     metrics = state.current_metrics(run)
     if metrics is not None and method in metrics["models"]:
         models = metrics["models"]
         st.subheader("Result")
         views.model_summary(models["unrefined"], models[method], models.get("oracle"), name=model_label(method))
+        views.rule_caption(models.get("oracle"))
         st.page_link(pages.COMPARE, label="Next: compare before and after", icon=":material/arrow_forward:")
     else:
         st.page_link(pages.COMPARE, label="Next: evaluate and compare on Compare", icon=":material/arrow_forward:")

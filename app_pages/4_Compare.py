@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 import torch
 
@@ -10,26 +12,32 @@ from exbl_core.data import CLASSES
 from exbl_core.figures import PAPER_NOTE, model_label, table1_columns
 from studio import cache, live, pages, state, tasks, views
 
-FIGURE_MAX_ROWS = 8  # more rows make a page too tall to compare, and slow to draw
-
 pages.setup("Compare")
 
 run = pages.trained_run()
-if not run.refined():
+KINDS = ("evaluate", "refine", "demo", "oracle")
+busy_here = live.job_on(run) is not None
+if not run.refined() and not busy_here:
     views.empty_state("No refined model yet: start a refinement on Refine.", pages.REFINE, "Refine")
     st.stop()
 
-KINDS = ("evaluate", "refine", "demo", "oracle")
-busy_here = live.job_on(run) is not None
 locked = live.other_job_note(run, KINDS)
 metrics = state.current_metrics(run)
-if metrics is None and not busy_here:
+if busy_here:  # the job's progress on top; the last finished results stay below it, marked as such
+    live.job_panel(run, KINDS)
+    if metrics is None:
+        st.info("No finished results of this run to show meanwhile: they appear here when the job has finished.")
+        st.stop()
+    finished = time.strftime("%d %b %H:%M", time.localtime(run.file(runs.METRICS).stat().st_mtime))
+    st.info(f"Meanwhile, the last finished results (evaluated {finished}). They are replaced when the running job has finished.")
+elif metrics is None:
     st.info("The metrics are older than a model of this run (or missing), for example after a cancelled refinement.")
     if st.button("Evaluate every model", type="primary", icon=":material/calculate:", disabled=locked) and not live.refused():
         live.start("evaluate", run, tasks.evaluate_work(run, cache.data(run), cache.device()))
-if metrics is None or busy_here:
     live.job_panel(run, KINDS)
     st.stop()
+else:
+    live.job_panel(run, KINDS, after="outcome")  # how the last job ended, such as what a cancel kept
 
 models = metrics["models"]
 refined = [m for m in run.refined() if m in models]
@@ -37,9 +45,18 @@ oracle = models.get("oracle")
 if (sentence := state.disagreement(run, metrics)) is not None:
     st.info(sentence)
 st.subheader("Verdicts")
+pairs = {name: cache.refined_pair(run, name) for name in refined}
+if len({state.pair_key(p) for p in pairs.values()}) > 1:
+    st.warning(
+        "These models came from different pairs, so their verdicts differ by the pair as well as by the method: "
+        + "; ".join(f"{model_label(m)} from {state.pair_words(p)}" for m, p in pairs.items())
+        + ". Refine them again from one pair to compare the methods alone."
+    )
 for name in refined:
     with st.container(border=True):
         views.model_summary(models["unrefined"], models[name], oracle, name=model_label(name))
+        st.caption(f"Refined from the pair {state.pair_words(pairs[name])}.")
+views.rule_caption(oracle)
 if oracle is None and pipeline.can_train_oracle(run):
     st.info(
         "These verdicts compare the shortcut gap only. The full verdict measures how much of an oracle's shortcut-test "
@@ -94,22 +111,35 @@ if note := pipeline.table1_note(run):
     st.caption(note)
 
 st.subheader("Before and after (the paper's Figure 3)")
-test = cache.split(run, "test")
-default_rows = pipeline.default_figure_rows(test, torch.from_numpy(cache.scores(run, "unrefined", "test")["ap"]))
-chosen = st.multiselect(
-    f"Test images (up to {FIGURE_MAX_ROWS})",
-    list(range(len(test))),
-    default=default_rows,
-    format_func=lambda i: f"#{i} {CLASSES[int(test.labels[i])]}",
-    help="Preselected: " + pipeline.FIGURE_ROWS_RULE + ". Viral Pneumonia is the class the shortcut hides behind.",
-    max_selections=FIGURE_MAX_ROWS,
-    select_all=False,
-    key=f"figure-rows-{run.path}",
+FIGURE_SPLITS = {"test": "Test images", "shortcut_test": "Shortcut test images"}
+figure_split = st.radio(
+    "Images from",
+    [s for s in FIGURE_SPLITS if s in pipeline.split_names(run)],
+    format_func=lambda s: FIGURE_SPLITS[s] + (" (a test set with children in every class)" if s == "shortcut_test" else ""),
+    horizontal=True,
+    key=f"figure-split-{run.path}",
     persist_state="session",
+    help="On the shortcut test a model that still uses the shortcut calls children Viral Pneumonia: there it shows.",
+)
+images, source = cache.split(run, figure_split), FIGURE_SPLITS[figure_split]
+default_rows = pipeline.default_figure_rows(images, torch.from_numpy(cache.scores(run, "unrefined", figure_split)["ap"]))
+default_rule = pipeline.FIGURE_ROWS_RULE.replace("test images", source.lower())
+kept = state.figure_rows(run, figure_split)
+picker_key = f"figure-rows-{figure_split}-{run.path}"
+chosen = st.multiselect(
+    f"{source} (up to {state.FIGURE_MAX_ROWS}; Explore adds them too)",
+    list(range(len(images))),
+    default=default_rows if kept is None else kept,
+    format_func=lambda i: f"#{i} {CLASSES[int(images.labels[i])]}" + (" · child" if images.child is not None and images.child[i] else ""),
+    help=f"Preselected: {default_rule}. Viral Pneumonia is the class the shortcut hides behind.",
+    max_selections=state.FIGURE_MAX_ROWS,
+    select_all=False,
+    key=picker_key,
+    on_change=lambda: state.set_figure_rows(run, figure_split, st.session_state[picker_key]),
 )
 figure = None
 if chosen:
-    figure = cache.figure3_png(run, chosen, pipeline.FIGURE_ROWS_RULE if chosen == default_rows else "Test images chosen on Compare")
+    figure = cache.figure3_png(run, chosen, default_rule if chosen == default_rows else f"{source} chosen in the app", figure_split)
     if (problem := cache.explainer_problem(run, "occlusion")) is None:
         st.caption(
             "Each model has two columns: GradCAM, the paper's map, and occlusion, where hiding a patch lowers the model's "
@@ -119,7 +149,7 @@ if chosen:
         st.caption(f"GradCAM only: {problem}.")
     st.image(figure, width="stretch")
 else:
-    st.info("Choose one or more test images above to see them before and after.")
+    st.info("Choose one or more images above to see them before and after.")
 
 study_dir = study.find_study(run.path)
 if study_dir is not None:

@@ -15,7 +15,7 @@ import threading
 import time
 import types
 import typing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -398,6 +398,7 @@ class _Attempt:
     had_final: bool = False  # a finished model was there when the attempt started
     best_epoch: int = 0  # the latest best epoch this attempt wrote
     ended: bool = False  # an end event (done, cancelled, failed) was recorded
+    extra: dict = field(default_factory=dict)  # more for the checkpoint's metadata: a refinement's pair
 
     @property
     def staged(self) -> bool:
@@ -418,6 +419,7 @@ class _Attempt:
             "val_loss": record["val_loss"],
             "settings": self.cfg.to_dict(),
             **run_identity(self.run),
+            **self.extra,
         }
         runs.save_checkpoint(self.run.file(self.target), state, meta)
         self.best_epoch = epoch
@@ -472,17 +474,30 @@ def _recorder(run: runs.Run, on_event: EventCallback | None, attempt: _Attempt |
 
 
 def _fit_step(
-    run: runs.Run, phase: str, role: str, cfg: TrainConfig, model, data, objective, on_event, cancel, device, **tags
+    run: runs.Run,
+    phase: str,
+    role: str,
+    cfg: TrainConfig,
+    model,
+    data,
+    objective,
+    on_event,
+    cancel,
+    device,
+    meta: dict | None = None,
+    **tags,
 ) -> FitResult:
     """Run ``fit`` with its start recorded in history: the settings this attempt really used.
 
     ``tags`` (a refinement's ``method``) go into every event, so that the history tells
-    the attempts of several methods apart. However the attempt ends, history records it;
-    a KeyboardInterrupt comes out as ``Interrupted``, saying what was kept.
+    the attempts of several methods apart; ``meta`` goes into every checkpoint the attempt
+    writes. However the attempt ends, history records it; a KeyboardInterrupt comes out as
+    ``Interrupted``, saying what was kept.
     """
     name = model_file(role)
     size = int(data["train"].images.shape[-1])
     attempt = _Attempt(run, name, role, Path(name).stem, cfg, size, had_final=run.has(name))
+    attempt.extra = meta or {}
     record = _recorder(run, on_event, attempt, **tags)
     record({"type": "start", "phase": phase, "epochs": cfg.epochs, "settings": cfg.to_dict(), "time": time.time()})
     try:
@@ -647,6 +662,21 @@ def scheduled(base: TrainConfig, overrides: dict | None = None) -> TrainConfig:
     return replace(chosen, **scaled)
 
 
+def pair_record(pick: dict) -> dict:
+    """What a refined checkpoint records of the pair it came from: exemplars.json as it was at the start.
+
+    exemplars.json is rewritten at every new pick, so only the checkpoint can say later
+    which pair a model was refined with (Compare labels each model with it).
+    """
+    return {key: pick[key] for key in ("good", "bad", "rule", "explainer") if key in pick}
+
+
+def refined_pair(run: runs.Run, name: str) -> dict | None:
+    """The pair a refined model's checkpoint recorded (``pair_record``), or None for a model refined before it was recorded."""
+    payload = torch.load(run.file(model_file(name)), map_location="cpu", weights_only=True)
+    return payload.get("pair")
+
+
 def refine_step(
     run: runs.Run,
     data: dict[str, Split],
@@ -673,7 +703,8 @@ def refine_step(
     model = load_model(run, "unrefined", device)
     objective = method.prepare(model, train, Pick(good, bad), cfg)
     torch.manual_seed(cfg.seed)
-    result = _fit_step(run, "refine", method.name, cfg, model, data, objective, on_event, cancel, device, method=method.name)
+    meta = {"pair": pair_record(pick)}
+    result = _fit_step(run, "refine", method.name, cfg, model, data, objective, on_event, cancel, device, meta, method=method.name)
     chosen = replace(train_config(run, "refine"), **(overrides or {}))  # the user's choice, without the method's schedule
     if result.status == "done" and chosen != train_config(run, "refine"):
         config = run.config()

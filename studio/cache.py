@@ -126,25 +126,37 @@ def _figure3_png(
     mtimes: tuple[float, ...],
     data_key: str,
     names: tuple[str, ...],
+    split_name: str,
 ) -> bytes:
-    test = _split(run_path, "test", data_key)
-    x = test.float_images(torch.tensor(rows, dtype=torch.long))
+    images = _split(run_path, split_name, data_key)
+    x = images.float_images(torch.tensor(rows, dtype=torch.long))
     results = {m: faithfulness.explain(_model(run_path, m, t), x, names) for m, t in zip(models, mtimes, strict=True)}
-    labels = pipeline.figure_row_labels(test, list(rows), {m: probs.argmax(1) for m, (probs, _) in results.items()})
+    labels = pipeline.figure_row_labels(images, list(rows), {m: probs.argmax(1) for m, (probs, _) in results.items()})
     cam_sets = {(m, name): maps for m, (_, by) in results.items() for name, maps in by.items()}
     return figure_png(figure3(x, cam_sets, labels, title=title))
 
 
-def figure3_png(run: runs.Run, rows: list[int], title: str) -> bytes:
-    """The paper's Figure 3 for the chosen test images as PNG bytes (cached): each model's GradCAM and occlusion side by side.
+def figure3_png(run: runs.Run, rows: list[int], title: str, split_name: str = "test") -> bytes:
+    """The paper's Figure 3 for the chosen images as PNG bytes (cached): each model's GradCAM and occlusion side by side.
 
-    Unrefined and every refined model, as the CLI's figure step draws it. ``title`` says
+    Unrefined and every refined model, as the CLI's figure step draws it, on the test
+    images or (``split_name``) the shortcut test's, where the shortcut shows. ``title`` says
     how the rows were chosen; it is drawn into the image, so a downloaded figure still
     says what it shows.
     """
     models = ("unrefined", *run.refined())
     mtimes = tuple(_mtime(run, pipeline.model_file(m)) for m in models)
-    return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), usable_explainers(run))
+    return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), usable_explainers(run), split_name)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _refined_pair(run_path: str, name: str, mtime: float) -> dict | None:
+    return pipeline.refined_pair(runs.Run(Path(run_path)), name)
+
+
+def refined_pair(run: runs.Run, name: str) -> dict | None:
+    """The pair ``name``'s checkpoint was refined from (None when it did not record one), read once per checkpoint."""
+    return _refined_pair(str(run.path), name, _mtime(run, checkpoint_name(name)))
 
 
 class MapStore:

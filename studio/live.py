@@ -104,9 +104,23 @@ def _outcome(job: Job) -> None:
 
 
 def _kept(events: list[dict]) -> str:
-    """What the cancelled job kept, as its training step said (a refinement never replaces a finished model)."""
-    said = next((e["kept_message"] for e in reversed(events) if e.get("kept_message")), None)
-    return f"Kept: {said}." if said else "Nothing it was writing was lost."
+    """What a cancelled or failed job kept, in plain words, from the ``kept`` its training step recorded.
+
+    Staged models (a refinement, the oracle, a retrained run) never replace a finished one,
+    so when no epoch had finished the results from before are exactly as they were.
+    """
+    end = next((e for e in reversed(events) if e["type"] in ("cancelled", "failed") and "kept" in e), None)
+    if end is None:
+        return "No epoch was running, so nothing of it was kept, and the results from before are unchanged."
+    kept, what = end["kept"], progress.PHASES.get(end.get("phase", ""), "training").lower()
+    if not kept["epoch"]:
+        return f"No epoch of the {what} had finished, so nothing of it was kept: the results from before are unchanged."
+    if kept["model_unchanged"]:
+        return (
+            f"Epoch {kept['epoch']}, its best, was kept aside in {kept['file']}; "
+            "the finished model and the results from before are unchanged."
+        )
+    return f"Epoch {kept['epoch']}, its best, was kept as {kept['model']}."
 
 
 def _latest_phase(events: list[dict]) -> str | None:
@@ -127,7 +141,9 @@ def job_panel(
     says what stays once no job runs: "curves" (and how the last job ended), "outcome" (only
     how it ended: Home, which shows the result instead) or "nothing" (a page whose inputs
     changed since the last job, like Refine with a new pair, must not show that job's curves
-    or its end as if they were its own).
+    as if they were its own; only the session that watched the job end is told how it ended).
+    A job that ended before its first epoch finished leaves no curves: its part of an epoch
+    would sit above the results from before as if it had made them.
     ``describe`` turns a running job into a caption above its progress (say, which pair it
     refines with), drawn in the panel so that it follows the job's events.
     """
@@ -157,15 +173,16 @@ def job_panel(
             )
         elif mine(job) and st.session_state.get("watching") == job.started:
             del st.session_state["watching"]
+            st.session_state["watched"] = job.started
             st.rerun()
         if not running and after != "curves":
-            if after == "outcome" and mine(job):
+            if mine(job) and (after == "outcome" or st.session_state.get("watched") == job.started):
                 _outcome(job)
             return
         events = list(job.events) if mine(job) else run.history() if phase else []
         shown = phase or _latest_phase(events)
         attempt = progress.run_attempt(events, shown) if shown else []
-        if any(e["type"] in ("batch_end", "epoch_end") for e in attempt):
+        if any(e["type"] in (("batch_end", "epoch_end") if running else ("epoch_end",)) for e in attempt):
             st.plotly_chart(views.curves(attempt), key=f"curves-{shown}")
         elif running:
             st.caption("The chart appears after the first batch.")

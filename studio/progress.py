@@ -2,12 +2,21 @@
 
 Pure functions over a job's event list (no Streamlit), so they are tested directly. A
 job may run several training phases (the demo trains, then refines): the fraction and
-the time left cover the whole job, so the bar does not start again at each phase. The
-time left comes from wall-clock seconds per epoch measured in this job (each event's
-``t``, validation included). Early stopping can only end a phase sooner, so the
-estimate is an upper bound, and the line says so. A phase may run several times in one
-job (the demo refines once per method, each a ``start`` of its own): its planned epochs
-are the sum, and every run that has ended counts in full.
+the time left cover the whole job, so the bar does not start again at each phase. A
+phase may run several times in one job (the demo refines once per method, each a
+``start`` of its own): its planned epochs are the sum, and every run that has ended
+counts in full.
+
+The time left has two parts, both measured in this job from each event's ``t``:
+- training: the epochs still to run times the median wall seconds per epoch, validation
+  included (during the first epoch, extrapolated from its batches);
+- the steps after training (evaluation, GradCAM for Explore, the automatic pick): the
+  plan gives each one's cost in *validation passes* (its image forward passes divided by
+  those of one epoch's validation), and a validation pass takes as long as the time from
+  an epoch's last batch to its end. Evaluation scores occlusion maps and can take longer
+  than all of a short refinement, so leaving it out made the estimate run out a minute
+  early. Until an epoch has been validated, the line says that evaluation comes on top.
+Early stopping can only end a phase sooner.
 """
 
 from __future__ import annotations
@@ -93,6 +102,33 @@ def current_step(events: list[dict]) -> int | None:
     return None
 
 
+def validation_seconds(events: list[dict]) -> float | None:
+    """Median seconds of one validation pass: from an epoch's last batch to its end (forward passes only)."""
+    gaps, last_batch = [], None
+    for e in events:
+        if e["type"] == "batch_end" and "t" in e:
+            last_batch = e["t"]
+        elif e["type"] == "epoch_end" and "t" in e and last_batch is not None:
+            gaps.append(e["t"] - last_batch)
+            last_batch = None
+    return statistics.median(gaps) if gaps else None
+
+
+def steps_left(events: list[dict], now: float, per_pass: float) -> float:
+    """Seconds still to go in the plan's steps after training: a step not begun counts in full, the one
+    running now less its time so far, and one that a later event followed not at all."""
+    after = next((e.get("after", {}) for e in events if e["type"] == "plan"), {})
+    begun = {e["step"]: i for i, e in enumerate(events) if e["type"] == "step"}
+    left = 0.0
+    for step, passes in after.items():
+        cost = passes * per_pass
+        if step not in begun:
+            left += cost
+        elif all(e["type"] == "step" and e["step"] not in after for e in events[begun[step] + 1 :]):
+            left += max(0.0, cost - (now - events[begun[step]].get("t", now)))
+    return left
+
+
 def duration(seconds: float) -> str:
     """``42 s``, ``3 min 05 s`` or ``1 h 02 min``: short enough for a progress line."""
     s = max(0, round(seconds))
@@ -118,6 +154,14 @@ def _activity(events: list[dict], phases: dict[str, int]) -> str:
     return "Starting"
 
 
+AFTER = {"warm": "GradCAM for Explore", "pick": "the pick", "evaluate": "evaluation"}  # the steps a plan may time
+
+
+def _after_words(events: list[dict]) -> str:
+    after = next((e.get("after", {}) for e in events if e["type"] == "plan"), {})
+    return " and ".join(AFTER.get(step, step) for step in after)
+
+
 def job_progress(events: list[dict], started: float, now: float) -> Progress:
     """The progress line and bar of a running job, over all of its phases."""
     phases = plan(events)
@@ -131,13 +175,19 @@ def job_progress(events: list[dict], started: float, now: float) -> Progress:
         left = None if left is None or per_epoch is None else left + (n - d) * per_epoch
     total = sum(phases.values())
     fraction = min(done / total, 1.0) if total else None
+    per_pass = validation_seconds(events)
+    pending = any(e["type"] == "plan" and e.get("after") for e in events)
+    if left is not None and per_pass is not None:
+        left += steps_left(events, now, per_pass)
     text = _activity(events, phases)
     step = current_step(events)
     if any(e["type"] == "plan" for e in events) and step is not None:
         text = f"Step {step + 1} of {len(STEPS)} · {text}"
     text += f" · {duration(now - started)} elapsed"
-    if fraction is not None and fraction < 1:
-        text += " · time left: known after the first batch" if left is None else f" · at most about {duration(left)} left"
+    if left is None and fraction is not None and fraction < 1:
+        text += " · time left: known after the first batch"
+    elif left is not None and (fraction is not None and fraction < 1 or pending):
+        text += f" · about {duration(left)} left" + (f" in training, then {_after_words(events)}" if pending and per_pass is None else "")
     return Progress(text, fraction, left)
 
 

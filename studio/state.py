@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from exbl_core import explainers, faithfulness, pipeline, runs
+from exbl_core.figures import EXPLAINER_LABELS
 from studio import cache
 from studio.jobs import get_runner
 
@@ -113,6 +114,54 @@ def forget_pair(run: runs.Run) -> None:
     """Drop the marks after retraining: they described the old model's explanations."""
     st.session_state.setdefault("picks", {}).pop(str(run.path), None)
     st.session_state.setdefault("pick_how", {}).pop(str(run.path), None)
+
+
+def pair_words(pair: dict | None) -> str:
+    """A refined model's pair as a reader says it: "good #3 (Viral Pneumonia), bad #8 (Viral Pneumonia), judged on GradCAM maps"."""
+    if pair is None:
+        return "pair not recorded (refined before models recorded their pair)"
+    judged = EXPLAINER_LABELS.get(pair.get("explainer", "gradcam"), pair.get("explainer", "gradcam"))
+    good, bad = pair["good"], pair["bad"]
+    return f"good #{good['index']} ({good['class']}), bad #{bad['index']} ({bad['class']}), judged on {judged} maps"
+
+
+def pair_key(pair: dict | None) -> tuple[int, int, str] | None:
+    """What makes two pairs the same: both images and the maps they were judged on."""
+    return None if pair is None else (pair["good"]["index"], pair["bad"]["index"], pair.get("explainer", "gradcam"))
+
+
+FIGURE_MAX_ROWS = 8  # more rows make Figure 3 too tall to compare, and slow to draw
+
+
+def figure_rows(run: runs.Run, split: str) -> list[int] | None:
+    """The images chosen for Figure 3 from ``split`` in this session (None: the default rows).
+
+    Kept outside any widget, so that images added on Explore reach Compare's picker, and the
+    choice survives page switches (Streamlit drops the widget state of a page not drawn).
+    """
+    return st.session_state.setdefault("figure_rows", {}).get((str(run.path), split))
+
+
+def set_figure_rows(run: runs.Run, split: str, rows: list[int]) -> None:
+    st.session_state.setdefault("figure_rows", {})[(str(run.path), split)] = list(rows)
+
+
+def toggle_figure_row(run: runs.Run, split: str, index: int, default: list[int]) -> str | None:
+    """Put image ``index`` into Figure 3 (starting from ``default``, the rows Compare preselects), or take it out.
+
+    Returns the reason when the figure is full. Nothing here marks an exemplar: the pair
+    stays on training images, whatever is shown in the figure.
+    """
+    rows = figure_rows(run, split)
+    rows = list(default if rows is None else rows)
+    if index in rows:
+        rows.remove(index)
+    elif len(rows) >= FIGURE_MAX_ROWS:
+        return f"Figure 3 holds at most {FIGURE_MAX_ROWS} images: take one out first (here or on Compare)."
+    else:
+        rows.append(index)
+    set_figure_rows(run, split, rows)
+    return None
 
 
 def current_metrics(run: runs.Run) -> dict | None:

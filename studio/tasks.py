@@ -13,8 +13,9 @@ import threading
 
 import torch
 
-from exbl_core import assets, pipeline, runs
+from exbl_core import assets, explainers, faithfulness, pipeline, runs
 from exbl_core.data import Split
+from exbl_core.explainers.occlusion import PATCH, STRIDE
 from studio import cache
 from studio.jobs import Emit, Work
 
@@ -40,11 +41,54 @@ def _evaluate(run: runs.Run, data: dict[str, Split], device: torch.device, emit:
     return "done"
 
 
+FIGURE_ROWS = 4  # pipeline.default_figure_rows: the rows figure_step explains
+
+
+def _passes(data: dict[str, Split], images: int) -> float:
+    """``images`` forward passes in validation passes: what one epoch's validation forwards
+    (BatchNorm recalibration on up to 256 training images, then the validation split)."""
+    return images / (min(len(data["train"]), 256) + len(data["val"]))
+
+
+def evaluation_passes(run: runs.Run, data: dict[str, Split], measured: int, figured: int, warmed: int) -> float:
+    """What ``_evaluate`` costs, in validation passes (``progress.steps_left``).
+
+    Per ``measured`` model: predictions and GradCAM on every split, then each usable
+    explainer on the sampled images of the scored splits (occlusion's windows, GradCAM's
+    one pass, deletion's two). Figure 3 explains its rows for each of ``figured`` models,
+    and ``warmed`` new refined models get their test GradCAM for Explore. Counting passes
+    instead of guessing seconds lets the job's own validation time set the speed, whatever
+    the machine and its load.
+    """
+    size = int(data["train"].images.shape[-1])
+    usable = explainers.usable(size)
+    windows = ((size - PATCH) // STRIDE + 1) ** 2 if "occlusion" in usable else 0
+    per_image = windows + (1 if "gradcam" in usable else 0) + 2 * len(usable) + 1
+    seed = pipeline.data_config(run).seed
+    explained = sum(len(faithfulness.sample_indices(len(data[s]), seed)) for s in faithfulness.SPLITS if s in data)
+    predicted = sum(len(data[s]) for s in pipeline.EVAL_SPLITS if s in data)
+    images = measured * (predicted + explained * per_image) + figured * FIGURE_ROWS * (windows + 2) + warmed * len(data["test"])
+    return _passes(data, images)
+
+
+def to_measure(run: runs.Run, new: str) -> int:
+    """How many models ``evaluate_step`` will measure after ``new`` is trained: it, and those metrics.json has no entry for
+    (an unchanged model keeps its entry, ``pipeline.evaluation_key``)."""
+    earlier = runs.read_json(run.file(runs.METRICS)).get("model_keys", {}) if run.has(runs.METRICS) else {}
+    return 1 + sum(m != new and m not in earlier for m in pipeline.models_in(run))
+
+
+def warm_passes(data: dict[str, Split]) -> float:
+    """GradCAM for Explore on the training and test images, in validation passes."""
+    return _passes(data, len(data["train"]) + len(data["test"]))
+
+
 def train_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> Work:
     """Train the unrefined model. Training again sets the old model and its results aside;
     they are dropped at the new model's first checkpoint, and come back if it never gets one."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
+        emit({"type": "plan", "phases": {"unrefined": pipeline.train_config(run, "train").epochs}, "after": {"warm": warm_passes(data)}})
         if not run.has(runs.UNREFINED):
             return _train(run, data, device, emit, cancel)
         with runs.replacing(run.path, runs.MODEL_FILES):
@@ -75,6 +119,10 @@ def refine_work(
     """
 
     def work(emit: Emit, cancel: threading.Event) -> str:
+        cfg = pipeline.refine_settings(run, overrides)
+        figured = 1 + len(set(run.refined()) | {cfg.method})
+        after = {"evaluate": evaluation_passes(run, data, to_measure(run, cfg.method), figured, 1)}
+        emit({"type": "plan", "phases": {"refine": cfg.epochs}, "after": after})
         emit({"type": "step", "step": "pick", "message": f"Saving the pair: good #{good}, bad #{bad}…"})
         _pair_event(emit, pipeline.pick_step(run, data, device, good, bad, explainer=explainer, rule=rule))
         if cancel.is_set():
@@ -96,7 +144,8 @@ def oracle_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> 
     """Train the oracle, then evaluate, so that every verdict can say how much was recovered."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
-        emit({"type": "plan", "phases": {"oracle": pipeline.train_config(run, "train").epochs}})
+        after = {"evaluate": evaluation_passes(run, data, to_measure(run, "oracle"), 1 + len(run.refined()), 0)} if run.refined() else {}
+        emit({"type": "plan", "phases": {"oracle": pipeline.train_config(run, "train").epochs}, "after": after})
         status = pipeline.train_step(run, data, device, emit, cancel, role="oracle").status
         if status != "done" or not run.refined():
             return status
@@ -113,9 +162,12 @@ def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...], shi
         phases = {"refine": sum(pipeline.refine_settings(run, {"method": m}).epochs for m in methods)}
         if not shipped:
             phases = {"unrefined": pipeline.train_config(run, "train").epochs, **phases}
-        emit({"type": "plan", "phases": phases})
         emit({"type": "step", "step": "data", "message": "Generating the synthetic data…"})
         data = pipeline.load_data(run)
+        measured = 1 + len(methods) + shipped  # a new run: every model, and the shipped example brings its oracle
+        evaluate = evaluation_passes(run, data, measured, 1 + len(methods), len(methods))
+        after = {"pick": _passes(data, len(data["train"])), "evaluate": evaluate}
+        emit({"type": "plan", "phases": phases, "after": after if shipped else {"warm": warm_passes(data), **after}})
         if shipped:
             emit({"type": "step", "step": "data", "message": "Starting from the shipped unrefined model and oracle (no training)…"})
             assets.install(run)

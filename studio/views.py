@@ -113,23 +113,32 @@ def verdict_badge(verdict: verdicts.Verdict) -> None:
     st.badge(verdict.label, color="green" if verdict.success else colour)
 
 
+SHORTCUT_TEST_WORDS = "the shortcut test (a test set with children in every class)"
+
+
+def rule_caption(oracle: dict | None) -> None:
+    """How every verdict above was computed: once per page, below the verdicts, not under each of them."""
+    st.caption(_rule(oracle))
+
+
 def _rule(oracle: dict | None) -> str:
     accuracy = f"test accuracy at least {verdicts.MIN_TEST_ACCURACY:.2f}"
     if oracle is not None:
         return (
-            f"The rule: 'unlearned' recovers at least {verdicts.UNLEARNED:.0%} of the oracle's shortcut-test accuracy, "
+            f"The rule: 'unlearned' recovers at least {verdicts.UNLEARNED:.0%} of the oracle's accuracy on {SHORTCUT_TEST_WORDS}, "
             f"'partly' at least {verdicts.PARTLY:.0%}, each with {accuracy}; 'nothing to unlearn' when the oracle is less "
             f"than {verdicts.MIN_ROOM:.2f} ahead of the unrefined model on the shortcut test."
         )
     return (
-        f"The rule without an oracle: 'shortcut reduced' needs the shortcut gap (test minus shortcut-test accuracy) to fall "
+        f"The rule without an oracle: 'shortcut reduced' needs the shortcut gap (test accuracy minus accuracy on "
+        f"{SHORTCUT_TEST_WORDS}) to fall "
         f"by at least {verdicts.GAP_HALVED:.0%}, with {accuracy}; 'nothing to unlearn' when that gap was below {verdicts.MIN_ROOM:.2f} "
         f"before refinement. An oracle, trained without the shortcut, gives the full verdict."
     )
 
 
 def model_summary(unrefined: dict, model: dict, oracle: dict | None = None, name: str = "eXBL") -> verdicts.Verdict | None:
-    """One refined model against the unrefined one: the computed verdict, its reason and rule, and the numbers.
+    """One refined model against the unrefined one: the computed verdict, its reason, and the numbers.
 
     ``unrefined``, ``model`` and ``oracle`` are one model's metrics per split, as in
     metrics.json. A change is coloured only when the verdict calls it an improvement, so
@@ -143,7 +152,6 @@ def model_summary(unrefined: dict, model: dict, oracle: dict | None = None, name
             st.markdown(f"**{name}**", width="content")
             verdict_badge(verdict)
             st.markdown(verdict.sentence[0].upper() + verdict.sentence[1:] + ".", width="content")
-        st.caption(_rule(oracle))
     else:
         st.info(f"{name}: no verdict, since only the synthetic data has a shortcut test. Read the numbers with care.")
     success = verdict is not None and verdict.success
@@ -156,6 +164,7 @@ def model_summary(unrefined: dict, model: dict, oracle: dict | None = None, name
             ("Shortcut gap", gap_after, gap_before, "inverse" if success else "off"),
         ]
     cards.append(("Activation Precision, test", model["test"]["activation_precision"], unrefined["test"]["activation_precision"], "off"))
+    plain = {"Accuracy, shortcut test": "The test set with children in every class: a model that uses the shortcut loses accuracy here."}
     for col, (title, after, before, color) in zip(st.columns(len(cards)), cards, strict=True):
-        col.metric(title, f"{after:.3f}", f"{after - before:+.3f} vs {before:.3f} unrefined", delta_color=color)
+        col.metric(title, f"{after:.3f}", f"{after - before:+.3f} vs {before:.3f} unrefined", delta_color=color, help=plain.get(title))
     return verdict

@@ -160,8 +160,10 @@ def test_the_apps_cancel_message_says_what_was_kept(run_copy):
             cancel.set()
 
     _refine(run_copy, on_event, cancel)
-    said = f"{FINAL} is unchanged (the finished model from before); this attempt's best epoch 1 is in {PARTIAL}"
-    assert live._kept(events) == f"Kept: {said}."
+    assert (
+        live._kept(events)
+        == f"Epoch 1, its best, was kept aside in {PARTIAL}; the finished model and the results from before are unchanged."
+    )
 
 
 # --------------------------------------------------------------------------- the CLI, stopped by a signal

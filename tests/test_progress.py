@@ -33,7 +33,7 @@ def test_time_left_is_remaining_epochs_times_measured_seconds_per_epoch() -> Non
     p = job_progress(events, T0, T0 + 24.0)
     assert p.fraction == pytest.approx(0.4)
     assert p.seconds_left == pytest.approx(6 * 6.0)
-    assert "epoch 4 of 10" in p.text and "24 s elapsed" in p.text and "at most about 36 s left" in p.text
+    assert "epoch 4 of 10" in p.text and "24 s elapsed" in p.text and "about 36 s left" in p.text and "at most" not in p.text
 
 
 def test_the_first_epoch_estimates_from_its_batches() -> None:
@@ -96,3 +96,49 @@ def test_without_a_job_the_steps_follow_the_files() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(42.4, "42 s"), (185, "3 min 05 s"), (3720, "1 h 02 min")])
 def test_durations_are_short(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def validated(phase: str, n: int, done: int, train: float, validation: float, t: float) -> list[dict]:
+    """A phase's events where each epoch trains for ``train`` seconds (two batches), then validates for ``validation``."""
+    out = [{"type": "start", "phase": phase, "epochs": n, "t": t}]
+    for epoch in range(1, done + 1):
+        begin = t + (epoch - 1) * (train + validation)
+        out += [{"type": "batch_end", "phase": phase, "epoch": epoch, "batch": b, "batches": 2, "t": begin + b * train / 2} for b in (1, 2)]
+        out.append({"type": "epoch_end", "phase": phase, "epoch": epoch, "epochs": n, "t": begin + train + validation})
+    return out
+
+
+def refine_job(done: int, passes: float = 10.0) -> list[dict]:
+    """A refinement as Start refinement runs it: plan (4 epochs, then evaluation), the pair, then epochs of 8 s + 2 s."""
+    plan = {"type": "plan", "phases": {"refine": 4}, "after": {"evaluate": passes}, "t": T0}
+    return [plan, {"type": "step", "step": "pick", "message": "Saving the pair…", "t": T0}, *validated("refine", 4, done, 8.0, 2.0, T0)]
+
+
+def test_the_time_left_includes_evaluation_timed_in_validation_passes() -> None:
+    p = job_progress(refine_job(1), T0, T0 + 10)
+    assert p.seconds_left == pytest.approx(3 * 10.0 + 10 * 2.0)  # three epochs, then 10 validation passes of 2 s
+    assert "about 50 s left" in p.text
+
+
+def test_after_the_last_epoch_the_time_left_is_the_evaluation_and_it_runs_down() -> None:
+    events = refine_job(4) + [{"type": "done", "phase": "refine", "t": T0 + 40}]
+    assert job_progress(events, T0, T0 + 40).seconds_left == pytest.approx(20.0), "not 0: evaluation is still to come"
+    events.append({"type": "step", "step": "evaluate", "message": "Evaluating…", "t": T0 + 40})
+    assert job_progress(events, T0, T0 + 52).seconds_left == pytest.approx(8.0)
+    assert job_progress(events, T0, T0 + 70).seconds_left == 0.0, "never negative when evaluation runs longer than planned"
+
+
+def test_before_the_first_validation_the_line_says_evaluation_comes_on_top() -> None:
+    events = refine_job(0) + [{"type": "batch_end", "phase": "refine", "epoch": 1, "batch": 1, "batches": 2, "t": T0 + 4}]
+    p = job_progress(events, T0, T0 + 4)
+    assert p.seconds_left == pytest.approx(3.5 * 8.0)  # training only: a validation pass has not been timed yet
+    assert "left in training, then evaluation" in p.text
+
+
+def test_a_step_that_a_later_step_followed_counts_no_more() -> None:
+    plan = {"type": "plan", "phases": {"unrefined": 2, "refine": 2}, "after": {"warm": 3.0, "pick": 1.0, "evaluate": 10.0}, "t": T0}
+    training = validated("unrefined", 2, 2, 8.0, 2.0, T0) + [{"type": "done", "phase": "unrefined", "t": T0 + 20}]
+    warm = {"type": "step", "step": "warm", "message": "Computing GradCAM…", "t": T0 + 20}
+    pick = {"type": "step", "step": "pick", "message": "Picking…", "t": T0 + 26}
+    assert job_progress([plan, *training, warm], T0, T0 + 21).seconds_left == pytest.approx(2 * 10.0 + (6 - 1) + 2 + 20)
+    assert job_progress([plan, *training, warm, pick], T0, T0 + 26).seconds_left == pytest.approx(2 * 10.0 + 2 + 20)
