@@ -162,7 +162,7 @@ def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[DataSpec,
 
 @contextlib.contextmanager
 def _starting(out: Path, prepared: pipeline.PreparedRun, replacing_run: bool) -> Iterator[tuple[runs.Run, dict]]:
-    """Write a prepared run under its lock; an old run there is kept aside until the first checkpoint."""
+    """Write a prepared run under its lock; an old run there is kept aside until the new model finishes."""
     with runs.locked(out, create=True), runs.replacing(out) if replacing_run else contextlib.nullcontext():
         run = pipeline.write_run(out, prepared)
         yield run, prepared.data or pipeline.load_data(run)
@@ -297,7 +297,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if run.has(runs.UNREFINED):
                 raise runs.RunError(
                     f"{run.path}: already has a trained model ({runs.UNREFINED}); pass --overwrite to train a new one "
-                    "(the old run is kept until the new model's first checkpoint), or choose another --run"
+                    "(the old run is kept until the new model finishes), or choose another --run"
                 )
             settings = _settings(args, run)
             if settings == (pipeline.data_config(run), pipeline.train_config(run, "train"), pipeline.train_config(run, "refine")):
@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--overwrite",
             action="store_true",
-            help="replace the run already in this folder; it is kept aside until the new model's first checkpoint",
+            help="replace the run already in this folder; it is kept aside until the new model finishes",
         )
 
     def weights_option(p: argparse.ArgumentParser) -> None:

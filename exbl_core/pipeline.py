@@ -383,10 +383,11 @@ def oracle_data(run: runs.Run) -> dict[str, Split]:
 class _Attempt:
     """One training attempt at a model's file: where its best epochs go, and what it kept when it ended.
 
-    A staged file (oracle.pt, refined-*.pt) is written to its partial file at every new best
-    epoch and moved onto the model's file only when the attempt finishes, so an interrupted or
-    failed attempt never replaces a finished model. unrefined.pt is written in place: replacing
-    it replaces the run, which ``runs.replacing`` keeps aside until its first new checkpoint.
+    A staged file (oracle.pt, refined-*.pt, and unrefined.pt when it replaces a finished run)
+    is written to its partial file at every new best epoch and moved onto the model's file
+    only when the attempt finishes, so an interrupted or failed attempt never replaces a
+    finished model. A first unrefined.pt is written in place: there is nothing to protect,
+    and a cancelled first training keeps its best epoch as the run's model.
     """
 
     run: runs.Run
@@ -396,21 +397,21 @@ class _Attempt:
     cfg: TrainConfig
     image_size: int
     had_final: bool = False  # a finished model was there when the attempt started
+    replaces_run: bool = False  # a finished unrefined.pt and its run wait aside (``runs.replacing``)
     best_epoch: int = 0  # the latest best epoch this attempt wrote
     ended: bool = False  # an end event (done, cancelled, failed) was recorded
     extra: dict = field(default_factory=dict)  # more for the checkpoint's metadata: a refinement's pair
 
     @property
     def staged(self) -> bool:
-        return self.name in runs.STAGED_FILES
+        return self.name in runs.STAGED_FILES or self.replaces_run
 
     @property
     def target(self) -> str:
         return runs.partial_file(self.name) if self.staged else self.name
 
     def write(self, state: dict, epoch: int, record: dict) -> None:
-        """Save a new best epoch with what it is (see ``check_identity``); the first new unrefined.pt
-        also drops the files of the run or model it replaces (``runs.replacing``)."""
+        """Save a new best epoch with what it is (see ``check_identity``)."""
         meta = {
             "phase": self.phase,
             "role": self.role,
@@ -423,13 +424,14 @@ class _Attempt:
         }
         runs.save_checkpoint(self.run.file(self.target), state, meta)
         self.best_epoch = epoch
-        if self.name == runs.UNREFINED:
-            runs.settle(self.run.path)
 
     def finish(self) -> None:
-        """The attempt ended normally: its best epoch becomes the model (before history says ``done``)."""
+        """The attempt ended normally: its best epoch becomes the model (before history says ``done``);
+        a new unrefined.pt also drops the run it replaces (``runs.replacing``)."""
         if self.staged and self.best_epoch > 0:
             runs.promote(self.run.file(self.target), self.run.file(self.name))
+        if self.replaces_run:
+            runs.settle(self.run.path)
 
     def kept(self) -> dict:
         """What an interrupted or failed attempt left, for its history event."""
@@ -442,9 +444,12 @@ class _Attempt:
             if self.best_epoch:
                 return f"{self.name} holds this attempt's best epoch {self.best_epoch}; the attempt did not finish"
             return f"no epoch of this attempt finished, so {self.name} was not written by it"
-        before = (
-            f"{self.name} is unchanged (the finished model from before)" if self.had_final else f"there is still no finished {self.name}"
-        )
+        if self.replaces_run:
+            before = f"the previous run comes back unchanged, its finished {self.name} included"
+        elif self.had_final:
+            before = f"{self.name} is unchanged (the finished model from before)"
+        else:
+            before = f"there is still no finished {self.name}"
         if self.best_epoch:
             return f"{before}; this attempt's best epoch {self.best_epoch} is in {self.target}"
         return f"{before}; no epoch of this attempt finished, nothing of it was kept"
@@ -496,7 +501,8 @@ def _fit_step(
     """
     name = model_file(role)
     size = int(data["train"].images.shape[-1])
-    attempt = _Attempt(run, name, role, Path(name).stem, cfg, size, had_final=run.has(name))
+    replaces_run = name == runs.UNREFINED and runs.replaced_model(run.path)
+    attempt = _Attempt(run, name, role, Path(name).stem, cfg, size, had_final=run.has(name) or replaces_run, replaces_run=replaces_run)
     attempt.extra = meta or {}
     record = _recorder(run, on_event, attempt, **tags)
     record({"type": "start", "phase": phase, "epochs": cfg.epochs, "settings": cfg.to_dict(), "time": time.time()})
@@ -792,7 +798,7 @@ def default_figure_rows(split: Split, unrefined_ap: torch.Tensor, n: int = 4) ->
     """The ``n`` Viral Pneumonia images with the lowest unrefined AP: where the shortcut shows.
 
     Most Viral Pneumonia CAMs of a model trained from scratch at 128 px are broad and
-    central (bench/shortcut_map.py measures why), so the first few images would not show
+    central (experiments/shortcut_map.py measures why), so the first few images would not show
     where the shortcut pulls attention. The figure is for looking, not for scoring: the
     rule is printed in its title, and a low-AP selection tends to look better after any
     change (regression to the mean), so Table 1 is what says whether AP went up.

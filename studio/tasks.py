@@ -85,7 +85,7 @@ def warm_passes(data: dict[str, Split]) -> float:
 
 def train_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> Work:
     """Train the unrefined model. Training again sets the old model and its results aside;
-    they are dropped at the new model's first checkpoint, and come back if it never gets one."""
+    they are dropped when the new model finishes, and come back if it does not."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
         emit({"type": "plan", "phases": {"unrefined": pipeline.train_config(run, "train").epochs}, "after": {"warm": warm_passes(data)}})
