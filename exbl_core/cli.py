@@ -440,11 +440,12 @@ def cmd_masks(args: argparse.Namespace) -> int:
         return 0
     todo = masks.prepare(images, args.size)  # every image read before anything is loaded or written
     model = segmenter.load_segmenter()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and segmenter.bf16_native())
     started = time.perf_counter()
     with tqdm(total=len(todo), desc="lung masks", unit="image", file=sys.stderr) as bar:
-        written, empty = masks.write_masks(model, todo, args.batch, bar.update)
+        written, empty = masks.write_masks(model, todo, args.batch, bf16, bar.update)
     seconds = time.perf_counter() - started
-    per_image = f"{seconds / len(todo):.2f} s per image at {args.size} px"
+    per_image = f"{seconds / len(todo):.2f} s per image at {args.size} px, {'bf16' if bf16 else 'fp32'}"
     _say(f"Wrote {len(written)} lung masks in {seconds:.1f} s ({per_image}); {total - len(images)} were already there")
     for image in empty:
         _say(f"  no lung found in {image}: left without a mask")
@@ -617,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the segmenter's input size (default {segmenter.DEFAULT_SIZE}; it was trained at {segmenter.NATIVE_SIZE})",
     )
     m.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
+    m.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto (default): bf16 where the CPU computes it natively (AVX512-BF16 or AMX), else fp32",
+    )
     m.set_defaults(func=cmd_masks)
 
     r = sub.add_parser(

@@ -57,7 +57,7 @@ def png_bytes(mask: np.ndarray) -> bytes:
 
 
 def write_masks(
-    model: segmenter.LungUNet, todo: list[Todo], batch: int = 4, on_batch: Callable[[int], None] = lambda n: None
+    model: segmenter.LungUNet, todo: list[Todo], batch: int = 4, bf16: bool = False, on_batch: Callable[[int], None] = lambda n: None
 ) -> tuple[list[Path], list[Path]]:
     """Segment ``todo`` in batches and write each mask; returns (written, no lung found).
 
@@ -68,7 +68,7 @@ def write_masks(
     empty: list[Path] = []
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
-        logits = segmenter.lung_logits(model, torch.stack([t.inputs for t in chunk]))
+        logits = segmenter.lung_logits(model, torch.stack([t.inputs for t in chunk]), bf16)
         for t, lg in zip(chunk, logits, strict=True):
             mask = segmenter.mask_at(lg, t.shape)
             if not mask.any():

@@ -144,10 +144,23 @@ def network_input(gray: np.ndarray, size: int = DEFAULT_SIZE) -> torch.Tensor:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0] - 0.5
 
 
+def bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): only then is bf16 faster than fp32.
+
+    On the 17 real radiographs bf16 at 512 px gave masks with IoU 0.998 against fp32 (bench/RESULTS.md).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 @torch.inference_mode()
-def lung_logits(model: LungUNet, inputs: torch.Tensor) -> torch.Tensor:
-    """Lung-minus-background logits [B, S, S] for a batch from :func:`network_input`."""
-    return model(inputs.contiguous(memory_format=torch.channels_last))
+def lung_logits(model: LungUNet, inputs: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Lung-minus-background logits [B, S, S] in fp32 for a batch from :func:`network_input`."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model(inputs.contiguous(memory_format=torch.channels_last)).float()
 
 
 def mask_at(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -156,8 +169,8 @@ def mask_at(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return (F.interpolate(logits[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
 
 
-def lung_masks(model: LungUNet, images: Iterable[np.ndarray], size: int = DEFAULT_SIZE) -> list[np.ndarray]:
+def lung_masks(model: LungUNet, images: Iterable[np.ndarray], size: int = DEFAULT_SIZE, bf16: bool = False) -> list[np.ndarray]:
     """One boolean lung mask per grayscale image in [0, 1], at the image's own size, in one batch."""
     images = list(images)
-    logits = lung_logits(model, torch.stack([network_input(g, size) for g in images]))
+    logits = lung_logits(model, torch.stack([network_input(g, size) for g in images]), bf16)
     return [mask_at(lg, g.shape) for lg, g in zip(logits, images, strict=True)]

@@ -203,3 +203,11 @@ def test_an_image_the_segmenter_finds_no_lung_in_gets_no_mask(gallery_folder):
     with pytest.raises(DataError, match="broken"):
         (gallery_folder / "Child" / "images" / "broken.png").write_bytes(b"")
         masks.prepare(masks.without_masks(gallery_folder)[0], 64)
+
+
+def test_bf16_logits_come_back_in_fp32_and_agree_in_sign_with_fp32():
+    model = random_unet()
+    x = torch.rand(1, 1, 64, 64) - 0.5
+    full, half = segmenter.lung_logits(model, x), segmenter.lung_logits(model, x, bf16=True)
+    assert half.dtype == torch.float32 and half.shape == full.shape == (1, 64, 64)
+    assert float(((half > 0) == (full > 0)).float().mean()) > 0.95
