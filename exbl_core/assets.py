@@ -27,6 +27,7 @@ import torch
 
 from exbl_core import faithfulness, pipeline, runs, weights
 from exbl_core.data import CLASSES
+from exbl_core.load_failure import describe_load_failure
 from exbl_core.model import ARCH, build_model
 from exbl_core.synthetic import SyntheticConfig, generate_split
 from exbl_core.training import EventCallback, TrainConfig
@@ -111,7 +112,7 @@ def _read_payload(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, random bytes, or a pickle that would run code
-        raise _fix(path, f"cannot be loaded safely ({runs.describe_load_failure(exc)})") from exc
+        raise _fix(path, f"cannot be loaded safely ({describe_load_failure(path)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != ASSET_FORMAT or not isinstance(payload.get("state_dict"), dict):
         raise _fix(path, "is not a shipped-example model")
     return payload

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import CLASSES
+from exbl_core.load_failure import describe_load_failure
 from exbl_core.methods import METHODS
 from exbl_core.model import ARCH
 
@@ -204,7 +205,7 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, or a pickle that would run code
-        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({describe_load_failure(exc)})") from exc
+        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({describe_load_failure(path)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an eXBL Studio checkpoint")
     if payload.get("version") != FORMAT_VERSION:
@@ -227,20 +228,6 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
         raise CheckpointError(f"{path}: weights do not fit this model, so it is from another architecture ({detail})") from exc
     return {k: v for k, v in payload.items() if k != "state_dict"}
-
-
-def describe_load_failure(exc: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` refused a file, instead of torch's page of advice."""
-    text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return f"it holds a pickled {found.group(1)}, which could run code; it was refused and nothing in it ran"
-    if "WeightsUnpickler" in text or "Unsupported operand" in text:
-        return "not a PyTorch checkpoint, or one holding objects other than tensors; refused without running anything"
-    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
-        return "the file is truncated or corrupted"
-    lines = text.strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torchvision.models import MobileNet_V2_Weights
 
+from exbl_core.load_failure import describe_load_failure
 from exbl_core.model import FROZEN_BLOCKS, XrayMobileNetV2
-from exbl_core.runs import describe_load_failure
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def load_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, or a pickle that would run code
-        raise WeightsError(f"{path}: cannot be loaded safely as weights ({describe_load_failure(exc)})") from exc
+        raise WeightsError(f"{path}: cannot be loaded safely as weights ({describe_load_failure(data)})") from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise WeightsError(f"{path}: not a state dict (a mapping from parameter names to tensors)")
     features = {k: v for k, v in state.items() if k.startswith("features.")}
