@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from exbl_core import assets, explainers, faithfulness, gallery, masks, pipeline, real_sample, runs, segmenter, study, weights
 from exbl_core.data import CLASSES, DataError, load_gallery
+from exbl_core.events import Event
 from exbl_core.explainers import occlusion
 from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
@@ -36,7 +37,7 @@ class ProgressPrinter:
     def __init__(self) -> None:
         self.bar: tqdm | None = None
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: Event) -> None:
         kind = event["type"]
         if kind == "batch_end":
             if self.bar is None:

@@ -23,13 +23,14 @@ import torch
 from exbl_core import explainers, faithfulness, runs, weights
 from exbl_core import metrics as metrics_module
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
+from exbl_core.events import END_TYPES, Event, EventCallback
 from exbl_core.explainers.gradcam import predict_with_cams
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, model_label, table1_csv, table1_markdown, table1_rows
 from exbl_core.methods import Pick, check_feedback, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
-from exbl_core.training import EventCallback, FitResult, Interrupted, TrainConfig, TrainingError, fit
+from exbl_core.training import FitResult, Interrupted, TrainConfig, TrainingError, fit
 from exbl_core.verdict import shortcut_verdict
 
 log = logging.getLogger(__name__)
@@ -462,9 +463,9 @@ def _recorder(run: runs.Run, on_event: EventCallback | None, attempt: _Attempt |
     says ``done`` never names a model that is not on disk; ``cancelled`` and ``failed`` say what was kept.
     """
 
-    def record(event: dict) -> None:
+    def record(event: Event) -> None:
         event = {**event, **tags}
-        if attempt is not None and event["type"] in ("done", "cancelled", "failed"):
+        if attempt is not None and event["type"] in END_TYPES:
             if event["type"] == "done":
                 attempt.finish()  # a failed move is recorded as the attempt's failure, by _fit_step
             else:

@@ -25,13 +25,12 @@ from torch.optim.swa_utils import update_bn
 
 from exbl_core.augment import hide_patches, random_shift
 from exbl_core.data import Split
+from exbl_core.events import Event, EventCallback
 from exbl_core.explainers.gradcam import analytic_cams, head_pass
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS, Batch, Objective
 from exbl_core.metrics import activation_precision_scores
 
-Event = dict
-EventCallback = Callable[[Event], None]
 CheckpointCallback = Callable[[dict, int, dict], None]
 
 
@@ -147,9 +146,9 @@ def _batch_losses(model: nn.Module, batch: Batch, cfg: TrainConfig, objective: O
     if objective is None or objective.term is None:
         return out
     terms = objective.term(model, batch, state, training)
-    out.update(expl=terms["term"], loss=ce + cfg.weight * terms["term"])
-    if "active" in terms:
-        out["active"] = terms["active"]
+    out.update(expl=terms["expl"], loss=ce + cfg.weight * terms["expl"])
+    if "active_triplets" in terms:
+        out["active_triplets"] = terms["active_triplets"]
     return out
 
 
@@ -244,7 +243,7 @@ def fit(
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             started = time.perf_counter()
-            sums = {"loss": 0.0, "ce": 0.0, "expl": 0.0, "active": 0.0, "correct": 0.0}
+            sums = {"loss": 0.0, "ce": 0.0, "expl": 0.0, "active_triplets": 0.0, "correct": 0.0}
             order = torch.randperm(len(train), generator=gen)
             for b in range(n_batches):
                 if cancel.is_set():
@@ -267,7 +266,7 @@ def fit(
                 sums["correct"] += float((out["logits"].argmax(1) == batch.y).sum())
                 if has_term:
                     sums["expl"] += float(out["expl"].detach()) * n
-                    sums["active"] += float(out.get("active", torch.nan)) * n
+                    sums["active_triplets"] += float(out.get("active_triplets", torch.nan)) * n
                 publish({"type": "batch_end", "epoch": epoch, "batch": b + 1, "batches": n_batches, "loss": float(out["loss"].detach())})
             if cancel.is_set():
                 raise Cancelled
@@ -288,8 +287,8 @@ def fit(
             }
             if has_term:
                 record["expl"] = sums["expl"] / n
-                if "active" in out:
-                    record["active_triplets"] = sums["active"] / n
+                if "active_triplets" in out:
+                    record["active_triplets"] = sums["active_triplets"] / n
             improved = scores["val_loss"] < best["loss"]
             record["best"] = improved
             if improved:

@@ -15,12 +15,35 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, NotRequired, TypedDict
 
 import streamlit as st
 
 from exbl_core import runs
+from exbl_core.events import Event
 
-Emit = Callable[[dict], None]
+
+class Plan(TypedDict):
+    """A job's plan, first: the epochs of each training phase and the work after them, in
+    validation passes (``studio.progress`` turns both into the time left)."""
+
+    type: Literal["plan"]
+    phases: dict[str, int]
+    after: dict[str, float]
+
+
+class Step(TypedDict):
+    """A step of a job that is not an epoch (data, pick, evaluation), with its one-line message."""
+
+    type: Literal["step"]
+    step: str
+    message: str
+    good: NotRequired[int]  # the pair a "pair" step saved
+    bad: NotRequired[int]
+
+
+JobEvent = Event | Plan | Step  # what a job's work emits; the job adds ``t``, the arrival time
+Emit = Callable[[JobEvent], None]
 Work = Callable[[Emit, threading.Event], str]
 
 

@@ -237,6 +237,6 @@ def test_counterexamples_cam_scores_the_cam_share_inside_the_pasted_region(train
     state = head_pass(trained_model, x)
     cams = analytic_cams(trained_model, state, y, x.shape[-2:])
     inside = ((cams * region).flatten(1).sum(1) / cams.flatten(1).sum(1)).detach()
-    got = region_term(region)(trained_model, Batch(x, y), state, False)["term"].detach()
+    got = region_term(region)(trained_model, Batch(x, y), state, False)["expl"].detach()
     assert float(got) == pytest.approx(float(inside.mean()), rel=1e-4)
     assert 0.0 < float(got) < 1.0

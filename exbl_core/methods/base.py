@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
+from exbl_core.events import Terms
 from exbl_core.explainers.gradcam import HeadPass
 
 if TYPE_CHECKING:
@@ -39,14 +40,15 @@ class Pick:
 class Objective:
     """What a method does to each batch.
 
-    ``term(model, batch, state, training)`` returns the unweighted term [] and, where
-    it means something, ``active`` (the share of samples the term still pushes);
+    ``term(model, batch, state, training)`` returns the unweighted term [] as ``expl`` and,
+    where it means something, ``active_triplets`` (the share the term still pushes): the
+    names the epoch's event and the page keep (``exbl_core.events.Terms``);
     ``None`` means the method adds no term (it works through ``batch`` alone).
     ``batch(batch, generator)`` may rewrite a training batch (augmentation methods).
     ``masks`` asks the loop for every batch's lung masks (moved along with augmented images).
     """
 
-    term: Callable[[nn.Module, Batch, HeadPass, bool], dict[str, torch.Tensor]] | None = None
+    term: Callable[[nn.Module, Batch, HeadPass, bool], Terms] | None = None
     batch: Callable[[Batch, torch.Generator], Batch] | None = None
     masks: bool = False
 

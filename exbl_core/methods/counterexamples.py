@@ -98,7 +98,7 @@ def region_term(region: torch.Tensor) -> Callable[[nn.Module, Batch, HeadPass, b
 
     def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
         cams = analytic_cams(model, state, batch.y, batch.x.shape[-2:])
-        return {"term": outside_share(cams, ~region.to(cams.device)).mean()}
+        return {"expl": outside_share(cams, ~region.to(cams.device)).mean()}
 
     return term
 

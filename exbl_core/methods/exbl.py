@@ -50,7 +50,7 @@ def triplet_objective(ex: Exemplars, kind: Explanation, distance: Distance, marg
         cams = analytic_cams(model, state, batch.y, batch.x.shape[-2:])
         c_good, c_bad = ex.c_good.to(cams.device), ex.c_bad.to(cams.device)
         terms = triplet_terms(explanation(batch.x, cams, kind), c_good, c_bad, margin, distance)
-        return {"term": terms.mean(), "active": (terms > 0).float().mean()}
+        return {"expl": terms.mean(), "active_triplets": (terms > 0).float().mean()}
 
     return Objective(term=term)
 

@@ -25,7 +25,7 @@ def outside_share(cams: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 def gradcam_term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
     cams = analytic_cams(model, state, batch.y, batch.x.shape[-2:])
     share = outside_share(cams, batch.masks)
-    return {"term": share.mean()}
+    return {"expl": share.mean()}
 
 
 def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:

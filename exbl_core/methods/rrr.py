@@ -58,7 +58,7 @@ def rrr_objective() -> Objective:
         elif not scale:
             ce = F.cross_entropy(state.logits.detach(), batch.y)
             scale.append(float(ce) / max(float(penalty.detach()), 1e-12))
-        return {"term": penalty * (scale[0] if scale else 1.0)}
+        return {"expl": penalty * (scale[0] if scale else 1.0)}
 
     return Objective(term=term, masks=True)
 
