@@ -95,6 +95,6 @@ def figure(model: torch.nn.Module, gallery: Gallery, rows: list[int], chosen: li
                 ax.set_title(titles[c], fontsize=10)
         label = f"{sub.classes[int(sub.labels[r])]}\n{sub.paths[r].name}\npredicted: {CLASSES[int(preds[r])]}\n(off its domain)"
         axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=6)
-    fig.suptitle("A phantom-trained model on real radiographs. " + OFF_DOMAIN.split(": ")[0] + ".", fontsize=10)
+    fig.suptitle(OFF_DOMAIN, fontsize=10, wrap=True)
     fig.tight_layout()
     return fig

@@ -155,16 +155,17 @@ def _shoulder_row(g: Gallery) -> None:
         "The phantom marks children by the humerus heads' growth plates (a gap and a bright cap). Here are the real "
         "ones: each radiograph's two upper outer corners beside the lung apices, cropped at full resolution. A child's "
         "humerus head is still partly cartilage, with a growth plate; an adult's is one solid bone. The crops are "
-        "placed from the lung mask, so they may miss a shoulder that lies far outside it."
+        "placed from the lung mask, so they miss a shoulder at or beyond the image's edge."
     )
-    with_masks = [i for i in range(len(g)) if bool(g.has_mask[i])]
-    adults = [i for i in with_masks if "adult" in g.classes[int(g.labels[i])].lower()]
-    children = [i for i in with_masks if "child" in g.classes[int(g.labels[i])].lower()]
-    chosen = children[:2] + adults[:1] if adults and children else with_masks[:3]
+    first: dict[int, int] = {}  # the first image with a lung mask of each class: the adult and a child of each class
+    for i in range(len(g)):
+        if bool(g.has_mask[i]):
+            first.setdefault(int(g.labels[i]), i)
+    names = {i: f"{g.classes[int(g.labels[i])]} · {g.paths[i].name}" for i in range(len(g)) if bool(g.has_mask[i])}
+    chosen = st.multiselect(
+        "Shoulders of", list(names), default=list(first.values())[:3], format_func=names.get, key="gallery-shoulders", max_selections=6
+    )
     crops = _shoulders(tuple((str(g.paths[i]), str(g.mask_paths[i])) for i in chosen))
-    cols = st.columns(2 * len(chosen))
-    for k, (i, pair) in enumerate(zip(chosen, crops, strict=True)):
-        for side, crop in zip(("image left", "image right"), pair, strict=True):
-            cols[2 * k + (side == "image right")].image(
-                crop, caption=f"{g.classes[int(g.labels[i])]} · {side}", width="stretch", clamp=True
-            )
+    pictures = [crop for pair in crops for crop in pair]
+    captions = [f"{g.classes[int(g.labels[i])]} · {side}" for i in chosen for side in ("image left", "image right")]
+    _grid(g, pictures, captions)
