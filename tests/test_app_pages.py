@@ -679,17 +679,20 @@ def test_map_store_computes_each_map_once_and_prefetch_gives_way_to_a_page() -> 
     from studio.cache import MapStore
 
     computed: list[list[int]] = []
+    computing = threading.Event()
 
     def compute(indices: list[int]) -> np.ndarray:
         computed.append(list(indices))
+        computing.set()
         time.sleep(0.05)  # an image's occlusion map, in miniature
         return np.stack([np.full((2, 2), i, np.float32) for i in indices])
 
     store = MapStore(compute)
     assert store.get([3, 1])[:, 0, 0].tolist() == [3, 1] and computed == [[3, 1]], "one batch for a page's missing maps"
     assert store.get([1, 3]).shape == (2, 2, 2) and len(computed) == 1, "kept, not computed again"
+    computing.clear()
     thread = store.prefetch(list(range(10, 30)))
-    time.sleep(0.08)  # the background thread is inside its first images
+    assert computing.wait(5), "the prefetch never started"  # the background thread is inside its first image
     started = time.monotonic()
     assert store.get([5])[0, 0, 0] == 5
     assert time.monotonic() - started < 0.5, "the page waited for more than one image of prefetching"

@@ -515,14 +515,19 @@ for epoch in range(1, 100000):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_while_checkpoints_are_written_leaves_a_loadable_checkpoint(tmp_path, model4):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_while_checkpoints_are_written_leaves_a_loadable_checkpoint(tmp_path, model4, seed):
+    """A writer killed after a delay drawn from ``random.Random(seed)``, so a failing kill can be replayed with its seed.
+
+    The delay is reproducible; where inside a write it lands still varies with the machine's speed.
+    """
     path = tmp_path / "unrefined.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         first = proc.stdout.readline()
         assert first.strip() == "1", "the writer never finished its first checkpoint"
-        time.sleep(random.Random().uniform(0.05, 0.6))  # somewhere inside a later write
+        time.sleep(random.Random(seed).uniform(0.05, 0.6))  # somewhere inside a later write
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -320,9 +319,9 @@ def test_the_apps_worker_takes_the_same_lock(run_copy, held):
 
 def test_the_cli_is_refused_while_an_app_job_holds_the_run_and_goes_on_after_it(run_copy, capsys):
     runner = JobRunner()
-    release = threading.Event()
-    runner.start("evaluate", str(run_copy), lambda emit, cancel: "done" if release.wait(30) else "cancelled")
-    time.sleep(0.2)
+    inside, release = threading.Event(), threading.Event()
+    runner.start("evaluate", str(run_copy), lambda emit, cancel: inside.set() or ("done" if release.wait(30) else "cancelled"))
+    assert inside.wait(30), "the app's job never started"  # it runs under the run's lock
     assert f"in use by process {os.getpid()}" in refused(capsys, "evaluate", "--run", run_copy)
     release.set()
     assert runner.wait(30)
