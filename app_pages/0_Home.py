@@ -50,8 +50,8 @@ def steps(run: runs.Run) -> None:
 
 def first_click(run: runs.Run | None) -> str:
     """The one sentence on what to click first: the first step of the workflow not done yet."""
-    if run is None:
-        return FIRST_CLICK[0]
+    if run is None:  # the example's offer is shown above this sentence
+        return "**Click first:** *Open the shipped example* above, to see a trained model's explanations at once."
     if live.job_on(run):
         return "**While the job runs:** its progress and time left are below; *Explore* works meanwhile."
     has = [run.has(runs.UNREFINED), run.has(runs.EXEMPLARS), bool(run.refined()), state.current_metrics(run) is not None]

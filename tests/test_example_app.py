@@ -68,6 +68,8 @@ def test_an_empty_runs_folder_offers_the_example_on_home_and_explore(
         assert not at.exception
         assert example.OPEN_LABEL in [b.label for b in at.button]
         assert not runs.list_runs(folder)
+        if page == "app.py":  # Home's one sentence points at the offer, not at a demo that trains for minutes
+            assert any(m.value.startswith("**Click first:** *Open the shipped example*") for m in at.markdown)
     at.button(key="open-example").click().run()
     assert not at.exception
     (run,) = runs.list_runs(folder)
