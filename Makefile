@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 PORT ?= 8501
 
-.PHONY: run test demo demo-quick real-sample bench lint format clean
+.PHONY: run test test-fast demo demo-quick real-sample bench lint format clean
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -28,6 +28,10 @@ real-sample: .venv/.installed
 
 test: .venv/.installed
 	$(PY) -m pytest -q
+
+# The inner loop: every test but those marked slow (the quick demo's users, subprocesses, long trainings).
+test-fast: .venv/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 lint: .venv/.installed
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -188,6 +188,20 @@ def cached_imagenet(hub: Path, weights_file: Path, monkeypatch: pytest.MonkeyPat
 # --------------------------------------------------------------------------- the quick demo
 
 
+SLOW_FIXTURES = frozenset({"demo_run"})
+"""Fixtures that cost more than the fast tests together: every test that uses one is ``slow``.
+
+Marking only the first user would not do: with it deselected, the next user pays instead.
+"""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the users of ``SLOW_FIXTURES`` (directly or through another fixture) slow, so ``make test-fast`` skips them."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class DemoRun:
     """The result of ``python -m exbl_core demo --quick``: exit code, output and run folder."""

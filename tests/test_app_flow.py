@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -58,6 +59,7 @@ def refine_cancelled_at(run: runs.Run, event_type: str) -> None:
     assert get_runner().job.status == "cancelled", get_runner().job.error
 
 
+@pytest.mark.slow
 def test_a_cancel_before_the_first_epoch_says_nothing_was_kept_and_shows_the_results_from_before(
     runs_dir: Path, finished_run: Path
 ) -> None:
@@ -133,6 +135,7 @@ def with_models(run: runs.Run, *methods: str) -> None:
     runs.write_json(run.file(runs.METRICS), metrics)
 
 
+@pytest.mark.slow
 def test_compare_labels_each_model_with_its_pair_and_says_when_pairs_differ(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     recorded = pipeline.refined_pair(run, "exbl")
@@ -155,6 +158,7 @@ def test_compare_labels_each_model_with_its_pair_and_says_when_pairs_differ(runs
     assert any("pair not recorded" in c for c in captions(at))
 
 
+@pytest.mark.slow
 def test_the_verdict_rule_is_said_once_per_page(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     save_refined(run, "counterexamples", pipeline.refined_pair(run, "exbl"))
@@ -195,6 +199,7 @@ def test_explore_keeps_its_split_and_filters_across_page_switches(runs_dir: Path
     assert all("Viral\u00a0Pneumonia" in i.proto.imgs[0].caption.split("→")[0] for i in at.image)
 
 
+@pytest.mark.slow
 def test_a_shortcut_test_image_goes_into_figure_3_and_is_never_marked(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     exemplars = run.file(runs.EXEMPLARS).read_bytes()

@@ -131,6 +131,7 @@ def test_compare_without_a_refined_model_links_to_refine(runs_dir: Path, finishe
     assert "Refine" in links(at)
 
 
+@pytest.mark.slow
 def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Path) -> None:
     at = open_page(pages.DATA)
     at.radio[1].set_value("Quick (tiny, under a minute)").run()
@@ -322,6 +323,7 @@ def stand_in(run: runs.Run, source: str, which: str) -> None:
     runs.save_checkpoint(run.file(pipeline.model_file(which)), model.state_dict(), {**meta, "role": which})
 
 
+@pytest.mark.slow
 def test_compare_puts_every_refined_model_side_by_side_with_the_oracles_verdict(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     metrics = runs.read_json(run.file(runs.METRICS))
@@ -552,6 +554,7 @@ def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path
     assert start_radio(at).value == "ImageNet weights (as in the paper)"
 
 
+@pytest.mark.slow
 def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, make_database, weights_file: Path) -> None:
     spec = pipeline.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
     run_every_step(pipeline.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
@@ -633,6 +636,7 @@ def saved_pick_after_start(at: AppTest) -> dict:
     return runs.read_json(Path(get_runner().job.run_path) / runs.EXEMPLARS)
 
 
+@pytest.mark.slow
 def test_a_pair_with_one_mark_made_on_occlusion_is_saved_as_judged_on_occlusion(runs_dir: Path, finished_run: Path) -> None:
     copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
     at = open_page(PAGES["explore"])
@@ -644,6 +648,7 @@ def test_a_pair_with_one_mark_made_on_occlusion_is_saved_as_judged_on_occlusion(
     assert (pick["good"]["index"], pick["bad"]["index"], pick["explainer"], pick["rule"]) == (2, 5, "occlusion", "user")
 
 
+@pytest.mark.slow
 def test_a_pair_marked_on_gradcam_alone_is_saved_as_judged_on_gradcam(runs_dir: Path, finished_run: Path) -> None:
     copy_run(finished_run, runs_dir, keep=(runs.UNREFINED,))
     pick = saved_pick_after_start(mark(mark(open_page(PAGES["explore"]), "good", 2), "bad", 5))

@@ -1,7 +1,8 @@
 """The command-line interface: the quick demo writes every file, and bad requests get exit code 2.
 
-The quick demo runs once per session (the ``demo_run`` fixture in conftest.py); the
-step commands then work on private copies of its run folder.
+The quick demo runs once per session (the ``demo_run`` fixture in conftest.py, which makes
+each test that uses it slow); the step commands then work on private copies of its run
+folder, and the bad-request checks on copies of the tiny run where they can.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ DEMO_FILES = (
     "figure3.png",
     "table1.csv",
 )
-
-pytestmark = pytest.mark.slow  # the session's quick demo takes about half a minute
 
 
 def _main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -93,6 +92,7 @@ def test_quick_demo_table1_lists_both_models(demo_run):
     assert "unrefined" in header and "exbl" in header
 
 
+@pytest.mark.slow
 def test_help_runs_as_a_module_without_error():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "exbl_core", "--help"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
@@ -109,20 +109,20 @@ def test_demo_help_documents_quick_and_the_pick_override(capsys):
     assert "--quick" in out and "--good" in out and "--bad" in out and "--data" in out
 
 
-def test_same_image_as_good_and_bad_exits_2_with_a_clear_message(demo_copy, capsys):
-    code, _, err = _main(capsys, "pick", "--run", str(demo_copy), "--good", "3", "--bad", "3")
+def test_same_image_as_good_and_bad_exits_2_with_a_clear_message(run_copy, capsys):
+    code, _, err = _main(capsys, "pick", "--run", str(run_copy), "--good", "3", "--bad", "3")
     assert code == 2
     assert "image 3 was picked as both the good and the bad explanation" in err
 
 
-def test_index_out_of_range_exits_2_naming_the_range(demo_copy, capsys):
-    code, _, err = _main(capsys, "pick", "--run", str(demo_copy), "--good", "0", "--bad", "100000")
+def test_index_out_of_range_exits_2_naming_the_range(run_copy, capsys):
+    code, _, err = _main(capsys, "pick", "--run", str(run_copy), "--good", "0", "--bad", "100000")
     assert code == 2
     assert "bad index 100000 is out of range" in err
 
 
-def test_only_one_of_good_and_bad_is_refused(demo_copy, capsys):
-    code, _, err = _main(capsys, "pick", "--run", str(demo_copy), "--good", "0")
+def test_only_one_of_good_and_bad_is_refused(run_copy, capsys):
+    code, _, err = _main(capsys, "pick", "--run", str(run_copy), "--good", "0")
     assert code == 2 and "both --good and --bad" in err
 
 
@@ -214,6 +214,7 @@ def test_train_with_a_bad_weights_file_exits_2_in_one_line_naming_it_and_writes_
     assert not (out / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_train_on_real_data_starts_from_cached_imagenet_by_default(make_database, cached_imagenet, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ("train", "--run", str(out), "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "32")
@@ -245,6 +246,7 @@ def test_train_on_real_data_without_cached_imagenet_starts_random_and_names_the_
     assert "starting from random weights" in warning and "python -m exbl_core weights --download" in warning
 
 
+@pytest.mark.slow
 def test_demo_on_real_data_puts_the_papers_table1_beside_ours_and_records_the_weights(make_database, weights_file, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ("demo", "--quick", "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "64")
@@ -350,6 +352,7 @@ def test_refine_without_a_method_uses_the_default_the_help_states_and_says_so(de
     assert f"default {cli.DEFAULT_METHOD}" in cli.build_parser()._subparsers._group_actions[0].choices["refine"].format_help()
 
 
+@pytest.mark.slow
 def test_a_non_ascii_path_prints_on_an_ascii_console(tmp_path):
     out = tmp_path / "Lüngen-run"
     env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(REPO)}

@@ -30,6 +30,7 @@ def test_a_second_evaluation_measures_nothing_that_did_not_change(run_copy: Path
     assert again["models"] == first["models"] and again["verdicts"] == first["verdicts"]
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_is_measured_again_and_only_it(run_copy: Path, counted: list[int]) -> None:
     run = runs.open_run(run_copy)
     data, cpu = pipeline.load_data(run), torch.device("cpu")

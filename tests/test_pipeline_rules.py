@@ -55,8 +55,8 @@ def test_a_run_created_before_the_start_was_recorded_trains_from_the_default_and
     assert pipeline.train_step(run, pipeline.load_data(run), torch.device("cpu")).status == "done"
 
 
-def test_a_methods_schedule_scales_the_runs_refinement_settings_and_a_user_setting_wins(demo_copy):
-    run = runs.open_run(demo_copy)
+def test_a_methods_schedule_scales_the_runs_refinement_settings_and_a_user_setting_wins(run_copy):
+    run = runs.open_run(run_copy)
     base = pipeline.train_config(run, "refine")
     assert pipeline.refine_settings(run, {"method": "exbl"}) == replace(base, method="exbl")
     counter = pipeline.refine_settings(run, {"method": "counterexamples"})
@@ -65,8 +65,8 @@ def test_a_methods_schedule_scales_the_runs_refinement_settings_and_a_user_setti
     assert mine.epochs == 1 and mine.lr == pytest.approx(base.lr * 3)
 
 
-def test_a_schedule_never_leaks_into_the_runs_settings(demo_copy):
-    run = runs.open_run(demo_copy)
+def test_a_schedule_never_leaks_into_the_runs_settings(run_copy):
+    run = runs.open_run(run_copy)
     before = pipeline.train_config(run, "refine")
     data = pipeline.load_data(run)
     pipeline.refine_step(run, data, torch.device("cpu"), overrides={"method": "counterexamples"})

@@ -88,6 +88,7 @@ def test_quick_study_writes_its_files_and_resumes_without_retraining(tmp_path):
     assert "training" not in again.stdout
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_duplicate_seeds_with_exit_code_2(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     result = _cli("study", "--out", str(tmp_path / "s"), "--seeds", "1", "1", "--quick", cwd=repo)
