@@ -81,7 +81,9 @@ def torch_pickle(data: bytes) -> bytes | None:
     """The pickle ``torch.load`` reads from a file: ``*/data.pkl`` in a zip archive, else the whole (pre-zip) file.
 
     ``None`` for an archive without one. Raises ``zipfile.BadZipFile`` (or ``zlib.error``,
-    ``EOFError``) for an archive that is cut short or damaged.
+    ``EOFError``) for an archive that is cut short or damaged, and ``NotImplementedError`` or
+    ``RuntimeError`` for one packed in a way ``torch.save`` never packs (another compression,
+    encryption).
     """
     if not data.startswith(ZIP_MAGIC):
         return data
@@ -98,7 +100,7 @@ def describe_load_failure(source: str | Path | bytes) -> str:
         return f"it cannot be read ({exc.strerror or type(exc).__name__})"
     try:
         pickle = torch_pickle(data)
-    except (zipfile.BadZipFile, zlib.error, EOFError):
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):  # cut, garbled, or packed oddly
         return TRUNCATED
     if pickle is None:
         return NOT_TENSORS
