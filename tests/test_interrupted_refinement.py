@@ -191,7 +191,9 @@ def test_the_cli_stopped_by_a_signal_keeps_the_finished_model_and_says_what_it_k
     lines_before = len(history.read_text(encoding="utf-8").splitlines())
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "exbl_core", "refine", "--run", str(run_copy), "--epochs", "200", "--patience", "200"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    # A shell that runs the tests in the background ignores SIGINT, and the child would inherit that: restore it.
+    restore = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if sig == signal.SIGINT else None
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, preexec_fn=restore)
     try:
         _wait_for_first_epoch(history, lines_before, proc)
         proc.send_signal(sig)
