@@ -95,6 +95,7 @@ def job_events() -> tuple[dict, ...]:
     )
 
 
+@pytest.mark.slow
 def test_compare_keeps_the_last_finished_results_while_a_job_runs_and_says_so(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     release = blocking_job("refine", str(run.path), job_events())

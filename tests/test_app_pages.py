@@ -152,6 +152,7 @@ def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Pat
     assert (runs_dir / "mine" / runs.UNREFINED).is_file()
 
 
+@pytest.mark.slow
 def test_training_again_keeps_the_old_model_and_results_until_the_new_first_checkpoint(
     runs_dir: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,6 +304,7 @@ def texts(at: AppTest) -> str:
     return " ".join(str(m.value) for m in at.markdown)
 
 
+@pytest.mark.slow
 def test_compare_shows_verdict_table_figure_and_downloads(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     at = open_page(PAGES["compare"])
@@ -355,6 +357,7 @@ def test_refine_offers_every_method_and_says_what_each_needs(runs_dir: Path, fin
     assert epochs.value == max(1, round(paper_epochs * 8 / 3)) and lr.value == pytest.approx(paper_lr * 3)
 
 
+@pytest.mark.slow
 def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     metrics = runs.read_json(run.file(runs.METRICS))
@@ -370,6 +373,7 @@ def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_di
         assert all(m.proto.color != MetricProto.MetricColor.GREEN for m in at.metric if m.label != "Shortcut gap" and not success)
 
 
+@pytest.mark.slow
 def test_the_figure_picker_takes_at_most_8_rows_offers_no_select_all_and_keeps_the_choice(runs_dir: Path, finished_run: Path) -> None:
     finished_copy(finished_run, runs_dir)
     at = open_page(PAGES["compare"])
@@ -605,6 +609,7 @@ def test_the_zoom_shows_gradcam_and_occlusion_side_by_side(runs_dir: Path, finis
     assert [c.split(" ")[0] for c in zoomed] == ["Input,", "GradCAM", "Occlusion"], zoomed
 
 
+@pytest.mark.slow
 def test_suggest_reads_occlusion_maps_says_so_and_shows_them(runs_dir: Path, finished_run: Path, monkeypatch) -> None:
     from exbl_core import faithfulness
 

@@ -74,6 +74,7 @@ def test_server_listens_on_loopback_only(tmp_path: Path) -> None:
         server.wait(timeout=20)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [pages.EXPLORE, pages.REFINE, pages.COMPARE])
 def test_a_run_folder_deleted_while_open_gives_an_empty_state_not_a_traceback(
     runs_dir: Path,  # noqa: F811

@@ -317,6 +317,7 @@ def test_the_apps_worker_takes_the_same_lock(run_copy, held):
     assert not ran.is_set()
 
 
+@pytest.mark.slow
 def test_the_cli_is_refused_while_an_app_job_holds_the_run_and_goes_on_after_it(run_copy, capsys):
     runner = JobRunner()
     inside, release = threading.Event(), threading.Event()

@@ -9,6 +9,7 @@ from exbl_core import weights
 from exbl_core.model import FROZEN_BLOCKS, build_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("target_kind", "stride"), [("centre", "32"), ("presence", "16")])
 def test_the_shapes_pretraining_writes_a_backbone_that_runs_can_start_from(tmp_path, monkeypatch, target_kind, stride):
     """The lever of experiments/shapes_backbone.py must give a file ``--weights PATH`` accepts, trained, not fresh."""
