@@ -22,7 +22,8 @@ import torch
 
 from bench.common import Section, bench_parser, compare, ensure_trained_run, load_trained, synthetic_batch, table
 from exbl_core import explainers
-from exbl_core.explainers.occlusion import PATCH, STRIDE, window_masks
+from exbl_core.explainers.occlusion import PATCH, STRIDE, infill_values, window_masks
+from exbl_core.model import fold_batchnorm
 
 
 def captum_maps(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, per_eval: int) -> torch.Tensor:
@@ -221,8 +222,6 @@ def incremental_bound(run_dir=None, size: int = 128) -> Section:
     an upper bound on the speed-up, not a measurement of one.
     """
     model, x, targets = trained_batch(run_dir, size, 1)
-    from exbl_core.explainers.occlusion import infill_values
-    from exbl_core.model import fold_batchnorm
 
     folded = fold_batchnorm(model)
     convs = [(name, m) for name, m in folded.named_modules() if isinstance(m, torch.nn.Conv2d)]
