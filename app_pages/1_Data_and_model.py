@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import streamlit as st
 
@@ -100,11 +101,14 @@ def new_run_form() -> None:
         if not start:
             st.error("Type the weights file's path first.")
             return
+        # An empty name would make the runs folder itself the run, beside every other run: take a fresh one.
+        name = name.strip() or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+        if Path(name).name != name or name in (".", ".."):
+            st.error(f"The run name {name!r} must be a plain folder name, without slashes.")
+            return
         try:
             with st.spinner("Checking the data and writing the split…"):
-                run = pipeline.new_run(
-                    cache.runs_dir() / name.strip(), spec, replace(preset.train, epochs=int(epochs)), preset.refine, start=start
-                )
+                run = pipeline.new_run(cache.runs_dir() / name, spec, replace(preset.train, epochs=int(epochs)), preset.refine, start=start)
         except (DataError, runs.RunError, ValueError, OSError) as exc:
             st.error(f"Could not create the run: {exc}")
             return

@@ -182,6 +182,24 @@ def test_a_bad_folder_shows_a_clear_message_not_a_traceback(runs_dir: Path, tmp_
     assert len(at.error) == 1 and "Could not create the run" in at.error[0].value and "Cats" in at.error[0].value
 
 
+def test_an_empty_run_name_creates_a_fresh_run_folder_never_the_runs_folder_itself(runs_dir: Path) -> None:
+    at = open_page(pages.DATA)
+    create_run(at, "   ")
+    assert not at.exception
+    assert not (runs_dir / runs.CONFIG).exists(), "the runs folder itself became a run"
+    (made,) = runs.list_runs(runs_dir)
+    assert made.path.parent == runs_dir and made.path.name.startswith("run-")
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".."])
+def test_a_run_name_that_is_not_a_plain_folder_name_is_refused(runs_dir: Path, name: str) -> None:
+    at = open_page(pages.DATA)
+    create_run(at, name)
+    assert not at.exception
+    assert len(at.error) == 1 and "plain folder name" in at.error[0].value
+    assert not runs.list_runs(runs_dir) and not (runs_dir.parent / "outside").exists()
+
+
 def mark(at: AppTest, role: str, index: int) -> AppTest:
     return at.button(key=f"{role}-{index}").click().run()
 
