@@ -30,7 +30,7 @@ def one_epoch(train: Split, val: Split, refined: bool, cfg: TrainConfig) -> dict
     """Seconds for one epoch and seconds per image of its training loop."""
     torch.manual_seed(cfg.seed)
     model = build_model(num_classes=len(CLASSES))
-    objective = get_method(cfg.method).prepare(model, train, Pick(0, 1), cfg) if refined else None
+    objective = get_method(cfg.method).build_objective(model, train, Pick(0, 1), cfg) if refined else None
     stamps: list[float] = []
     records: list[dict] = []
 

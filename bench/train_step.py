@@ -94,7 +94,7 @@ def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, rep
         x, y, masks = synthetic_batch(size, batch, split="train")
         ex = compute_exemplars(model, (x[0], int(y[0])), (x[1], int(y[1])))
         split = Split(images=(x * 255).round().to(torch.uint8), masks=masks, labels=y, names=[str(i) for i in range(len(y))])
-        objectives = {name: m.prepare(model, split, Pick(0, 1), TrainConfig(method=name)) for name, m in REGISTRY.items()}
+        objectives = {name: m.build_objective(model, split, Pick(0, 1), TrainConfig(method=name)) for name, m in REGISTRY.items()}
         model.train()
         steps = make_steps(model, x, y, masks, objectives, ex, cfg)
         # The same steps with torch's nn.Conv2d for the depthwise layers, which model.DepthwiseConv2d replaces.

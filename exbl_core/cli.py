@@ -439,7 +439,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
     if not images:
         _say(f"{args.data}: all {total} images have lung masks; nothing written")
         return 0
-    todo = masks.prepare(images, args.size)  # every image read before anything is loaded or written
+    todo = masks.load_images(images, args.size)  # every image read before anything is loaded or written
     model = segmenter.load_segmenter()
     bf16 = args.precision == "bf16" or (args.precision == "auto" and segmenter.bf16_native())
     started = time.perf_counter()

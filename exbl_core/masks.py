@@ -39,7 +39,7 @@ def without_masks(root: Path) -> tuple[list[Path], int]:
     return [image for pairs in found.values() for image, mask in pairs if mask is None], sum(map(len, found.values()))
 
 
-def prepare(images: list[Path], size: int, workers: int = 4) -> list[Todo]:
+def load_images(images: list[Path], size: int, workers: int = 4) -> list[Todo]:
     """Read every image and make the network's input; raises DataError naming the first bad file."""
 
     def one(image: Path) -> Todo:

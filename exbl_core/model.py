@@ -106,7 +106,7 @@ class XrayMobileNetV2(MobileNetV2):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         set_depthwise_kind(self)
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
         """[B,1,H,W] or [B,3,H,W] in [0, 1] -> the normalised 3-channel network input."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -117,7 +117,7 @@ class XrayMobileNetV2(MobileNetV2):
         return F.adaptive_avg_pool2d(feats, 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooled(self.features(self.prepare(x))))
+        return self.classifier(self.pooled(self.features(self.network_input(x))))
 
 
 LAST_STRIDED_BLOCK = 14  # features[14] halves 8x8 to 4x4 at 128 px; features[15:18] follow it

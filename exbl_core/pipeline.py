@@ -708,7 +708,7 @@ def refine_step(
     good, bad = pick["good"]["index"], pick["bad"]["index"]
     validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
-    objective = method.prepare(model, train, Pick(good, bad), cfg)
+    objective = method.build_objective(model, train, Pick(good, bad), cfg)
     torch.manual_seed(cfg.seed)
     meta = {"pair": pair_record(pick)}
     result = _fit_step(run, "refine", method.name, cfg, model, data, objective, on_event, cancel, device, meta, method=method.name)

@@ -127,7 +127,7 @@ def pretrain_backbone(
     started, smoothed = time.perf_counter(), None
     for step in range(steps):
         x, target = shape_batch(batch_size, size, grid, rng, target_kind)
-        loss = F.binary_cross_entropy_with_logits(head(features(model.prepare(x))), target)
+        loss = F.binary_cross_entropy_with_logits(head(features(model.network_input(x))), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -12,9 +12,8 @@ from exbl_core.augment import hide_patches
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import analytic_cams, gradcam, head_pass
 from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
-from exbl_core.methods.counterexamples import paste_objective, region_term
-from exbl_core.methods.gradcam_mask import outside_share
-from exbl_core.methods.region import avoid_region
+from exbl_core.methods.counterexamples import paste_objective
+from exbl_core.methods.region import avoid_region, outside_share, region_term
 from exbl_core.methods.region_swap import swap_objective
 from exbl_core.methods.rrr import input_gradient_penalty
 from exbl_core.model import build_model
@@ -85,11 +84,11 @@ def test_each_method_runs_a_training_step_and_its_term_moves(name, fresh_model, 
     # weights that is not guaranteed, so they get a fixed region for this contract test.
     region = torch.zeros(64, 64, dtype=torch.bool)
     region[:16, :16] = True
-    monkeypatch.setattr("exbl_core.methods.counterexamples.avoid_region", lambda *a: region)
+    monkeypatch.setattr("exbl_core.methods.region.avoid_region", lambda *a: region)
     # Running statistics as a trained model has them: with a fresh network's (mean 0,
     # variance 1) eval-mode activations fade to nothing, and so would rrr's input gradients.
     recalibrate_batchnorm(fresh_model, train, torch.device("cpu"))
-    objective = get_method(name).prepare(fresh_model, train, _pick(fresh_model, train), cfg)
+    objective = get_method(name).build_objective(fresh_model, train, _pick(fresh_model, train), cfg)
     batch = Batch(train.float_images(slice(0, 8)), train.labels[:8], train.masks[:8])
     if objective.batch is not None:
         changed = objective.batch(batch, torch.Generator().manual_seed(0))

@@ -38,7 +38,7 @@ def test_grayscale_batch_gives_one_logit_per_class():
 def test_gradcam_target_layer_has_1280_channels():
     model = build_model().eval()
     with torch.no_grad():
-        feats = model.features(model.prepare(torch.rand(1, 1, 224, 224)))
+        feats = model.features(model.network_input(torch.rand(1, 1, 224, 224)))
     assert feats.shape == (1, 1280, 7, 7)
 
 
@@ -64,11 +64,11 @@ def test_a_backbone_loads_into_features_and_freezes_the_first_six_blocks():
 
 
 def test_input_is_normalised_inside_the_model():
-    # Callers pass [0, 1] images: prepare() applies the ImageNet statistics itself.
+    # Callers pass [0, 1] images: network_input() applies the ImageNet statistics itself.
     model = build_model()
     x = torch.full((1, 1, 4, 4), 0.485)
-    assert model.prepare(x)[0, 0].abs().max() < 1e-6
-    assert model.prepare(x).shape == (1, 3, 4, 4)
+    assert model.network_input(x)[0, 0].abs().max() < 1e-6
+    assert model.network_input(x).shape == (1, 3, 4, 4)
 
 
 def test_output_stride_16_doubles_the_map_with_the_same_weights():
@@ -77,7 +77,7 @@ def test_output_stride_16_doubles_the_map_with_the_same_weights():
     fine.load_state_dict(paper.state_dict())  # same parameters, so any checkpoint loads either way
     x = torch.rand(2, 1, 128, 128)
     with torch.no_grad():
-        coarse, dense = paper.features(paper.prepare(x)), fine.features(fine.prepare(x))
+        coarse, dense = paper.features(paper.network_input(x)), fine.features(fine.network_input(x))
     assert coarse.shape[-2:] == (4, 4) and dense.shape[-2:] == (8, 8)
     assert not torch.allclose(paper.pooled(coarse), fine.pooled(dense))  # a different network, not a relabelled one
 

@@ -161,7 +161,7 @@ def test_masks_are_written_only_where_missing_named_as_their_images(gallery_fold
     kept = (gallery_folder / "Adult" / "masks" / "c.png").read_bytes()
     images, total = masks.without_masks(gallery_folder)
     assert total == 3 and sorted(p.name for p in images) == ["a.png", "b.jpg"]
-    todo = masks.prepare(images, 64)
+    todo = masks.load_images(images, 64)
     calls = []
     written, empty = masks.write_masks(random_unet(lung_everywhere=True), todo, batch=2, on_batch=calls.append)
     assert calls == [2] and empty == []
@@ -173,7 +173,7 @@ def test_masks_are_written_only_where_missing_named_as_their_images(gallery_fold
 
 
 def test_masks_never_replace_a_mask_that_appeared_meanwhile(gallery_folder):
-    todo = masks.prepare(masks.without_masks(gallery_folder)[0], 64)
+    todo = masks.load_images(masks.without_masks(gallery_folder)[0], 64)
     save_png(gallery_folder / "Child" / "masks" / "a.png", lung_mask(80, 64))
     before = (gallery_folder / "Child" / "masks" / "a.png").read_bytes()
     written, _ = masks.write_masks(random_unet(lung_everywhere=True), todo)
@@ -198,11 +198,11 @@ def test_an_image_the_segmenter_finds_no_lung_in_gets_no_mask(gallery_folder):
     model = random_unet(lung_everywhere=True)
     with torch.no_grad():
         model.out.bias.copy_(torch.tensor([1.0, -1.0]))
-    written, empty = masks.write_masks(model, masks.prepare(masks.without_masks(gallery_folder)[0], 64))
+    written, empty = masks.write_masks(model, masks.load_images(masks.without_masks(gallery_folder)[0], 64))
     assert written == [] and sorted(p.name for p in empty) == ["a.png", "b.jpg"]
     with pytest.raises(DataError, match="broken"):
         (gallery_folder / "Child" / "images" / "broken.png").write_bytes(b"")
-        masks.prepare(masks.without_masks(gallery_folder)[0], 64)
+        masks.load_images(masks.without_masks(gallery_folder)[0], 64)
 
 
 def test_bf16_logits_come_back_in_fp32_and_agree_in_sign_with_fp32():

@@ -34,7 +34,7 @@ def has_gap_mlp_head(model: nn.Module) -> bool:
     head = getattr(model, "classifier", None)
     return (
         hasattr(model, "features")
-        and hasattr(model, "prepare")
+        and hasattr(model, "network_input")
         and isinstance(head, nn.Sequential)
         and len(head) == 4
         and isinstance(head[0], nn.Linear)
@@ -69,7 +69,7 @@ def head_pass(model: nn.Module, images: torch.Tensor) -> HeadPass:
     """
     if not has_gap_mlp_head(model):
         raise TypeError("the analytic GradCAM path needs a features -> GAP -> Linear/ReLU/Dropout/Linear model")
-    feats = model.features(model.prepare(images))
+    feats = model.features(model.network_input(images))
     lin1, _, drop, lin2 = model.classifier
     pre = lin1(F.adaptive_avg_pool2d(feats, 1).flatten(1))
     keep = F.dropout(torch.ones_like(pre), drop.p, model.training)

@@ -6,7 +6,7 @@ CAMs and their own lung masks) or ``masks`` (a lung mask for every training imag
 Each method is one module of this package with one registry entry; the training
 loop, the CLI, the app and the study never ask which method they hold.
 
-A method's ``prepare`` runs once before refinement, with the unrefined model, and
+A method's ``build_objective`` runs once before refinement, with the unrefined model, and
 returns an ``Objective``: the per-batch work. The loop calls ``objective.batch`` on
 the (augmented) batch before the forward pass, then ``objective.term`` on the
 forward pass's state. The term is unweighted; the loop multiplies it by

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -13,10 +13,19 @@ from exbl_core.data import Split
 from exbl_core.events import Terms
 from exbl_core.explainers.gradcam import HeadPass
 
-if TYPE_CHECKING:
-    from exbl_core.training import TrainConfig
-
 Feedback = Literal["two-clicks", "masks"]
+
+
+class TermSettings(Protocol):
+    """The refinement settings a method's ``build_objective`` may read.
+
+    A protocol rather than ``training.TrainConfig`` itself: the training loop imports the
+    methods, so the methods naming the loop's settings type would close an import cycle.
+    """
+
+    explanation: str
+    distance: str
+    margin: float
 
 
 @dataclass
@@ -55,13 +64,13 @@ class Objective:
 
 @dataclass(frozen=True)
 class Method:
-    """A registry entry: the name users type, what it needs, and how to prepare it."""
+    """A registry entry: the name users type, what it needs, and how to build its objective."""
 
     name: str
     feedback: Feedback
     summary: str  # one line for the CLI help and the Refine page
     source: str  # where the idea comes from
-    prepare: Callable[[nn.Module, Split, Pick, TrainConfig], Objective]
+    build_objective: Callable[[nn.Module, Split, Pick, TermSettings], Objective]
     default_lambda: float = 1.0  # the term's weight when the user gives none
     term_name: str | None = "explanation"  # the chart's name for the term; None: no term
     # Factors on the run's refinement epochs and lr for a method that needs a longer schedule;

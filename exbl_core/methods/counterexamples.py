@@ -11,17 +11,13 @@ two clicks instead of annotated per image. It adds no loss term and costs a past
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.explainers.gradcam import HeadPass, analytic_cams
-from exbl_core.methods.base import Batch, Method, Objective, Pick
-from exbl_core.methods.gradcam_mask import outside_share
-from exbl_core.methods.region import avoid_region
+from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.region import exemplar_region, region_term, soft_edges
 
 RATE = 0.5  # share of the other classes' images that get the pasted region
 JITTER = 0.08  # largest shift and scale change of each pasted copy, as a share of the image
@@ -66,44 +62,15 @@ def paste_objective(patch: torch.Tensor, alpha: torch.Tensor, source_label: int,
     return Objective(batch=batch)
 
 
-def paste_region(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
-    """Bool [H,W]: the bad exemplar's pixels that become the counterexample.
-
-    With lung masks: everything outside both exemplars' own lungs. A bad explanation
-    says that the model decides from outside the lungs, and a coarse CAM cannot say
-    exactly where; the lungs of either image stay, so no disease is pasted. Without
-    masks: ``avoid_region``, where the bad CAM looks and the good one does not.
-    """
-    masks = train.masks
-    if masks is None or not bool(masks[pick.bad].any() and masks[pick.good].any()):
-        return avoid_region(model, train, pick)
-    return ~(masks[pick.bad] | masks[pick.good])
-
-
-def soft_edges(region: torch.Tensor) -> torch.Tensor:
-    """Float [H,W] blending weights of a bool ``region``: a hard seam would be a new feature of its own."""
-    return F.avg_pool2d(region[None, None].float(), 5, stride=1, padding=2)[0, 0]
-
-
 def region_paste(train: Split, pick: Pick, region: torch.Tensor) -> Objective:
     return paste_objective(train.float_images(torch.tensor([pick.bad]))[0], soft_edges(region), int(train.labels[pick.bad]))
 
 
-def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
-    return region_paste(train, pick, paste_region(model, train, pick))
+def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+    return region_paste(train, pick, exemplar_region(model, train, pick))
 
 
-def region_term(region: torch.Tensor) -> Callable[[nn.Module, Batch, HeadPass, bool], dict[str, torch.Tensor]]:
-    """The share of each image's true-class GradCAM inside ``region`` [H,W]: "do not look here"."""
-
-    def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
-        cams = analytic_cams(model, state, batch.y, batch.x.shape[-2:])
-        return {"expl": outside_share(cams, ~region.to(cams.device)).mean()}
-
-    return term
-
-
-def prepare_cam(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+def build_objective_cam(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
     """The counterexamples, and the same region as a "do not look here" mask for every image.
 
     The paste removes the shortcut's use but leaves the explanations free to look at the
@@ -111,7 +78,7 @@ def prepare_cam(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
     two clicks can also steer every image's GradCAM away, as gradcam-lungs does with every
     image's own mask.
     """
-    region = paste_region(model, train, pick)
+    region = exemplar_region(model, train, pick)
     return Objective(term=region_term(region), batch=region_paste(train, pick, region).batch)
 
 
@@ -120,7 +87,7 @@ METHOD = Method(
     feedback="two-clicks",
     summary="pastes the bad exemplar's pixels, where its explanation looks and the good one's does not, into images of other classes",
     source="this project; the counterexample strategy of Teso and Kersting, Explanatory Interactive Machine Learning (AIES 2019)",
-    prepare=prepare,
+    build_objective=build_objective,
     term_name=None,
     # Unlearning from changed data is ordinary training and needs more of it: on the demo's
     # 3 epochs at lr 1e-4 the median recovered share over seeds 0-4 was 0.37; at 8 epochs
@@ -133,7 +100,7 @@ METHOD_CAM = Method(
     feedback="two-clicks",
     summary="counterexamples, and GradCAM mass inside the same region penalised for every image",
     source="this project; counterexamples (Teso and Kersting, AIES 2019) with an RRR-G style penalty (Schramowski et al., 2020)",
-    prepare=prepare_cam,
+    build_objective=build_objective_cam,
     # On two CPU seeds (one run each) lambda 1 kept the CAMs off the region but cost recovery
     # (0.32 and 0.40 against counterexamples' 0.38 and 0.45); 0.3 kept both (0.39 and 0.47).
     default_lambda=0.3,

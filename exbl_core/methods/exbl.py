@@ -15,7 +15,7 @@ from torch import nn
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import HeadPass, analytic_cams, head_pass
 from exbl_core.losses import Distance, Explanation, explanation, triplet_terms
-from exbl_core.methods.base import Batch, Method, Objective, Pick
+from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
 from exbl_core.model import evaluating
 
 
@@ -55,14 +55,14 @@ def triplet_objective(ex: Exemplars, kind: Explanation, distance: Distance, marg
     return Objective(term=term)
 
 
-def _prepare(kind: Explanation | None, distance: Distance | None):
-    def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+def _objective_builder(kind: Explanation | None, distance: Distance | None):
+    def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
         e_kind, e_distance = kind or cfg.explanation, distance or cfg.distance
         x = train.float_images(torch.tensor([pick.good, pick.bad]))
         ex = compute_exemplars(model, (x[0], int(train.labels[pick.good])), (x[1], int(train.labels[pick.bad])), e_kind)
         return triplet_objective(ex, e_kind, e_distance, cfg.margin)
 
-    return prepare
+    return build_objective
 
 
 EXBL = Method(
@@ -70,12 +70,12 @@ EXBL = Method(
     feedback="two-clicks",
     summary="the paper's eXBL: triplet loss pulling E = image x GradCAM towards the good exemplar's and away from the bad one's",
     source="Hagos, Curran and Mac Namee, Unlearning Spurious Correlations in Chest X-ray Classification (2023), section 3",
-    prepare=_prepare(None, None),
+    build_objective=_objective_builder(None, None),
 )
 EXBL_CAM = Method(
     name="exbl-cam",
     feedback="two-clicks",
     summary="eXBL with E = GradCAM alone and unit-length explanations (not the paper's; compared only)",
     source="this project: a variant of the paper's loss",
-    prepare=_prepare("cam", "normalized"),
+    build_objective=_objective_builder("cam", "normalized"),
 )

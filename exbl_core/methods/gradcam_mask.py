@@ -12,14 +12,9 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.explainers.gradcam import EPS, HeadPass, analytic_cams
-from exbl_core.methods.base import Batch, Method, Objective, Pick
-
-
-def outside_share(cams: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Per image [B]: the share of the CAM's mass outside ``allowed`` (0 when the CAM is empty)."""
-    total = cams.flatten(1).sum(1)
-    return (cams * ~allowed).flatten(1).sum(1) / (total + EPS)
+from exbl_core.explainers.gradcam import HeadPass, analytic_cams
+from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.region import outside_share
 
 
 def gradcam_term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
@@ -28,7 +23,7 @@ def gradcam_term(model: nn.Module, batch: Batch, state: HeadPass, training: bool
     return {"expl": share.mean()}
 
 
-def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
     return Objective(term=gradcam_term, masks=True)
 
 
@@ -37,5 +32,5 @@ METHOD = Method(
     feedback="masks",
     summary="the share of each true-class GradCAM outside the image's lung mask is penalised (needs every lung mask)",
     source="Schramowski et al., Making deep neural networks right for the right scientific reasons (2020), RRR-G",
-    prepare=prepare,
+    build_objective=build_objective,
 )

@@ -1,17 +1,22 @@
-"""The "do not rely on this" region that two clicks define, read from the bad exemplar's occlusion map.
+"""The region that two clicks mark as "do not rely on this", and the helpers every region method shares.
 
 Radiographs are roughly aligned, so where the model decides from in the bad exemplar is
-a place in the image, shared by all images. ``counterexamples`` and ``region-swap`` read
-it here when the data set has no lung masks (and ``region-swap-occlusion`` always does).
+a place in the image, shared by all images. ``counterexamples``, ``counterexamples-cam``,
+``region-swap`` and ``region-swap-occlusion`` all read that place here, blend it in with
+the same soft edges and keep GradCAM out of it with the same term; ``gradcam-lungs``
+shares the term's measure, the CAM's mass outside an allowed region.
 
-The map is occlusion, not GradCAM: at the paper's layer GradCAM puts every phantom's
-Viral Pneumonia evidence in one central blob and never on the shoulders that the model
-uses, while occlusion's top region sits on them (docs/design.md, section 12). Only the
-bad exemplar's map is read: a faithful map of a good exemplar of the same class can sit
-on the same shortcut, so "where the bad looks and the good does not" could be empty.
+Without lung masks the region comes from the bad exemplar's occlusion map, not GradCAM:
+at the paper's layer GradCAM puts every phantom's Viral Pneumonia evidence in one central
+blob and never on the shoulders that the model uses, while occlusion's top region sits on
+them (docs/design.md, section 12). Only the bad exemplar's map is read: a faithful map of a
+good exemplar of the same class can sit on the same shortcut, so "where the bad looks and
+the good does not" could be empty.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +24,8 @@ from torch import nn
 
 from exbl_core import explainers
 from exbl_core.data import Split
-from exbl_core.methods.base import Pick
+from exbl_core.explainers.gradcam import EPS, HeadPass, analytic_cams
+from exbl_core.methods.base import Batch, Pick
 from exbl_core.model import evaluating
 
 THRESHOLD = 0.5  # a map "points" where it reaches half its peak
@@ -57,3 +63,38 @@ def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3, use_
             "pick a bad explanation whose occlusion map lies elsewhere"
         )
     return region
+
+
+def exemplar_region(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
+    """Bool [H,W]: the bad exemplar's pixels that the region methods take away from the shortcut.
+
+    With lung masks: everything outside both exemplars' own lungs. A bad explanation
+    says that the model decides from outside the lungs, and a coarse CAM cannot say
+    exactly where; the lungs of either image stay, so no disease is moved. Without
+    masks: ``avoid_region``, where the bad exemplar's occlusion map points.
+    """
+    masks = train.masks
+    if masks is None or not bool(masks[pick.bad].any() and masks[pick.good].any()):
+        return avoid_region(model, train, pick)
+    return ~(masks[pick.bad] | masks[pick.good])
+
+
+def soft_edges(region: torch.Tensor) -> torch.Tensor:
+    """Float [H,W] blending weights of a bool ``region``: a hard seam would be a new feature of its own."""
+    return F.avg_pool2d(region[None, None].float(), 5, stride=1, padding=2)[0, 0]
+
+
+def outside_share(cams: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Per image [B]: the share of the CAM's mass outside ``allowed`` (0 when the CAM is empty)."""
+    total = cams.flatten(1).sum(1)
+    return (cams * ~allowed).flatten(1).sum(1) / (total + EPS)
+
+
+def region_term(region: torch.Tensor) -> Callable[[nn.Module, Batch, HeadPass, bool], dict[str, torch.Tensor]]:
+    """The share of each image's true-class GradCAM inside ``region`` [H,W]: "do not look here"."""
+
+    def term(model: nn.Module, batch: Batch, state: HeadPass, training: bool) -> dict[str, torch.Tensor]:
+        cams = analytic_cams(model, state, batch.y, batch.x.shape[-2:])
+        return {"expl": outside_share(cams, ~region.to(cams.device)).mean()}
+
+    return term

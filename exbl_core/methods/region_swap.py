@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.methods.base import Batch, Method, Objective, Pick
-from exbl_core.methods.counterexamples import paste_region, region_term, soft_edges
-from exbl_core.methods.region import avoid_region
+from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.region import avoid_region, exemplar_region, region_term, soft_edges
 
 RATE = 1.0  # share of the images whose region is replaced: all, so that none keeps its own
 
@@ -47,11 +46,11 @@ def swap_and_avoid(region: torch.Tensor) -> Objective:
     return Objective(term=region_term(region), batch=swap_objective(soft_edges(region)).batch)
 
 
-def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
-    return swap_and_avoid(paste_region(model, train, pick))
+def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+    return swap_and_avoid(exemplar_region(model, train, pick))
 
 
-def prepare_from_map(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+def build_objective_from_map(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
     """The region read from the bad exemplar's occlusion map alone, lung masks unused, as on data that has none."""
     return swap_and_avoid(avoid_region(model, train, pick, use_masks=False))
 
@@ -62,7 +61,7 @@ METHOD = Method(
     summary="refills every image's region outside the two exemplars' lungs with another training image's, and keeps GradCAM out of it",
     source="this project; the background swap of Xiao et al., Noise or Signal: The Role of Image Backgrounds in Object Recognition "
     "(ICLR 2021), with the RRR-G style penalty of counterexamples-cam",
-    prepare=prepare,
+    build_objective=build_objective,
     # counterexamples-cam's weight and schedule (changed data needs ordinary training to
     # unlearn), taken as they were, not tuned for this method.
     default_lambda=0.3,
@@ -74,7 +73,7 @@ METHOD_FROM_MAP = Method(
     feedback="two-clicks",
     summary="region-swap with the region read from the bad exemplar's occlusion map, lung masks unused (as on data without them)",
     source="this project: region-swap, with the region where hiding the bad exemplar lowers its class's probability most",
-    prepare=prepare_from_map,
+    build_objective=build_objective_from_map,
     default_lambda=METHOD.default_lambda,
     schedule=METHOD.schedule,
 )

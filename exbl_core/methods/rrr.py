@@ -14,7 +14,7 @@ from torch import nn
 
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import HeadPass
-from exbl_core.methods.base import Batch, Method, Objective, Pick
+from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
 from exbl_core.model import evaluating
 
 
@@ -63,7 +63,7 @@ def rrr_objective() -> Objective:
     return Objective(term=term, masks=True)
 
 
-def prepare(model: nn.Module, train: Split, pick: Pick, cfg) -> Objective:
+def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
     return rrr_objective()
 
 
@@ -72,5 +72,5 @@ METHOD = Method(
     feedback="masks",
     summary="input gradients penalised outside each training image's lung mask (needs every lung mask)",
     source="Ross, Hughes and Doshi-Velez, Right for the Right Reasons (IJCAI 2017); the paper's eq. 3",
-    prepare=prepare,
+    build_objective=build_objective,
 )
