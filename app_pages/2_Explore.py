@@ -33,8 +33,8 @@ SUGGEST_HELP = (
 )
 # A marked button takes its frame's colour (Streamlit's primary colour is red for both).
 MARK_CSS = "".join(
-    f'[class*="st-key-{role}-"] button[data-testid="stBaseButton-primary"] {{background: rgb{rgb}; border-color: rgb{rgb}; color: white}}'
-    for role, rgb in (("good", views.GOOD_RGB), ("bad", views.BAD_RGB))
+    f'[class*="st-key-{side}-"] button[data-testid="stBaseButton-primary"] {{background: rgb{rgb}; border-color: rgb{rgb}; color: white}}'
+    for side, rgb in (("good", views.GOOD_RGB), ("bad", views.BAD_RGB))
 )
 
 pages.setup("Explore")
@@ -100,8 +100,8 @@ def filters(split, scores) -> np.ndarray:
     return idx
 
 
-def on_mark(role: str, index: int, explainer: str) -> None:
-    refused = state.mark(run, role, index, explainer)
+def on_mark(side: str, index: int, explainer: str) -> None:
+    refused = state.mark(run, side, index, explainer)
     st.session_state["mark_message"] = None if refused is None else (index, refused)
 
 
@@ -169,8 +169,8 @@ def big_view(split_name: str, split, scores, i: int) -> None:
 def suggested_tiles(images, good: int, bad: int) -> None:
     """The suggested pair with the occlusion maps it was read from, so that the suggestion can be judged at once."""
     maps = cache.maps(run, "unrefined", "train", explainers.FAITHFUL, [good, bad])
-    for col, role, i, m in zip(st.columns(4)[:2], state.ROLES, (good, bad), maps, strict=True):
-        col.image(views.pair_tile(images[i], m, views.GOOD_RGB if role == "good" else views.BAD_RGB), caption=f"{role} #{i}, occlusion")
+    for col, side, i, m in zip(st.columns(4)[:2], state.SIDES, (good, bad), maps, strict=True):
+        col.image(views.pair_tile(images[i], m, views.GOOD_RGB if side == "good" else views.BAD_RGB), caption=f"{side} #{i}, occlusion")
 
 
 available = pipeline.split_names(run)
@@ -189,7 +189,7 @@ pair = state.pair(run)
 
 with st.container(border=True):
     c1, c2, c3 = st.columns([3, 2, 2])
-    shown = [f"**{role}**: " + ("none yet" if pair[role] is None else f"#{pair[role]}") for role in state.ROLES]
+    shown = [f"**{side}**: " + ("none yet" if pair[side] is None else f"#{pair[side]}") for side in state.SIDES]
     c1.markdown("Your pair · " + " · ".join(shown))
     if picking:
         c2.button("Suggest a pair from occlusion", icon=":material/auto_awesome:", on_click=on_suggest, help=SUGGEST_HELP)
@@ -241,17 +241,17 @@ if in_figure is None and not picking:
     in_figure = pipeline.default_figure_rows(split, torch.from_numpy(scores["ap"]))
 cols = st.columns(COLUMNS)
 for k, (i, m, share) in enumerate(zip(shown, maps, shares, strict=True)):
-    role = next((r for r in state.ROLES if pair[r] == i and picking), None)
-    frame = {"good": views.GOOD_RGB, "bad": views.BAD_RGB, None: None}[role]
+    side = next((r for r in state.SIDES if pair[r] == i and picking), None)
+    frame = {"good": views.GOOD_RGB, "bad": views.BAD_RGB, None: None}[side]
     with cols[k % COLUMNS].container(border=True):
         st.image(views.pair_tile(images[i], m, frame), caption=caption(split, scores, i, explained(explainer, share)), width="stretch")
         row = st.container(horizontal=True, gap="small")
         if picking:
-            for r in state.ROLES:
+            for r in state.SIDES:
                 row.button(
                     r.capitalize(),
                     key=f"{r}-{i}",
-                    type="primary" if role == r else "secondary",
+                    type="primary" if side == r else "secondary",
                     help=f"Mark #{i} as the {r} explanation, judged on its {label} map. Press again to unmark.",
                     on_click=on_mark,
                     args=(r, i, explainer),

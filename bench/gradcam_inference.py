@@ -80,7 +80,7 @@ def make_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> di
 
     def autograd() -> torch.Tensor:
         with torch.no_grad():  # gradcam() enables grad inside, without create_graph
-            return gradcam(model, x, targets, method="autograd")
+            return gradcam(model, x, targets, route="autograd")
 
     def pgc() -> torch.Tensor:
         # The context manager removes its hooks afterwards; left in place they would

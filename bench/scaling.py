@@ -20,7 +20,7 @@ import torch
 
 from bench.common import Section, table
 from exbl_core.data import CLASSES, Split
-from exbl_core.methods import Pick, get_method
+from exbl_core.methods import Pair, get_method
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig, generate_split
 from exbl_core.training import TrainConfig, fit
@@ -30,7 +30,7 @@ def one_epoch(train: Split, val: Split, refined: bool, cfg: TrainConfig) -> dict
     """Seconds for one epoch and seconds per image of its training loop."""
     torch.manual_seed(cfg.seed)
     model = build_model(num_classes=len(CLASSES))
-    objective = get_method(cfg.method).build_objective(model, train, Pick(0, 1), cfg) if refined else None
+    objective = get_method(cfg.method).build_objective(model, train, Pair(0, 1), cfg) if refined else None
     stamps: list[float] = []
     records: list[dict] = []
 

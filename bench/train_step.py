@@ -3,7 +3,7 @@
 Each step is a full optimiser step (forward, loss, backward, Adam) on one batch, in
 training mode, from the trained checkpoint. A method's step is exactly what
 ``training.fit`` runs: its batch rewrite, then ``training._batch_losses`` with its objective. The autograd
-variant builds the CAMs with ``gradcam(..., method="autograd", create_graph=True)``;
+variant builds the CAMs with ``gradcam(..., route="autograd", create_graph=True)``;
 a forward hook on the model captures the logits of that same forward pass for the
 cross-entropy, so it also costs one forward pass (calling the model a second time
 for the logits would charge it for an extra forward and sample another dropout mask).
@@ -28,7 +28,7 @@ from exbl_core.data import Split
 from exbl_core.explainers.gradcam import gradcam
 from exbl_core.losses import exbl_loss, explanation
 from exbl_core.methods import METHODS as REGISTRY
-from exbl_core.methods import Batch, Objective, Pick
+from exbl_core.methods import Batch, Objective, Pair
 from exbl_core.methods.exbl import Exemplars, compute_exemplars
 from exbl_core.model import set_depthwise_kind
 from exbl_core.training import TrainConfig, _batch_losses
@@ -75,7 +75,7 @@ def make_steps(
         captured: list[torch.Tensor] = []
         handle = model.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            cams = gradcam(model, x, y, method="autograd", create_graph=True)
+            cams = gradcam(model, x, y, route="autograd", create_graph=True)
         finally:
             handle.remove()
         loss = F.cross_entropy(captured[-1], y) + cfg.weight * exbl_loss(
@@ -94,7 +94,7 @@ def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, rep
         x, y, masks = synthetic_batch(size, batch, split="train")
         ex = compute_exemplars(model, (x[0], int(y[0])), (x[1], int(y[1])))
         split = Split(images=(x * 255).round().to(torch.uint8), masks=masks, labels=y, names=[str(i) for i in range(len(y))])
-        objectives = {name: m.build_objective(model, split, Pick(0, 1), TrainConfig(method=name)) for name, m in REGISTRY.items()}
+        objectives = {name: m.build_objective(model, split, Pair(0, 1), TrainConfig(method=name)) for name, m in REGISTRY.items()}
         model.train()
         steps = make_steps(model, x, y, masks, objectives, ex, cfg)
         # The same steps with torch's nn.Conv2d for the depthwise layers, which model.DepthwiseConv2d replaces.

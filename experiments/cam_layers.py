@@ -40,7 +40,7 @@ def layer_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, la
     """GradCAMs [N,H,W] of ``targets`` at ``layer``, finished as every CAM is (ReLU, upsampled, max-normalised)."""
     return torch.cat(
         [
-            gradcam(model, images[i : i + batch], targets[i : i + batch], method="autograd", target_layer=layer).detach()
+            gradcam(model, images[i : i + batch], targets[i : i + batch], route="autograd", target_layer=layer).detach()
             for i in range(0, len(images), batch)
         ]
     )

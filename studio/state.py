@@ -14,7 +14,7 @@ from exbl_core.figures import EXPLAINER_LABELS
 from studio import cache
 from studio.jobs import get_runner
 
-ROLES = ("good", "bad")
+SIDES = ("good", "bad")
 USER_RULE = "user"  # exemplars.json's rule for a pair marked by hand
 SUGGEST_RULE = (
     "suggested from occlusion maps: among a seeded sample of correctly classified training images, the one with the "
@@ -46,14 +46,14 @@ def pair(run: runs.Run) -> dict[str, int | None]:
     key = str(run.path)
     if key not in picks:
         saved = runs.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
-        picks[key] = {role: saved[role]["index"] if role in saved else None for role in ROLES}
+        picks[key] = {side: saved[side]["index"] if side in saved else None for side in SIDES}
     return picks[key]
 
 
 def _how(run: runs.Run) -> dict:
     """How the pair was marked: the explainer shown at each mark, and the rule that exemplars.json will record.
 
-    Kept beside ``pair`` rather than in it, so that ``pair`` stays role -> index for every
+    Kept beside ``pair`` rather than in it, so that ``pair`` stays side -> index for every
     page. Starts from the saved exemplars.json, whose pair was judged on its "explainer".
     """
     hows = st.session_state.setdefault("pick_how", {})
@@ -61,38 +61,38 @@ def _how(run: runs.Run) -> dict:
     if key not in hows:
         saved = runs.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
         shown = saved.get("explainer", "gradcam")
-        hows[key] = {"shown": {role: shown for role in ROLES if role in saved}, "rule": saved.get("rule", USER_RULE)}
+        hows[key] = {"shown": {side: shown for side in SIDES if side in saved}, "rule": saved.get("rule", USER_RULE)}
     return hows[key]
 
 
-def mark(run: runs.Run, role: str, index: int, explainer: str = "gradcam") -> str | None:
+def mark(run: runs.Run, side: str, index: int, explainer: str = "gradcam") -> str | None:
     """Mark ``index`` as the good or bad example, judged on ``explainer``'s map, or unmark it if it already is.
 
     Returns the reason when the mark is refused: one image cannot be both good and bad.
     """
     p, how = pair(run), _how(run)
-    other = "bad" if role == "good" else "good"
-    if p[other] == index and p[role] != index:
-        return f"Image #{index} is already marked {other}: one image cannot be both. Unmark it first, or pick another image as {role}."
+    other = "bad" if side == "good" else "good"
+    if p[other] == index and p[side] != index:
+        return f"Image #{index} is already marked {other}: one image cannot be both. Unmark it first, or pick another image as {side}."
     how["rule"] = USER_RULE  # a hand-made change: the pair is no longer the suggestion
-    if p[role] == index:
-        p[role] = None
-        how["shown"].pop(role, None)
+    if p[side] == index:
+        p[side] = None
+        how["shown"].pop(side, None)
         return None
-    p[role] = index
-    how["shown"][role] = explainer
+    p[side] = index
+    how["shown"][side] = explainer
     return None
 
 
 def set_pair(run: runs.Run, good: int, bad: int, explainer: str = "gradcam", rule: str = USER_RULE) -> None:
     """Replace the pair (a suggestion), both judged on ``explainer``'s maps and chosen by ``rule``."""
     pair(run).update(good=good, bad=bad)
-    _how(run).update(shown=dict.fromkeys(ROLES, explainer), rule=rule)
+    _how(run).update(shown=dict.fromkeys(SIDES, explainer), rule=rule)
 
 
-def marked_on(run: runs.Run, role: str) -> str:
-    """The explainer whose map was shown when ``role`` was marked (GradCAM for a pair saved before explainers)."""
-    return _how(run)["shown"].get(role, "gradcam")
+def marked_on(run: runs.Run, side: str) -> str:
+    """The explainer whose map was shown when ``side`` was marked (GradCAM for a pair saved before explainers)."""
+    return _how(run)["shown"].get(side, "gradcam")
 
 
 def pair_explainer(run: runs.Run) -> str:
@@ -101,7 +101,7 @@ def pair_explainer(run: runs.Run) -> str:
     The rule: one mark made on occlusion means the judgement used what the model uses, so
     the record says so; otherwise the pair was judged on GradCAM alone, the bad mark's maps.
     """
-    shown = [marked_on(run, role) for role in ROLES]
+    shown = [marked_on(run, side) for side in SIDES]
     return explainers.FAITHFUL if explainers.FAITHFUL in shown else marked_on(run, "bad")
 
 

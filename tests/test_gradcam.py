@@ -27,8 +27,8 @@ def test_analytic_and_autograd_cams_agree_to_1e_5_on_a_trained_model(trained_mod
     x, y = batch
     targets = y if explain == "true label" else (y + 1) % 4
     with torch.no_grad():
-        analytic = gradcam(trained_model, x, targets, method="analytic")
-    autograd = gradcam(trained_model, x, targets, method="autograd", create_graph=False).detach()
+        analytic = gradcam(trained_model, x, targets, route="analytic")
+    autograd = gradcam(trained_model, x, targets, route="autograd", create_graph=False).detach()
     assert analytic.abs().sum() > 0
     assert (analytic - autograd).abs().max() < 1e-5
 
@@ -63,7 +63,7 @@ def test_default_target_is_the_predicted_class(trained_model, batch):
 def test_loss_on_the_analytic_cam_reaches_the_backbone(trained_model, batch):
     x, y = batch
     trained_model.zero_grad()
-    cams = gradcam(trained_model, x, y, method="analytic")
+    cams = gradcam(trained_model, x, y, route="analytic")
     weight = torch.rand(cams.shape[1:], generator=torch.Generator().manual_seed(0))
     (cams * weight).sum().backward()
     last = trained_model.features[-1][0].weight.grad
@@ -77,7 +77,7 @@ def test_loss_on_the_analytic_cam_reaches_the_backbone(trained_model, batch):
 def test_autograd_path_with_create_graph_is_differentiable(trained_model, batch):
     x, y = batch
     trained_model.zero_grad()
-    cams = gradcam(trained_model, x, y, method="autograd", create_graph=True)
+    cams = gradcam(trained_model, x, y, route="autograd", create_graph=True)
     assert cams.requires_grad
     cams.sum().backward()
     assert trained_model.features[-1][0].weight.grad.abs().sum() > 0
@@ -87,8 +87,8 @@ def test_autograd_path_with_create_graph_is_differentiable(trained_model, batch)
 def test_no_grad_gives_detached_cams(trained_model, batch):
     x, y = batch
     with torch.no_grad():
-        assert not gradcam(trained_model, x, y, method="autograd").requires_grad
-        assert not gradcam(trained_model, x, y, method="analytic").requires_grad
+        assert not gradcam(trained_model, x, y, route="autograd").requires_grad
+        assert not gradcam(trained_model, x, y, route="analytic").requires_grad
 
 
 def test_autograd_path_works_for_another_target_layer(trained_model, batch):

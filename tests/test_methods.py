@@ -11,7 +11,7 @@ import torch
 from exbl_core.augment import hide_patches
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import analytic_cams, gradcam, head_pass
-from exbl_core.methods import METHODS, Batch, Pick, check_feedback, get_method
+from exbl_core.methods import METHODS, Batch, Pair, check_feedback, get_method
 from exbl_core.methods.counterexamples import paste_objective
 from exbl_core.methods.region import avoid_region, outside_share, region_term
 from exbl_core.methods.region_swap import swap_objective
@@ -22,7 +22,7 @@ from exbl_core.training import TrainConfig, _batch_losses, recalibrate_batchnorm
 ALL = list(METHODS)
 
 
-def _pick(model, train: Split) -> Pick:
+def _pick(model, train: Split) -> Pair:
     """The two images whose true-class CAMs differ most, so that the triplet has something to push."""
     model.eval()
     with torch.no_grad():
@@ -31,7 +31,7 @@ def _pick(model, train: Split) -> Pick:
     flat = torch.nn.functional.normalize(cams.flatten(1), dim=1)
     distance = torch.cdist(flat, flat)  # empty CAMs are 1 from everything; two different ones can be up to sqrt(2)
     good, bad = divmod(int(distance.argmax()), len(flat))
-    return Pick(good, bad)
+    return Pair(good, bad)
 
 
 @pytest.fixture()
@@ -203,17 +203,17 @@ def test_the_avoid_region_is_where_the_bad_exemplars_occlusion_map_points_outsid
     monkeypatch.setattr("exbl_core.methods.region.bad_map", lambda model, split, pick: bad)
     masks = torch.zeros_like(train.masks)
     masks[1, 40:, 22:42] = True  # the bad exemplar's lungs
-    region = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0, mirror=False)
+    region = avoid_region(trained_model, replace(train, masks=masks), Pair(0, 1), grow=0, mirror=False)
     assert region[:10, :10].all() and not region[40:, 22:42].any() and int(region.sum()) == 100
-    without_masks = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0, use_masks=False, mirror=False)
+    without_masks = avoid_region(trained_model, replace(train, masks=masks), Pair(0, 1), grow=0, use_masks=False, mirror=False)
     assert int(without_masks.sum()) == 100 + 20 * 24
-    both_sides = avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1), grow=0)
+    both_sides = avoid_region(trained_model, replace(train, masks=masks), Pair(0, 1), grow=0)
     assert both_sides[:10, :10].all() and both_sides[:10, -10:].all() and int(both_sides.sum()) == 200
     inside = torch.zeros(64, 64)
     inside[40:, 22:42] = 1.0
     monkeypatch.setattr("exbl_core.methods.region.bad_map", lambda model, split, pick: inside)
     with pytest.raises(ValueError, match="occlusion map points only inside its lungs"):
-        avoid_region(trained_model, replace(train, masks=masks), Pick(0, 1))
+        avoid_region(trained_model, replace(train, masks=masks), Pair(0, 1))
 
 
 def test_the_bad_map_is_the_bad_exemplars_occlusion_of_its_true_class(trained_model, tiny_data):
@@ -221,7 +221,7 @@ def test_the_bad_map_is_the_bad_exemplars_occlusion_of_its_true_class(trained_mo
     from exbl_core.methods.region import bad_map
 
     train = tiny_data["train"]
-    got = bad_map(trained_model, train, Pick(0, 3))
+    got = bad_map(trained_model, train, Pair(0, 3))
     x = train.float_images(torch.tensor([3]))
     want = explainers.for_display(explainers.get("occlusion").maps(trained_model.eval(), x, train.labels[3:4]))[0]
     assert torch.allclose(got, want, atol=1e-6)

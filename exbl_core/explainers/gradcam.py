@@ -25,7 +25,7 @@ from torch import nn
 
 from exbl_core.model import fold_batchnorm
 
-Method = Literal["auto", "analytic", "autograd"]
+Route = Literal["auto", "analytic", "autograd"]  # how the CAM is computed; the maps are the same
 EPS = 1e-8
 
 
@@ -129,7 +129,7 @@ def gradcam(
     model: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor | None = None,
-    method: Method = "auto",
+    route: Route = "auto",
     target_layer: nn.Module | None = None,
     create_graph: bool | None = None,
 ) -> torch.Tensor:
@@ -146,9 +146,9 @@ def gradcam(
         with torch.no_grad():
             targets = model(images).argmax(1)
     targets = targets.to(images.device).long()
-    if method == "auto":
-        method = "analytic" if target_layer is None and has_gap_mlp_head(model) else "autograd"
-    if method == "analytic":
+    if route == "auto":
+        route = "analytic" if target_layer is None and has_gap_mlp_head(model) else "autograd"
+    if route == "analytic":
         return logits_and_cams(model, images, targets)[1]
     layer = target_layer if target_layer is not None else default_target_layer(model)
     cams = _autograd_cams(model, images, targets, layer, grad_wanted if create_graph is None else create_graph)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from exbl_core.data import Split
 from exbl_core.methods import counterexamples, exbl, gradcam_mask, region_swap, rrr
-from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pick
+from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pair
 
-__all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pick", "check_feedback", "get_method"]
+__all__ = ["METHODS", "Batch", "Feedback", "Method", "Objective", "Pair", "check_feedback", "get_method"]
 
 METHODS: dict[str, Method] = {
     m.name: m

@@ -1,4 +1,4 @@
-"""The types every refinement method shares: a batch, the two clicks, an objective, a registry entry."""
+"""The types every refinement method shares: a batch, the pair (the two clicks), an objective, a registry entry."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Pick:
-    """The two clicks: training-image indices of the good and the bad explanation."""
+class Pair:
+    """The pair, the two clicks: training-image indices of the good and the bad explanation."""
 
     good: int
     bad: int
@@ -70,7 +70,7 @@ class Method:
     feedback: Feedback
     summary: str  # one line for the CLI help and the Refine page
     source: str  # where the idea comes from
-    build_objective: Callable[[nn.Module, Split, Pick, TermSettings], Objective]
+    build_objective: Callable[[nn.Module, Split, Pair, TermSettings], Objective]
     default_lambda: float = 1.0  # the term's weight when the user gives none
     term_name: str | None = "explanation"  # the chart's name for the term; None: no term
     # Factors on the run's refinement epochs and lr for a method that needs a longer schedule;

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.base import Batch, Method, Objective, Pair, TermSettings
 from exbl_core.methods.region import exemplar_region, region_term, soft_edges
 
 RATE = 0.5  # share of the other classes' images that get the pasted region
@@ -62,15 +62,15 @@ def paste_objective(patch: torch.Tensor, alpha: torch.Tensor, source_label: int,
     return Objective(batch=batch)
 
 
-def region_paste(train: Split, pick: Pick, region: torch.Tensor) -> Objective:
+def region_paste(train: Split, pick: Pair, region: torch.Tensor) -> Objective:
     return paste_objective(train.float_images(torch.tensor([pick.bad]))[0], soft_edges(region), int(train.labels[pick.bad]))
 
 
-def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+def build_objective(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
     return region_paste(train, pick, exemplar_region(model, train, pick))
 
 
-def build_objective_cam(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+def build_objective_cam(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
     """The counterexamples, and the same region as a "do not look here" mask for every image.
 
     The paste removes the shortcut's use but leaves the explanations free to look at the

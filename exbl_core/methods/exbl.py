@@ -15,7 +15,7 @@ from torch import nn
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import HeadPass, analytic_cams, head_pass
 from exbl_core.losses import Distance, Explanation, explanation, triplet_terms
-from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.base import Batch, Method, Objective, Pair, TermSettings
 from exbl_core.model import evaluating
 
 
@@ -56,7 +56,7 @@ def triplet_objective(ex: Exemplars, kind: Explanation, distance: Distance, marg
 
 
 def _objective_builder(kind: Explanation | None, distance: Distance | None):
-    def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+    def build_objective(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
         e_kind, e_distance = kind or cfg.explanation, distance or cfg.distance
         x = train.float_images(torch.tensor([pick.good, pick.bad]))
         ex = compute_exemplars(model, (x[0], int(train.labels[pick.good])), (x[1], int(train.labels[pick.bad])), e_kind)

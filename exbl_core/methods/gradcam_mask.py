@@ -13,7 +13,7 @@ from torch import nn
 
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import HeadPass, analytic_cams
-from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.base import Batch, Method, Objective, Pair, TermSettings
 from exbl_core.methods.region import outside_share
 
 
@@ -23,7 +23,7 @@ def gradcam_term(model: nn.Module, batch: Batch, state: HeadPass, training: bool
     return {"expl": share.mean()}
 
 
-def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+def build_objective(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
     return Objective(term=gradcam_term, masks=True)
 
 

@@ -25,13 +25,13 @@ from torch import nn
 from exbl_core import explainers
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import EPS, HeadPass, analytic_cams
-from exbl_core.methods.base import Batch, Pick
+from exbl_core.methods.base import Batch, Pair
 from exbl_core.model import evaluating
 
 THRESHOLD = 0.5  # a map "points" where it reaches half its peak
 
 
-def bad_map(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
+def bad_map(model: nn.Module, train: Split, pick: Pair) -> torch.Tensor:
     """The bad exemplar's faithful map [H,W] in [0, 1] for its true class under ``model``."""
     idx = torch.tensor([pick.bad])
     with evaluating(model):
@@ -39,7 +39,7 @@ def bad_map(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
     return explainers.for_display(maps)[0]
 
 
-def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3, use_masks: bool = True, mirror: bool = True) -> torch.Tensor:
+def avoid_region(model: nn.Module, train: Split, pick: Pair, grow: int = 3, use_masks: bool = True, mirror: bool = True) -> torch.Tensor:
     """Bool [H,W]: where the bad exemplar's occlusion map reaches half its peak, outside its lungs when ``use_masks``.
 
     With ``mirror`` the region is joined with its left-right mirror image: a chest is
@@ -65,7 +65,7 @@ def avoid_region(model: nn.Module, train: Split, pick: Pick, grow: int = 3, use_
     return region
 
 
-def exemplar_region(model: nn.Module, train: Split, pick: Pick) -> torch.Tensor:
+def exemplar_region(model: nn.Module, train: Split, pick: Pair) -> torch.Tensor:
     """Bool [H,W]: the bad exemplar's pixels that the region methods take away from the shortcut.
 
     With lung masks: everything outside both exemplars' own lungs. A bad explanation

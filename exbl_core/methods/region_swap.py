@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from exbl_core.data import Split
-from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.base import Batch, Method, Objective, Pair, TermSettings
 from exbl_core.methods.region import avoid_region, exemplar_region, region_term, soft_edges
 
 RATE = 1.0  # share of the images whose region is replaced: all, so that none keeps its own
@@ -46,11 +46,11 @@ def swap_and_avoid(region: torch.Tensor) -> Objective:
     return Objective(term=region_term(region), batch=swap_objective(soft_edges(region)).batch)
 
 
-def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+def build_objective(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
     return swap_and_avoid(exemplar_region(model, train, pick))
 
 
-def build_objective_from_map(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+def build_objective_from_map(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
     """The region read from the bad exemplar's occlusion map alone, lung masks unused, as on data that has none."""
     return swap_and_avoid(avoid_region(model, train, pick, use_masks=False))
 

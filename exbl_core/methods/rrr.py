@@ -14,7 +14,7 @@ from torch import nn
 
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import HeadPass
-from exbl_core.methods.base import Batch, Method, Objective, Pick, TermSettings
+from exbl_core.methods.base import Batch, Method, Objective, Pair, TermSettings
 from exbl_core.model import evaluating
 
 
@@ -63,7 +63,7 @@ def rrr_objective() -> Objective:
     return Objective(term=term, masks=True)
 
 
-def build_objective(model: nn.Module, train: Split, pick: Pick, cfg: TermSettings) -> Objective:
+def build_objective(model: nn.Module, train: Split, pick: Pair, cfg: TermSettings) -> Objective:
     return rrr_objective()
 
 
