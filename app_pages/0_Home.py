@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from exbl_core import pipeline, runs
+from exbl_core import config, pipeline, runs
 from exbl_core.figures import model_label
 from studio import cache, example, live, pages, progress, state, tasks, views
 
@@ -89,7 +89,7 @@ else:
 st.subheader("Run the whole demo")
 busy = live.other_job_note(run, ALL_JOBS)
 quick = st.toggle("Quick version (tiny data, about a minute)", value=False, disabled=busy)
-preset = pipeline.QUICK if quick else pipeline.DEMO
+preset = config.preset(quick=quick)
 shipped = not quick and st.toggle(
     "Start from the shipped model (off: train it from scratch, minutes)",
     value=True,
@@ -97,7 +97,7 @@ shipped = not quick and st.toggle(
     help="The shipped example in assets/ holds this demo's trained unrefined model and oracle; refinement starts from them.",
 )
 epochs = [] if shipped else [preset.train.epochs]
-epochs += [pipeline.scheduled(preset.refine, {"method": m}).epochs for m in preset.methods]
+epochs += [config.scheduled(preset.refine, {"method": m}).epochs for m in preset.methods]
 st.caption(
     "Generates synthetic chest X-ray phantoms, "
     + ("starts from the shipped unrefined model and oracle, " if shipped else "trains the unrefined model, ")

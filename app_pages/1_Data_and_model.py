@@ -8,22 +8,22 @@ from pathlib import Path
 
 import streamlit as st
 
-from exbl_core import pipeline, runs, weights
+from exbl_core import config, pipeline, runs, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.synthetic import SyntheticConfig
 from studio import cache, gallery, live, pages, state, tasks, views
 
 SYNTHETIC, FOLDER = "Synthetic phantoms (built in, no download)", "A data set folder"
-PRESETS = {"Demo (about 8 minutes of training on 2 CPU cores)": pipeline.DEMO, "Quick (tiny, under a minute)": pipeline.QUICK}
+PRESETS = {"Demo (about 8 minutes of training on 2 CPU cores)": config.DEMO, "Quick (tiny, under a minute)": config.QUICK}
 SIZES = (64, 96, 128, 160, 224, 299)
 STARTS = {"Random weights": weights.RANDOM, "ImageNet weights (as in the paper)": weights.IMAGENET, "A weights file": weights.FILE}
 # A data set folder trains as the command line trains it: with the paper's settings.
-PAPER = replace(pipeline.DEMO, train=pipeline.PAPER_TRAIN, refine=pipeline.PAPER_REFINE)
+PAPER = config.preset(real_data=True)
 
 pages.setup("Data and model")
 
 
-def synthetic_settings() -> tuple[SyntheticConfig, pipeline.Preset]:
+def synthetic_settings() -> tuple[SyntheticConfig, config.Preset]:
     """The phantom's few settings a user may want to change; the rest keep the preset's values."""
     name = st.radio("Preset", list(PRESETS), horizontal=True)
     preset = PRESETS[name]
@@ -43,7 +43,7 @@ def synthetic_settings() -> tuple[SyntheticConfig, pipeline.Preset]:
     return replace(preset.data, n_train=int(n_train), size=int(size), confounder_strength=float(strength), seed=int(seed)), preset
 
 
-def folder_settings() -> pipeline.FolderSpec:
+def folder_settings() -> config.FolderSpec:
     st.caption(
         "The COVID-19 Radiography Database layout: one folder per class (COVID, Lung_Opacity, Normal, Viral Pneumonia), "
         "each with images/ and masks/ holding files of the same names."
@@ -62,7 +62,7 @@ def folder_settings() -> pipeline.FolderSpec:
         f"up to {t.epochs} epochs for the unrefined model and up to {r.epochs} for refinement, early stopping with patience "
         f"{t.patience}. Expect hours on a CPU."
     )
-    return pipeline.FolderSpec(path.strip(), int(size), int(train), int(val), int(test), int(seed), skip_bad)
+    return config.FolderSpec(path.strip(), int(size), int(train), int(val), int(test), int(seed), skip_bad)
 
 
 def start_setting(real_data: bool) -> str:
@@ -95,7 +95,7 @@ def new_run_form() -> None:
     st.session_state.setdefault("run_name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
     name = c2.text_input("Run name (a folder under runs/)", key="run_name")
     if st.button("Create the run", type="primary", icon=":material/add:"):
-        if isinstance(spec, pipeline.FolderSpec) and not spec.path:
+        if isinstance(spec, config.FolderSpec) and not spec.path:
             st.error("Type the data set folder's path first.")
             return
         if not start:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from exbl_core import pipeline
@@ -25,11 +27,11 @@ scores = cache.scores(run, "unrefined", "train")
 images = train.float_images()[:, 0].numpy()
 st.caption("Every method starts from the unrefined model and uses this pair; the lung-mask methods use every image's mask too.")
 cols = st.columns(2)
-for col, role, color in zip(cols, state.ROLES, (views.GOOD_RGB, views.BAD_RGB), strict=True):
-    i, shown = pair[role], state.marked_on(run, role)  # the map it was judged on
+for col, side, color in zip(cols, state.SIDES, (views.GOOD_RGB, views.BAD_RGB), strict=True):
+    i, shown = pair[side], state.marked_on(run, side)  # the map it was judged on
     col.image(
         views.pair_tile(images[i], cache.maps(run, "unrefined", "train", shown, [i])[0], color),
-        caption=f"{role.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, "
+        caption=f"{side.capitalize()}: #{i} {CLASSES[int(train.labels[i])]}, "
         + views.nowrap(f"AP {scores['ap'][i]:.2f}")
         + f", marked on its {EXPLAINER_LABELS[shown]} map",
         width="stretch",
@@ -54,7 +56,7 @@ with st.container(border=True):
     )
     cfg = pipeline.refine_settings(run, {"method": method})  # the method's own schedule shows as the default
     st.caption(f"{METHODS[method].summary[0].upper()}{METHODS[method].summary[1:]}. Source: {METHODS[method].source}.")
-    shown_lambda = cfg.weight if saved.method == method else METHODS[method].default_lambda
+    shown_lambda = (cfg if saved.method == method else replace(cfg, lambda_expl=None)).weight  # the method's own unless chosen for it
     c1, c2, c3, c4 = st.columns(4)
     epochs = c1.number_input("Epochs", 1, 200, cfg.epochs, disabled=locked)
     lambda_expl = c2.number_input(

@@ -75,7 +75,7 @@ def refine_once(out: Path, method: str) -> None:
     import os
     import shutil
 
-    from exbl_core import assets, pipeline, runs, weights
+    from exbl_core import assets, config, pipeline, runs, weights
     from exbl_core.training import choose_device
 
     if out.exists():
@@ -83,7 +83,7 @@ def refine_once(out: Path, method: str) -> None:
         shutil.rmtree(out)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     marks = [("start", time.perf_counter())]
-    demo = pipeline.DEMO
+    demo = config.DEMO
     run = pipeline.new_run(out, demo.data, demo.train, demo.refine, weights.RANDOM)
     device = choose_device()
     with runs.locked(run.path):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import faithfulness, pipeline, runs, weights
+from exbl_core import config, faithfulness, pipeline, runs, weights
 from exbl_core.data import CLASSES
 from exbl_core.load_failure import describe_load_failure
 from exbl_core.model import ARCH, build_model
@@ -54,7 +54,7 @@ def _fix(path: Path, problem: str) -> AssetError:
 
 def shipped_settings() -> dict:
     """The sections of config.json the shipped models depend on: the default demo's data, training and start weights."""
-    return settings_doc(pipeline.DEMO.data, pipeline.DEMO.train, weights.StartWeights(weights.RANDOM))
+    return settings_doc(config.DEMO.data, config.DEMO.train, weights.StartWeights(weights.RANDOM))
 
 
 def settings_doc(data: SyntheticConfig, train: TrainConfig, start: weights.StartWeights) -> dict:
@@ -62,9 +62,9 @@ def settings_doc(data: SyntheticConfig, train: TrainConfig, start: weights.Start
     return {"data": {"source": "synthetic", **data.to_dict()}, "train": train.to_dict(), "model": start.to_dict()}
 
 
-def matches(config: dict) -> bool:
+def matches(run_config: dict) -> bool:
     """Would a run with this config.json train the shipped models? Data, training settings and start weights all equal."""
-    return {key: config.get(key) for key in ("data", "train", "model")} == shipped_settings()
+    return {key: run_config.get(key) for key in ("data", "train", "model")} == shipped_settings()
 
 
 def sha256(path: Path) -> str:
@@ -246,10 +246,10 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
     settings = shipped_settings()
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
-        run = pipeline.new_run(Path(tmp) / "run", pipeline.DEMO.data, pipeline.DEMO.train, pipeline.DEMO.refine, weights.RANDOM)
+        run = pipeline.new_run(Path(tmp) / "run", config.DEMO.data, config.DEMO.train, config.DEMO.refine, weights.RANDOM)
         data = pipeline.load_data(run, ("train", "val"))
         for role in ROLES:
-            say(f"Training the {role} model (up to {pipeline.DEMO.train.epochs} epochs)")
+            say(f"Training the {role} model (up to {config.DEMO.train.epochs} epochs)")
             pipeline.train_step(run, data, device, on_event, role=role)
         blobs = {role: _payload(run, role) for role in ROLES}
     files, figures = {}, {}
@@ -257,7 +257,7 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
         name = pipeline.model_file(role)
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         with torch.inference_mode():
-            figures[role] = measure(_fp32_model(payload, directory / name), pipeline.DEMO.data)
+            figures[role] = measure(_fp32_model(payload, directory / name), config.DEMO.data)
         files[role] = {
             "file": name,
             "sha256": hashlib.sha256(blob).hexdigest(),

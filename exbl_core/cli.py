@@ -5,30 +5,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from exbl_core import assets, explainers, faithfulness, gallery, masks, pipeline, real_sample, runs, segmenter, study, weights
+from exbl_core import assets, config, explainers, faithfulness, gallery, masks, pipeline, real_sample, runs, segmenter, study, weights
 from exbl_core.data import CLASSES, DataError, load_gallery
 from exbl_core.events import Event
 from exbl_core.explainers import occlusion
 from exbl_core.figures import cam_grid, figure_png, model_label, table1_markdown
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS
-from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import Interrupted, TrainConfig, TrainingError, choose_device
 
 DEFAULT_OUT = Path("runs") / "demo"
-DEFAULT_METHOD = "exbl"  # refine's method when none is given: the paper's, never config.json's last choice
 
 
 class ProgressPrinter:
@@ -73,11 +70,11 @@ def _say(msg: str) -> None:
 
 def _print_pick(pick: dict) -> None:
     _say(f"Exemplars ({pick['rule']}):")
-    for role in ("good", "bad"):
-        p = pick[role]
-        share = pick.get("found", {}).get(f"{role}_lung_share")
+    for side in ("good", "bad"):
+        p = pick[side]
+        share = pick.get("found", {}).get(f"{side}_lung_share")
         seen = "" if share is None else f"; {share:.2f} of its occlusion map on the lungs"
-        _say(f"  {role:>4}: training image {p['index']} ({p['class']}, predicted {p['predicted']}), GradCAM AP {p['ap']:.3f}{seen}")
+        _say(f"  {side:>4}: training image {p['index']} ({p['class']}, predicted {p['predicted']}), GradCAM AP {p['ap']:.3f}{seen}")
 
 
 def _print_results(run: runs.Run, metrics: dict) -> None:
@@ -97,46 +94,21 @@ def _refine_overrides(args: argparse.Namespace) -> dict:
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
-def _finite(lowest: float, inclusive: bool) -> Callable[[float], bool]:
-    return lambda v: math.isfinite(v) and (v >= lowest if inclusive else v > lowest)
-
-
-# Every option's rule, checked before anything is read or written; a new option adds a line.
-OPTION_RULES: dict[str, tuple[Callable, str]] = {
-    "size": (lambda v: pipeline.SIZE_RANGE[0] <= v <= pipeline.SIZE_RANGE[1], "must be {} to {} pixels".format(*pipeline.SIZE_RANGE)),
-    "seed": (lambda v: pipeline.SEED_RANGE[0] <= v <= pipeline.SEED_RANGE[1], "must be {} to {}".format(*pipeline.SEED_RANGE)),
-    "per_class": (lambda v: min(v) >= 1, "needs at least 1 image per class in each of train, val and test"),
-    "epochs": (lambda v: v >= 1, "must be at least 1"),
-    "patience": (lambda v: v >= 1, "must be at least 1"),
-    "lr": (_finite(0.0, inclusive=False), "must be a finite number above 0"),
-    "lambda_expl": (_finite(0.0, inclusive=True), "must be a finite number, 0 or more"),
-    "margin": (_finite(0.0, inclusive=True), "must be a finite number, 0 or more"),
-    "good": (lambda v: v >= 0, "must be a training-image index, 0 or more"),
-    "bad": (lambda v: v >= 0, "must be a training-image index, 0 or more"),
-    "rows": (lambda v: min(v) >= 0, "must be test-image indices, 0 or more"),
-}
-
-
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse an option outside its rule with one line naming it, before anything happens."""
-    for name, (ok, rule) in OPTION_RULES.items():
+    """Refuse an option outside its setting's rule (``config.refused``) with one line naming it, before anything happens."""
+    for name in config.RULES:
         value = getattr(args, name, None)
-        if value is not None and not ok(value):
+        rule = None if value is None else config.refused(name, value)
+        if rule is not None:
             shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else value
             raise ValueError(f"--{name.replace('_', '-')} {shown}: {rule}")
 
 
-def _presets(args: argparse.Namespace) -> pipeline.Preset:
-    preset = pipeline.QUICK if getattr(args, "quick", False) else pipeline.DEMO
-    if args.data and not getattr(args, "quick", False):
-        preset = replace(preset, train=pipeline.PAPER_TRAIN, refine=pipeline.PAPER_REFINE)
-    return preset
+def _presets(args: argparse.Namespace) -> config.Preset:
+    return config.preset(quick=getattr(args, "quick", False), real_data=args.data is not None)
 
 
-DataSpec = SyntheticConfig | pipeline.FolderSpec
-
-
-def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[DataSpec, TrainConfig, TrainConfig]:
+def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[config.DataSpec, TrainConfig, TrainConfig]:
     """Data, training and refinement settings: the run's (the presets' for a new run or with
     --quick), with every option given on the command line applied on top: a given option wins."""
     preset = _presets(args)
@@ -146,12 +118,12 @@ def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[DataSpec,
         data, train, refine = pipeline.data_config(run), pipeline.train_config(run, "train"), pipeline.train_config(run, "refine")
     if args.data is not None:
         path = str(args.data.expanduser().resolve())
-        data = replace(data, path=path) if isinstance(data, pipeline.FolderSpec) else pipeline.FolderSpec(path)
-    if args.skip_bad and not isinstance(data, pipeline.FolderSpec):
+        data = replace(data, path=path) if isinstance(data, config.FolderSpec) else config.FolderSpec(path)
+    if args.skip_bad and not isinstance(data, config.FolderSpec):
         raise ValueError("--skip-bad applies to a data set folder: give --data too")
     given = {"size": args.size, "seed": args.seed, "skip_bad": args.skip_bad or None}
     if args.per_class is not None:
-        names = ("train", "val", "test") if isinstance(data, pipeline.FolderSpec) else ("n_train", "n_val", "n_test")
+        names = ("train", "val", "test") if isinstance(data, config.FolderSpec) else ("n_train", "n_val", "n_test")
         given.update(zip(names, args.per_class, strict=True))
     data = replace(data, **{k: v for k, v in given.items() if v is not None})
     if getattr(args, "epochs", None) is not None:
@@ -312,25 +284,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _run_step("train", args, run, data, device)
 
 
-# What a step needs, and the step that makes it: checked before any data is loaded.
-NEEDS = {
-    "pick": (runs.UNREFINED, "train"),
-    "refine": (runs.EXEMPLARS, "pick"),
-    "evaluate": (runs.UNREFINED, "train"),
-    "figure": (runs.UNREFINED, "train"),
-}
-
-
 def cmd_step(args: argparse.Namespace) -> int:
     check_options(args)
     runs.open_run(args.run)  # before the lock, whose file may only ever go into a run folder
     device = choose_device()
     with runs.locked(args.run):
         run = pipeline.check_config(runs.open_run(args.run))
-        if args.command in NEEDS:
-            name, maker = NEEDS[args.command]
-            if not run.has(name):
-                raise runs.RunError(f"{run.path}: nothing to {args.command} yet ({name} is missing); run {maker} first")
+        pipeline.check_ready(run, args.command)
         if args.command == "figure" and not run.refined():
             raise runs.RunError(f"{run.path}: nothing to figure yet (no refined model); run refine first")
         if args.command == "refine":
@@ -343,7 +303,7 @@ def cmd_step(args: argparse.Namespace) -> int:
 def _check_same_start(run: runs.Run, choice: str) -> None:
     """Refuse ``--weights`` that differ from what an existing run was created with: a run records one start."""
     recorded = pipeline.start_weights(run)
-    wanted = weights.resolve(choice, real_data=isinstance(pipeline.data_config(run), pipeline.FolderSpec))
+    wanted = weights.resolve(choice, real_data=isinstance(pipeline.data_config(run), config.FolderSpec))
     if recorded is not None and recorded != wanted:
         raise ValueError(
             f"{run.path} was created to start from {weights.describe(recorded)}; "
@@ -520,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--method",
             choices=list(METHODS),
-            default=DEFAULT_METHOD,
-            help=f"refinement method (default {DEFAULT_METHOD}, the paper's, whatever the run refined with last): "
+            default=config.DEFAULT_METHOD,
+            help=f"refinement method (default {config.DEFAULT_METHOD}, the paper's, whatever the run refined with last): "
             + "; ".join(f"{m.name} [{m.feedback}]: {m.summary}" for m in METHODS.values()),
         )
         p.add_argument("--epochs", type=int, help="maximum refinement epochs")

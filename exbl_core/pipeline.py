@@ -13,20 +13,18 @@ import json
 import logging
 import threading
 import time
-import types
-import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from exbl_core import explainers, faithfulness, runs, weights
+from exbl_core import config, explainers, faithfulness, runs, weights
 from exbl_core import metrics as metrics_module
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.events import END_TYPES, Event, EventCallback
 from exbl_core.explainers.gradcam import predict_with_cams
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, model_label, table1_csv, table1_markdown, table1_rows
-from exbl_core.methods import Pick, check_feedback, get_method
+from exbl_core.methods import Pair, check_feedback, get_method
 from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
@@ -46,68 +44,24 @@ FAITHFUL_PICK_RULE = (
 )
 
 
-@dataclass(frozen=True)
-class FolderSpec:
-    """A data set folder in the COVID-19 Radiography Database layout, and how to split it."""
-
-    path: str
-    size: int = 224
-    train: int = 800  # per class
-    val: int = 300
-    test: int = 200
-    seed: int = 0
-    skip_bad: bool = False
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Data and training settings that belong together, and what the demo runs with them."""
-
-    data: SyntheticConfig
-    train: TrainConfig
-    refine: TrainConfig
-    methods: tuple[str, ...] = ("exbl",)  # the demo refines with each
-    oracle: bool = False  # the demo trains the oracle, so that its verdicts are complete
-
-
-# The demo is tuned to show a learned shortcut within minutes on 2 CPU cores: from
-# random weights the paper's learning rate of 1e-4 is too slow, so the unrefined model
-# trains at 1e-3. Refinement keeps the paper's settings, which a method with its own schedule scales.
-DEMO = Preset(SyntheticConfig(viral_strength=2.0), TrainConfig(epochs=14, lr=1e-3), TrainConfig(epochs=3), ("exbl", "region-swap"))
-QUICK = Preset(
-    SyntheticConfig(size=96, n_train=40, n_val=20, n_test=25, viral_strength=2.0),
-    TrainConfig(epochs=3, lr=1e-3),
-    TrainConfig(epochs=1),
-    ("exbl", "region-swap"),
-)
-PAPER_TRAIN, PAPER_REFINE = TrainConfig(epochs=60), TrainConfig(epochs=100)
-
-
 # --------------------------------------------------------------------------- data
 
+# What a step needs in the run folder, and the step that makes it: each step checks it first,
+# and the command line before it loads any data.
+NEEDS = {
+    "pick": (runs.UNREFINED, "train"),
+    "refine": (runs.EXEMPLARS, "pick"),
+    "evaluate": (runs.UNREFINED, "train"),
+    "figure": (runs.UNREFINED, "train"),
+}
 
-# Limits that every way into a run (CLI, app, config.json) is checked against, before
-# anything is written. Below 16 px nothing of a radiograph is left to learn from.
-SIZE_RANGE = (16, 1024)
-SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds
-MAX_DATA_BYTES = 8 * 2**30  # images and masks of every split, held in memory
 
-
-def check_data(spec: SyntheticConfig | FolderSpec) -> None:
-    """Refuse data settings that would crash, or quietly fill the memory, later on."""
-    counts = (spec.n_train, spec.n_val, spec.n_test) if isinstance(spec, SyntheticConfig) else (spec.train, spec.val, spec.test)
-    problems = []
-    if not SIZE_RANGE[0] <= spec.size <= SIZE_RANGE[1]:
-        problems.append(f"image size {spec.size} is outside {SIZE_RANGE[0]} to {SIZE_RANGE[1]} pixels")
-    if not SEED_RANGE[0] <= spec.seed <= SEED_RANGE[1]:
-        problems.append(f"seed {spec.seed} is outside {SEED_RANGE[0]} to {SEED_RANGE[1]}")
-    if min(counts) < 1:
-        problems.append(f"images per class {' '.join(map(str, counts))} (train, val, test) must each be at least 1")
-    images = 4 * (sum(counts) + (spec.n_test if isinstance(spec, SyntheticConfig) else 0))  # synthetic has two test splits
-    if not problems and images * spec.size**2 * 2 > MAX_DATA_BYTES:
-        problems.append(f"{images} images at {spec.size} px would take {images * spec.size**2 * 2 / 2**30:.0f} GiB of memory")
-    if problems:
-        raise ValueError("invalid data setting(s): " + "; ".join(problems))
+def check_ready(run: runs.Run, step: str) -> None:
+    """Refuse ``step`` on a run that lacks what it needs (``NEEDS``), naming the step to run first."""
+    if step in NEEDS:
+        name, maker = NEEDS[step]
+        if not run.has(name):
+            raise runs.RunError(f"{run.path}: nothing to {step} yet ({name} is missing); run {maker} first")
 
 
 @dataclass
@@ -120,7 +74,7 @@ class PreparedRun:
 
 
 def prepare_run(
-    data: SyntheticConfig | FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
+    data: SyntheticConfig | config.FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
 ) -> PreparedRun:
     """Check every setting and read a data set folder in full, writing nothing.
 
@@ -131,9 +85,9 @@ def prepare_run(
     (``None``: ImageNet for real data when cached, else random; see ``weights.resolve``);
     config.json records the choice with the file's SHA-256 and the frozen blocks.
     """
-    check_data(data)
-    model_start = weights.resolve(start, real_data=isinstance(data, FolderSpec))
-    if isinstance(data, FolderSpec):
+    config.check_data(data)
+    model_start = weights.resolve(start, real_data=isinstance(data, config.FolderSpec))
+    if isinstance(data, config.FolderSpec):
         data = replace(data, path=str(Path(data.path).expanduser().resolve()))  # valid from any working folder
         pairs, skipped = scan_dataset(data.path, skip_bad=data.skip_bad)
         split = make_split(pairs, SplitSizes(data.train, data.val, data.test), data.seed)
@@ -148,14 +102,14 @@ def prepare_run(
         loaded = None
         split_doc = {"source": "synthetic", **{s: _synthetic_summary(data, s) for s in SPLITS}}
         data_cfg = {"source": "synthetic", **data.to_dict()}
-    config = {
+    doc = {
         "data": data_cfg,
         "train": train.to_dict(),
         "refine": refine.to_dict(),
         "model": model_start.to_dict(),
         "cam_class": {"display": "predicted", "loss": "true label"},
     }
-    return PreparedRun(config, split_doc, loaded)
+    return PreparedRun(doc, split_doc, loaded)
 
 
 def write_run(out: str | Path, prepared: PreparedRun) -> runs.Run:
@@ -166,7 +120,7 @@ def write_run(out: str | Path, prepared: PreparedRun) -> runs.Run:
 
 
 def new_run(
-    out: str | Path, data: SyntheticConfig | FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
+    out: str | Path, data: SyntheticConfig | config.FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
 ) -> runs.Run:
     """Create a run folder with config.json and split.json, in a new or empty folder only."""
     runs.check_target(out)
@@ -180,53 +134,22 @@ def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
     return {"labels": labels.tolist(), "child": child.tolist()}
 
 
-def data_config(run: runs.Run) -> SyntheticConfig | FolderSpec:
+def data_config(run: runs.Run) -> SyntheticConfig | config.FolderSpec:
     """The run's data settings, checked: a hand-edited config.json gets an error naming it."""
     try:
         cfg = dict(run.config()["data"])
-        kinds = {"synthetic": SyntheticConfig, "folder": FolderSpec}
+        kinds = {"synthetic": SyntheticConfig, "folder": config.FolderSpec}
         source = cfg.pop("source", None)
         if source not in kinds:
             raise ValueError(f"source {source!r} is neither 'synthetic' nor 'folder'")
-        check_types(kinds[source], cfg)
+        config.check_types(kinds[source], cfg)
         spec = kinds[source](**cfg)
-        check_data(spec)
+        config.check_data(spec)
     except runs.RunError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise runs.RunError(f"{run.file(runs.CONFIG)}: its 'data' settings are not valid ({_reason(exc)})") from exc
     return spec
-
-
-def _fits(value: object, hint: object) -> bool:
-    """Does a JSON value have the setting's type? bool is no int here (``"epochs": true`` is no
-    epoch count), an int is a fine float, and a float is no int (``"size": 96.5`` is no size)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        if option is type(None) and value is None:
-            return True
-        if option is bool and isinstance(value, bool):
-            return True
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return True
-        if option is str and isinstance(value, str):
-            return True
-    return False
-
-
-def check_types(cls: type, values: dict) -> None:
-    """Refuse a config.json value of the wrong JSON type for ``cls``'s field, naming it (TypeError).
-
-    The dataclasses check ranges, not types: ``True >= 1`` and ``16 <= 96.5`` both pass.
-    Unknown keys are left to the dataclass, which refuses them.
-    """
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if key in hints and not _fits(value, hints[key]):
-            wanted = " or ".join(getattr(t, "__name__", str(t)) for t in typing.get_args(hints[key]) or (hints[key],))
-            raise TypeError(f"{key} is {json.dumps(value)}, which is not of type {wanted.replace('NoneType', 'null')}")
 
 
 def _reason(exc: Exception) -> str:
@@ -235,7 +158,7 @@ def _reason(exc: Exception) -> str:
 
 def check_config(run: runs.Run) -> runs.Run:
     """Refuse a config.json of the wrong shape now, with one line naming it, instead of deep in a step."""
-    if isinstance(data_config(run), FolderSpec):
+    if isinstance(data_config(run), config.FolderSpec):
         for split in ("train", "val", "test"):
             split_entries(run, split)
     for phase in ("train", "refine"):
@@ -286,7 +209,7 @@ def train_config(run: runs.Run, phase: str) -> TrainConfig:
         settings = run.config()[phase]
         if not isinstance(settings, dict):
             raise TypeError(f"expected an object, found {type(settings).__name__}")
-        check_types(TrainConfig, settings)
+        config.check_types(TrainConfig, settings)
         return TrainConfig(**settings)
     except (KeyError, TypeError, ValueError) as exc:
         raise runs.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
@@ -335,8 +258,8 @@ def data_fingerprint(data: dict) -> str:
 def run_identity(run: runs.Run) -> dict:
     """What every checkpoint records of the run it was trained in: its id (None for a run made
     before runs had one) and its data settings' fingerprint."""
-    config = run.config()
-    return {"run_id": config.get("run_id"), "data_sha256": data_fingerprint(config.get("data", {}))}
+    recorded = run.config()
+    return {"run_id": recorded.get("run_id"), "data_sha256": data_fingerprint(recorded.get("data", {}))}
 
 
 IDENTITY_FIELDS = ("role", "run_id", "data_sha256")
@@ -349,15 +272,15 @@ def check_identity(run: runs.Run, which: str, meta: dict) -> None:
     cannot be checked; each field that is there is checked.
     """
     path = run.file(model_file(which))
-    config = run.config()
+    recorded = run.config()
     problems = []
     if "role" in meta and meta["role"] != which:
         problems.append(f"it holds the {meta['role']} model, not the {which} model")
-    if "run_id" in meta and meta["run_id"] != config.get("run_id"):
-        problems.append(f"it was trained in another run (id {meta['run_id']}, this run's is {config.get('run_id')})")
-    if "data_sha256" in meta and meta["data_sha256"] != data_fingerprint(config.get("data", {})):
+    if "run_id" in meta and meta["run_id"] != recorded.get("run_id"):
+        problems.append(f"it was trained in another run (id {meta['run_id']}, this run's is {recorded.get('run_id')})")
+    if "data_sha256" in meta and meta["data_sha256"] != data_fingerprint(recorded.get("data", {})):
         problems.append("it was trained on other data settings than this run's config.json")
-    size = config.get("data", {}).get("size")
+    size = recorded.get("data", {}).get("size")
     if "image_size" in meta and meta["image_size"] != size:
         problems.append(f"it is for {meta['image_size']} px images, this run's are {size} px")
     if problems:
@@ -542,7 +465,7 @@ def train_step(
         raise ValueError(f"unknown role {role!r}; choose unrefined or oracle")
     cfg = train_config(run, "train")
     fit_data = oracle_data(run) if role == "oracle" else data
-    start = start_weights(run) or weights.resolve(None, real_data=isinstance(data_config(run), FolderSpec))
+    start = start_weights(run) or weights.resolve(None, real_data=isinstance(data_config(run), config.FolderSpec))
     backbone = weights.load_recorded(start)
     torch.manual_seed(cfg.seed)
     model = build_model(num_classes=len(CLASSES), backbone=backbone, freeze=False)
@@ -607,6 +530,7 @@ def pick_step(
     put their mass (``faithfulness.faithful_pick``), which is what a user looking at
     the faithful map would click when GradCAM hides the shortcut.
     """
+    check_ready(run, "pick")
     train = data["train"]
     if (good is None) != (bad is None):
         raise ValueError("give both --good and --bad, or neither for the automatic pick")
@@ -652,21 +576,7 @@ def refine_settings(run: runs.Run, overrides: dict | None = None) -> TrainConfig
     the model; a method that changes the data has more to unlearn and says so in
     ``Method.schedule``, as factors on these settings. A command-line or page setting wins.
     """
-    return scheduled(train_config(run, "refine"), overrides)
-
-
-def scheduled(base: TrainConfig, overrides: dict | None = None) -> TrainConfig:
-    """``base`` refinement settings with the chosen method's schedule, then ``overrides``, applied (see ``refine_settings``)."""
-    overrides = overrides or {}
-    try:
-        chosen = replace(base, **overrides)
-    except TypeError as exc:
-        raise ValueError(f"unknown refinement setting ({exc})") from exc
-    factors = {k: f for k, f in get_method(chosen.method).schedule.items() if k not in overrides}
-    scaled = {k: getattr(chosen, k) * f for k, f in factors.items()}
-    if "epochs" in scaled:
-        scaled["epochs"] = max(1, round(scaled["epochs"]))
-    return replace(chosen, **scaled)
+    return config.scheduled(train_config(run, "refine"), overrides)
 
 
 def pair_record(pick: dict) -> dict:
@@ -698,8 +608,7 @@ def refine_step(
     and the checkpoint record them. config.json takes them only when the attempt finishes
     (done or early stop), so a failed or interrupted attempt leaves it as it was and a plain retry uses the settings that worked.
     """
-    if not run.has(runs.EXEMPLARS):
-        raise runs.RunError(f"{run.path}: pick a good and a bad explanation first ({runs.EXEMPLARS} is missing)")
+    check_ready(run, "refine")
     cfg = refine_settings(run, overrides)
     method = get_method(cfg.method)
     train = data["train"]
@@ -708,15 +617,15 @@ def refine_step(
     good, bad = pick["good"]["index"], pick["bad"]["index"]
     validate_pick(good, bad, len(train))
     model = load_model(run, "unrefined", device)
-    objective = method.build_objective(model, train, Pick(good, bad), cfg)
+    objective = method.build_objective(model, train, Pair(good, bad), cfg)
     torch.manual_seed(cfg.seed)
     meta = {"pair": pair_record(pick)}
     result = _fit_step(run, "refine", method.name, cfg, model, data, objective, on_event, cancel, device, meta, method=method.name)
     chosen = replace(train_config(run, "refine"), **(overrides or {}))  # the user's choice, without the method's schedule
     if result.status == "done" and chosen != train_config(run, "refine"):
-        config = run.config()
-        config["refine"] = chosen.to_dict()
-        runs.write_json(run.file(runs.CONFIG), config)
+        doc = run.config()
+        doc["refine"] = chosen.to_dict()
+        runs.write_json(run.file(runs.CONFIG), doc)
     return result
 
 
@@ -757,8 +666,7 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
     A model measured before, unchanged since (``evaluation_key``), keeps its entry: after a
     refinement only the new model is measured, not the unrefined model and the oracle again.
     """
-    if not run.has(runs.UNREFINED):
-        raise runs.RunError(f"{run.path}: no model to evaluate yet ({runs.UNREFINED} is missing); run train first")
+    check_ready(run, "evaluate")
     tau = train_config(run, "refine").tau
     splits = [s for s in EVAL_SPLITS if s in data]
     explained = [s for s in splits if s in faithfulness.SPLITS]
@@ -811,6 +719,7 @@ def default_figure_rows(split: Split, unrefined_ap: torch.Tensor, n: int = 4) ->
 
 def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, rows: list[int] | None = None) -> list[dict]:
     """figure3.png (Viral Pneumonia test images, unrefined and every refined model) and Table 1 as CSV and Markdown."""
+    check_ready(run, "figure")
     test = data["test"]
     outside = [r for r in rows or [] if not 0 <= r < len(test)]
     if outside:
@@ -847,7 +756,7 @@ def figure_row_labels(split: Split, rows: list[int], preds: dict[str, torch.Tens
 
 def table1(run: runs.Run, metrics: dict) -> list[dict]:
     """Table 1's rows for this run, with the paper's values beside a real-data run."""
-    return table1_rows(metrics, paper=isinstance(data_config(run), FolderSpec))
+    return table1_rows(metrics, paper=isinstance(data_config(run), config.FolderSpec))
 
 
 def table1_csv_text(run: runs.Run, rows: list[dict]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import config, pipeline, runs
 from exbl_core.data import Split
 from exbl_core.figures import lookup
 from exbl_core.methods import METHODS, get_method
@@ -70,7 +70,7 @@ def check_request(out: Path, seeds: list[int], methods: list[str]) -> None:
             raise StudyError(f"{out / STUDY_JSON}: not a study file; choose another --out")
 
 
-def study_settings(preset_name: str, preset: pipeline.Preset, methods: list[str], pick_from: str = "gradcam") -> dict:
+def study_settings(preset_name: str, preset: config.Preset, methods: list[str], pick_from: str = "gradcam") -> dict:
     """What makes two runs of a study comparable: the preset, its data, training and refinement
     settings (each seed's run replaces only their ``seed``), the methods, and the maps the
     automatic pick reads (``pick_from``)."""
@@ -144,7 +144,7 @@ def seed_run(
     out: Path,
     seed: int,
     methods: list[str],
-    preset: pipeline.Preset,
+    preset: config.Preset,
     device: torch.device,
     progress: Progress,
     pick_from: str = "gradcam",
@@ -297,7 +297,7 @@ def run_study(
     out: str | Path,
     seeds: list[int],
     methods: list[str],
-    preset: pipeline.Preset,
+    preset: config.Preset,
     device: torch.device,
     progress: Progress = lambda _msg: None,
     on_seed: Callable[[int], None] = lambda _seed: None,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import pipeline
+from exbl_core import config
 from exbl_core.data import VIRAL_PNEUMONIA
 from exbl_core.explainers.gradcam import predict_with_cams
 from exbl_core.metrics import evaluate_predictions
@@ -63,7 +63,7 @@ def main() -> None:
 
     started = time.perf_counter()
     data_cfg = replace(
-        pipeline.DEMO.data,
+        config.DEMO.data,
         viral_strength=args.viral,
         confounder_contrast=args.contrast,
         confounder_sides=args.sides,
@@ -72,7 +72,7 @@ def main() -> None:
         seed=args.seed,
     )
     train_cfg = replace(
-        pipeline.DEMO.train,
+        config.DEMO.train,
         epochs=args.epochs,
         lr=args.lr,
         shift=args.shift,

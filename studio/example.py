@@ -15,7 +15,7 @@ import time
 
 import streamlit as st
 
-from exbl_core import assets, pipeline, runs, weights
+from exbl_core import assets, config, pipeline, runs, weights
 from studio import cache, state
 
 OPEN_LABEL = "Open the shipped example"
@@ -47,7 +47,7 @@ def open_example() -> runs.Run:
     creates no run; an ``AssetError`` says which file and what to run.
     """
     manifest = assets.verify()
-    demo = pipeline.DEMO
+    demo = config.DEMO
     path = cache.runs_dir() / f"example-{time.strftime('%Y%m%d-%H%M%S')}"
     run = pipeline.new_run(path, demo.data, demo.train, demo.refine, weights.RANDOM)
     with runs.locked(run.path):

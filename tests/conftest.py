@@ -257,11 +257,11 @@ def example_preset():
     """A tiny stand-in for the default demo's preset, so that a shipped example builds in seconds."""
     from dataclasses import replace
 
-    from exbl_core import pipeline
+    from exbl_core import config
     from exbl_core.training import TrainConfig
 
     return replace(
-        pipeline.DEMO,
+        config.DEMO,
         data=SyntheticConfig(size=32, n_train=2, n_val=2, n_test=3, viral_strength=2.0),
         train=TrainConfig(epochs=1, lr=1e-3, batch_size=8),
         refine=TrainConfig(epochs=1, batch_size=8),
@@ -272,11 +272,11 @@ def example_preset():
 @pytest.fixture(scope="session")
 def tiny_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shipped example built once by ``assets build`` with ``example_preset`` as the demo's preset; tests use copies."""
-    from exbl_core import cli, pipeline
+    from exbl_core import cli, config
 
     folder = tmp_path_factory.mktemp("assets") / "example"
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        mp.setattr(pipeline, "DEMO", example_preset())
+        mp.setattr(config, "DEMO", example_preset())
         assert cli.main(["assets", "build", "--dir", str(folder)]) == 0
     return folder
 
@@ -284,9 +284,9 @@ def tiny_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def shipped_example(tiny_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of ``tiny_example`` that the code uses as ``assets/``, with ``example_preset`` as the demo's preset."""
-    from exbl_core import assets, pipeline
+    from exbl_core import assets, config
 
-    monkeypatch.setattr(pipeline, "DEMO", example_preset())
+    monkeypatch.setattr(config, "DEMO", example_preset())
     copy = Path(shutil.copytree(tiny_example, tmp_path / "assets"))
     monkeypatch.setattr(assets, "ASSETS_DIR", copy)
     return copy

@@ -17,7 +17,7 @@ import torch
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
-from exbl_core import pipeline, runs
+from exbl_core import config, pipeline, runs
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
@@ -200,8 +200,8 @@ def test_a_run_name_that_is_not_a_plain_folder_name_is_refused(runs_dir: Path, n
     assert not runs.list_runs(runs_dir) and not (runs_dir.parent / "outside").exists()
 
 
-def mark(at: AppTest, role: str, index: int) -> AppTest:
-    return at.button(key=f"{role}-{index}").click().run()
+def mark(at: AppTest, side: str, index: int) -> AppTest:
+    return at.button(key=f"{side}-{index}").click().run()
 
 
 def test_marking_good_and_bad_shows_the_pair_and_links_to_refine(runs_dir: Path, finished_run: Path) -> None:
@@ -502,7 +502,7 @@ def test_a_data_set_folder_trains_with_the_papers_settings(runs_dir: Path) -> No
     at = open_page(pages.DATA)
     at.radio[0].set_value("A data set folder").run()
     epochs = next(n for n in at.number_input if n.label.startswith("Training epochs"))
-    assert epochs.value == pipeline.PAPER_TRAIN.epochs
+    assert epochs.value == config.PAPER_TRAIN.epochs
     assert any("paper's settings" in c.value for c in at.caption)
 
 
@@ -578,7 +578,7 @@ def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path
 
 @pytest.mark.slow
 def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, make_database, weights_file: Path) -> None:
-    spec = pipeline.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
+    spec = config.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
     run_every_step(pipeline.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
     at = open_page(PAGES["compare"])
     assert not at.exception

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import assets, cli, pipeline, runs
+from exbl_core import assets, cli, config, pipeline, runs
 from tests.conftest import example_preset
 
 TINY = example_preset()
@@ -63,7 +63,7 @@ def test_assets_are_fp16_and_load_with_weights_only(shipped_example: Path) -> No
 
 
 def test_build_is_deterministic_on_the_cpu(tiny_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "DEMO", TINY)
+    monkeypatch.setattr(config, "DEMO", TINY)
     again = tmp_path / "again"
     code, _, err = run_cli("assets", "build", "--dir", str(again))
     assert code == 0, err

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import cli, pipeline, runs
+from exbl_core import cli, config, pipeline, runs
 from exbl_core.data import CLASSES
+from exbl_core.figures import model_label
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_FILES = (
@@ -56,14 +57,14 @@ def test_quick_demo_writes(demo_run, name):
 
 def test_quick_demo_metrics_json_has_the_documented_shape(demo_run):
     metrics = json.loads((demo_run.path / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["unrefined", *pipeline.DEMO.methods]
+    assert list(metrics["models"]) == ["unrefined", *config.DEMO.methods]
     for model in metrics["models"].values():
         assert set(model) >= {"val", "test", "shortcut_test"}
         for split in ("val", "test", "shortcut_test"):
             leaf = model[split]
             assert 0 <= leaf["accuracy"] <= 1 and 0 <= leaf["activation_precision"] <= 1
             assert 0 <= leaf["confounder_precision"] <= 1 and set(leaf["ap_by_class"]) <= set(CLASSES)
-    assert set(metrics["verdicts"]) == set(pipeline.DEMO.methods)
+    assert set(metrics["verdicts"]) == set(config.DEMO.methods)
     for verdict in metrics["verdicts"].values():
         assert verdict["label"] in ("shortcut reduced", "shortcut still used", "nothing to unlearn")
         assert "needs the oracle" in verdict["sentence"]
@@ -84,7 +85,7 @@ def test_quick_demo_history_has_both_phases(demo_run):
     assert ("unrefined", "epoch_end") in phases and ("refine", "epoch_end") in phases
     assert ("unrefined", "done") in phases and ("refine", "done") in phases
     refined = {e.get("method") for e in events if e["phase"] == "refine" and e["type"] == "done"}
-    assert refined == set(pipeline.DEMO.methods), "each refinement's events name its method"
+    assert refined == set(config.DEMO.methods), "each refinement's events name its method"
 
 
 def test_quick_demo_table1_lists_both_models(demo_run):
@@ -347,9 +348,9 @@ def test_refine_without_a_method_uses_the_default_the_help_states_and_says_so(de
     before = (demo_copy / "refined-region-swap.pt").read_bytes()
     code, out, err = _main(capsys, "refine", "--run", str(demo_copy), "--epochs", "1")
     assert code == 0, err
-    assert out.splitlines()[0].startswith(f"Refining with {cli.model_label(cli.DEFAULT_METHOD)}")
+    assert out.splitlines()[0].startswith(f"Refining with {model_label(config.DEFAULT_METHOD)}")
     assert (demo_copy / "refined-region-swap.pt").read_bytes() == before
-    assert f"default {cli.DEFAULT_METHOD}" in cli.build_parser()._subparsers._group_actions[0].choices["refine"].format_help()
+    assert f"default {config.DEFAULT_METHOD}" in cli.build_parser()._subparsers._group_actions[0].choices["refine"].format_help()
 
 
 @pytest.mark.slow

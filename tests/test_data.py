@@ -15,7 +15,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from exbl_core import pipeline, runs
+from exbl_core import config, pipeline, runs
 from exbl_core.data import CLASSES, DataError, SplitSizes, load_entries, load_pair, make_split, read_gray, scan_dataset
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
@@ -133,7 +133,7 @@ def test_a_dicom_image_takes_the_png_mask_of_the_same_name(make_database):
 
 def test_folder_data_set_goes_through_a_run_folder(make_database, tmp_path):
     root = make_database(per_class=4)
-    spec = pipeline.FolderSpec(path=str(root), size=32, train=2, val=1, test=1, seed=3)
+    spec = config.FolderSpec(path=str(root), size=32, train=2, val=1, test=1, seed=3)
     run = pipeline.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
     saved = runs.read_json(run.file(runs.SPLIT))
     assert saved["source"] == "folder"
@@ -145,7 +145,7 @@ def test_folder_data_set_goes_through_a_run_folder(make_database, tmp_path):
 
 
 def test_folder_run_has_no_shortcut_test_split(make_database, tmp_path):
-    spec = pipeline.FolderSpec(path=str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
+    spec = config.FolderSpec(path=str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
     run = pipeline.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
     with pytest.raises(DataError, match="shortcut_test"):
         pipeline.load_split(run, "shortcut_test")

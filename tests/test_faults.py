@@ -25,8 +25,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from exbl_core import config, pipeline, runs
 from exbl_core import data as data_module
-from exbl_core import pipeline, runs
 from exbl_core.data import CLASSES, DataError, SplitSizes, load_entries, load_pair, make_split, read_gray, scan_dataset
 from exbl_core.model import build_model
 from exbl_core.training import TrainConfig
@@ -197,7 +197,7 @@ def test_skip_bad_lists_images_without_mask_and_goes_on(make_database):
 def test_skip_bad_list_is_saved_in_the_run_split(make_database, tmp_path):
     root = make_database(per_class=4)
     (root / "Normal" / "masks" / "Normal-3.png").unlink()
-    spec = pipeline.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
+    spec = config.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
     run = pipeline.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
     assert any("Normal-3.png" in s for s in runs.read_json(run.file(runs.SPLIT))["skipped"])
 
@@ -233,7 +233,7 @@ def test_an_empty_or_full_mask_is_refused_naming_it(tmp_path, kind):
 def test_an_empty_mask_is_skipped_and_listed_in_split_json_with_skip_bad(make_database, tmp_path):
     root = make_database(per_class=3)  # a split of 1 + 1 + 1 takes every image, the bad one too
     save_png(root / "Lung_Opacity" / "masks" / "Lung_Opacity-2.png", np.zeros((256, 256), np.uint8))
-    spec = pipeline.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
+    spec = config.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
     run = pipeline.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
     split = runs.read_json(run.file(runs.SPLIT))
     listed = [s for s in split["skipped"] if "Lung_Opacity-2.png: lung mask is empty" in s]
@@ -311,7 +311,7 @@ def test_data_set_smaller_than_the_split_is_refused_with_the_numbers(make_databa
 
 def test_new_run_on_a_bad_folder_writes_no_run(tmp_path):
     with pytest.raises(DataError):
-        pipeline.new_run(tmp_path / "run", pipeline.FolderSpec(path=str(tmp_path / "missing")), TrainConfig(), TrainConfig())
+        pipeline.new_run(tmp_path / "run", config.FolderSpec(path=str(tmp_path / "missing")), TrainConfig(), TrainConfig())
     assert not (tmp_path / "run").exists()
 
 

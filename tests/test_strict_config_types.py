@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exbl_core import cli, pipeline, runs
+from exbl_core import cli, config, pipeline, runs
 from exbl_core.training import TrainConfig
 
 
@@ -63,7 +63,7 @@ def test_an_int_is_a_fine_float_and_null_a_fine_optional(run_copy):
 @pytest.fixture
 def folder_run(make_database, tmp_path: Path) -> Path:
     """A real-data run with config.json and split.json written, not trained."""
-    spec = pipeline.FolderSpec(str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
+    spec = config.FolderSpec(str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
     run = pipeline.new_run(tmp_path / "real", spec, TrainConfig(epochs=1), TrainConfig(epochs=1), start="random")
     return run.path
 

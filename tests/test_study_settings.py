@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exbl_core import cli, pipeline, study
+from exbl_core import cli, config, study
 
 OUT_FILES = (study.STUDY_JSON, study.STUDY_MD, study.STUDY_PNG)
 
@@ -49,8 +49,8 @@ def test_study_json_records_the_preset_and_its_settings_before_the_first_seed(st
     saved = json.loads((started_quick_study / study.STUDY_JSON).read_text())
     settings = saved["settings"]
     assert settings["preset"] == "quick" and settings["quick"] is True and settings["methods"] == ["exbl"]
-    assert settings["data"] == pipeline.QUICK.data.to_dict()
-    assert settings["train"] == pipeline.QUICK.train.to_dict() and settings["refine"] == pipeline.QUICK.refine.to_dict()
+    assert settings["data"] == config.QUICK.data.to_dict()
+    assert settings["train"] == config.QUICK.train.to_dict() and settings["refine"] == config.QUICK.refine.to_dict()
     assert saved["rows"] == []
 
 
@@ -73,7 +73,7 @@ def test_a_study_json_from_before_settings_were_recorded_is_resumed(tmp_path):
     out = tmp_path / "study"
     out.mkdir()
     (out / study.STUDY_JSON).write_text(json.dumps({"format": study.STUDY_FORMAT, "seeds": [], "methods": ["exbl"], "rows": []}))
-    study.check_resume(out, study.study_settings("quick", pipeline.QUICK, ["exbl"]))  # nothing to compare: no refusal
+    study.check_resume(out, study.study_settings("quick", config.QUICK, ["exbl"]))  # nothing to compare: no refusal
 
 
 @pytest.mark.slow
@@ -102,11 +102,11 @@ def test_resuming_with_the_pair_picked_on_other_maps_is_refused(started_quick_st
 def test_a_study_recorded_before_pick_from_existed_resumes_as_a_gradcam_pick(tmp_path):
     out = tmp_path / "study"
     out.mkdir()
-    settings = study.study_settings("quick", pipeline.QUICK, ["exbl"])
+    settings = study.study_settings("quick", config.QUICK, ["exbl"])
     older = {k: v for k, v in settings.items() if k != "pick_from"}
     (out / study.STUDY_JSON).write_text(
         json.dumps({"format": study.STUDY_FORMAT, "seeds": [], "methods": ["exbl"], "rows": [], "settings": older})
     )
     study.check_resume(out, settings)  # the same study: no refusal
     with pytest.raises(study.StudyError, match="pick_from gradcam -> occlusion"):
-        study.check_resume(out, study.study_settings("quick", pipeline.QUICK, ["exbl"], "occlusion"))
+        study.check_resume(out, study.study_settings("quick", config.QUICK, ["exbl"], "occlusion"))
