@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from exbl_core import config, pipeline, runs
+from exbl_core import config, run_data, runs
 from exbl_core.figures import model_label
 from studio import cache, example, live, pages, progress, state, tasks, views
 
@@ -110,6 +110,6 @@ st.caption(
 locked_help = "One job runs at a time: this comes back when the running job has finished, or when you cancel it." if busy else None
 if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=busy, help=locked_help) and not live.refused():
     with st.spinner("Creating the run…"):
-        run = pipeline.new_run(cache.runs_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", preset.data, preset.train, preset.refine)
+        run = run_data.new_run(cache.runs_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", preset.data, preset.train, preset.refine)
     state.select_run(run)
     live.start("demo", run, tasks.demo_work(run, cache.device(), preset.methods, shipped and example.for_demo()))

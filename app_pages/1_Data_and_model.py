@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from exbl_core import config, pipeline, runs, weights
+from exbl_core import config, run_data, run_models, runs, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.synthetic import SyntheticConfig
 from studio import cache, gallery, live, pages, state, tasks, views
@@ -108,7 +108,7 @@ def new_run_form() -> None:
             return
         try:
             with st.spinner("Checking the data and writing the split…"):
-                run = pipeline.new_run(cache.runs_dir() / name, spec, replace(preset.train, epochs=int(epochs)), preset.refine, start=start)
+                run = run_data.new_run(cache.runs_dir() / name, spec, replace(preset.train, epochs=int(epochs)), preset.refine, start=start)
         except (DataError, runs.RunError, ValueError, OSError) as exc:
             st.error(f"Could not create the run: {exc}")
             return
@@ -178,8 +178,8 @@ training_here = job is not None and job.kind in ("train", "demo")
 locked = live.other_job_note(run, ("train", "demo"))
 if not training_here:
     label = "Train again (replaces the model and any refinement)" if run.has(runs.UNREFINED) else "Train the unrefined model"
-    epochs = pipeline.train_config(run, "train").epochs
-    start = pipeline.start_weights(run)
+    epochs = run_data.train_config(run, "train").epochs
+    start = run_models.start_weights(run)
     st.caption(
         f"{epochs} epochs at most, with early stopping on validation loss; the best epoch is kept."
         + ("" if start is None else f" Starts from {weights.describe(start)}.")

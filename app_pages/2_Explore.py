@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from exbl_core import explainers, faithfulness, pipeline
+from exbl_core import explainers, faithfulness, results, run_data
 from exbl_core.data import CLASSES
 from exbl_core.figures import EXPLAINER_LABELS, overlay
 from studio import cache, gallery, live, pages, progress, state, views
@@ -107,7 +107,7 @@ def on_mark(side: str, index: int, explainer: str) -> None:
 
 def on_figure(index: int) -> None:
     """Add a test or shortcut-test image to Compare's Figure 3, or take it out (it is never marked as an exemplar)."""
-    default = pipeline.default_figure_rows(split, torch.from_numpy(scores["ap"]))
+    default = results.default_figure_rows(split, torch.from_numpy(scores["ap"]))
     refused = state.toggle_figure_row(run, split_name, index, default)
     st.session_state["mark_message"] = None if refused is None else (index, refused)
 
@@ -173,7 +173,7 @@ def suggested_tiles(images, good: int, bad: int) -> None:
         col.image(views.pair_tile(images[i], m, views.GOOD_RGB if side == "good" else views.BAD_RGB), caption=f"{side} #{i}, occlusion")
 
 
-available = pipeline.split_names(run)
+available = run_data.split_names(run)
 split_name = SPLITS[
     st.sidebar.radio("Images", [label for label, name in SPLITS.items() if name in available], key="images", persist_state="session")
 ]
@@ -238,7 +238,7 @@ with st.spinner(f"{label} maps of the {len(shown)} images on this page…", show
 shares = faithfulness.lung_share(torch.from_numpy(maps), split.masks[shown]).tolist() if explainer != "gradcam" else [None] * len(shown)
 in_figure = state.figure_rows(run, split_name)
 if in_figure is None and not picking:
-    in_figure = pipeline.default_figure_rows(split, torch.from_numpy(scores["ap"]))
+    in_figure = results.default_figure_rows(split, torch.from_numpy(scores["ap"]))
 cols = st.columns(COLUMNS)
 for k, (i, m, share) in enumerate(zip(shown, maps, shares, strict=True)):
     side = next((r for r in state.SIDES if pair[r] == i and picking), None)

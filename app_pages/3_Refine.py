@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from exbl_core import pipeline
+from exbl_core import run_data, run_models
 from exbl_core.data import CLASSES
 from exbl_core.figures import EXPLAINER_LABELS, model_label
 from exbl_core.losses import DISTANCES, EXPLANATIONS
@@ -42,7 +42,7 @@ RUN_KINDS = ("refine", "demo")
 job = live.job_on(run)
 refining_here = job is not None and job.kind in RUN_KINDS
 locked = live.other_job_note(run, RUN_KINDS)
-saved = pipeline.train_config(run, "refine")
+saved = run_data.train_config(run, "refine")
 FEEDBACK = {"two-clicks": "needs only the two clicks", "masks": "needs a lung mask for every training image"}
 with st.container(border=True):
     names = list(METHODS)
@@ -54,7 +54,7 @@ with st.container(border=True):
         disabled=locked,
         key=f"method-{run.path}",
     )
-    cfg = pipeline.refine_settings(run, {"method": method})  # the method's own schedule shows as the default
+    cfg = run_data.refine_settings(run, {"method": method})  # the method's own schedule shows as the default
     st.caption(f"{METHODS[method].summary[0].upper()}{METHODS[method].summary[1:]}. Source: {METHODS[method].source}.")
     shown_lambda = (cfg if saved.method == method else replace(cfg, lambda_expl=None)).weight  # the method's own unless chosen for it
     c1, c2, c3, c4 = st.columns(4)
@@ -117,7 +117,7 @@ def pair_words(good: int, bad: int) -> str:
 # Curves and results belong to the pair they came from: only the running job's, or the chosen
 # method's model when its checkpoint says it came from the pair shown above. A model refined
 # before checkpoints recorded their pair is taken to be from exemplars.json, saved at each Start.
-has_model = run.has(pipeline.model_file(method))
+has_model = run.has(run_models.model_file(method))
 model_pair = cache.refined_pair(run, method) if has_model else None
 saved = state.saved_pair(run)
 came_from = state.pair_key(model_pair)[:2] if model_pair is not None else saved[:2] if saved is not None else None

@@ -7,7 +7,7 @@ import time
 import streamlit as st
 import torch
 
-from exbl_core import pipeline, runs, study
+from exbl_core import results, run_data, runs, study
 from exbl_core.data import CLASSES
 from exbl_core.figures import PAPER_NOTE, model_label, table1_columns
 from studio import cache, live, pages, state, tasks, views
@@ -57,7 +57,7 @@ for name in refined:
         views.model_summary(models["unrefined"], models[name], oracle, name=model_label(name))
         st.caption(f"Refined from the pair {state.pair_words(pairs[name])}.")
 views.rule_caption(oracle)
-if oracle is None and pipeline.can_train_oracle(run):
+if oracle is None and run_data.can_train_oracle(run):
     st.info(
         "These verdicts compare the shortcut gap only. The full verdict measures how much of an oracle's shortcut-test "
         "accuracy a refinement wins back; the oracle is the same model trained on phantoms whose child anatomy does not "
@@ -81,7 +81,7 @@ if gaps:
         f"Viral Pneumonia recall, confounded → shortcut test: {recalls}."
     )
 
-rows = pipeline.table1(run, metrics)
+rows = results.table1(run, metrics)
 st.subheader("Table 1")
 columns = table1_columns(rows)
 table = []
@@ -107,14 +107,14 @@ st.dataframe(
 )
 if rows and "paper" in rows[0]:
     st.caption(PAPER_NOTE)
-if note := pipeline.table1_note(run):
+if note := results.table1_note(run):
     st.caption(note)
 
 st.subheader("Before and after (the paper's Figure 3)")
 FIGURE_SPLITS = {"test": "Test images", "shortcut_test": "Shortcut test images"}
 figure_split = st.radio(
     "Images from",
-    [s for s in FIGURE_SPLITS if s in pipeline.split_names(run)],
+    [s for s in FIGURE_SPLITS if s in run_data.split_names(run)],
     format_func=lambda s: FIGURE_SPLITS[s] + (" (a test set with children in every class)" if s == "shortcut_test" else ""),
     horizontal=True,
     key=f"figure-split-{run.path}",
@@ -122,8 +122,8 @@ figure_split = st.radio(
     help="On the shortcut test a model that still uses the shortcut calls children Viral Pneumonia: there it shows.",
 )
 images, source = cache.split(run, figure_split), FIGURE_SPLITS[figure_split]
-default_rows = pipeline.default_figure_rows(images, torch.from_numpy(cache.scores(run, "unrefined", figure_split)["ap"]))
-default_rule = pipeline.FIGURE_ROWS_RULE.replace("test images", source.lower())
+default_rows = results.default_figure_rows(images, torch.from_numpy(cache.scores(run, "unrefined", figure_split)["ap"]))
+default_rule = results.FIGURE_ROWS_RULE.replace("test images", source.lower())
 kept = state.figure_rows(run, figure_split)
 picker_key = f"figure-rows-{figure_split}-{run.path}"
 chosen = st.multiselect(
@@ -164,7 +164,7 @@ columns = st.columns(2 + len(refined))
 if figure is not None:
     columns[0].download_button("Figure 3 (PNG)", figure, file_name=f"{run.name}-figure3.png", mime="image/png", icon=":material/image:")
 columns[1].download_button(
-    "Table 1 (CSV)", pipeline.table1_csv_text(run, rows), file_name=f"{run.name}-table1.csv", mime="text/csv", icon=":material/table:"
+    "Table 1 (CSV)", results.table1_csv_text(run, rows), file_name=f"{run.name}-table1.csv", mime="text/csv", icon=":material/table:"
 )
 for col, name in zip(columns[2:], refined, strict=True):
     col.download_button(

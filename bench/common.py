@@ -178,9 +178,9 @@ def ensure_trained_run(run_dir: Path | None = None) -> Path:
 
 def load_trained(run_dir: Path, which: str = "unrefined") -> torch.nn.Module:
     """The run's model in eval mode on the CPU."""
-    from exbl_core import pipeline, runs
+    from exbl_core import run_models, runs
 
-    return pipeline.load_model(runs.open_run(run_dir), which, torch.device("cpu"))
+    return run_models.load_model(runs.open_run(run_dir), which, torch.device("cpu"))
 
 
 def synthetic_batch(size: int, n: int, split: str = "test", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -75,7 +75,7 @@ def refine_once(out: Path, method: str) -> None:
     import os
     import shutil
 
-    from exbl_core import assets, config, pipeline, runs, weights
+    from exbl_core import assets, config, pipeline, run_data, runs, weights
     from exbl_core.training import choose_device
 
     if out.exists():
@@ -84,11 +84,11 @@ def refine_once(out: Path, method: str) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     marks = [("start", time.perf_counter())]
     demo = config.DEMO
-    run = pipeline.new_run(out, demo.data, demo.train, demo.refine, weights.RANDOM)
+    run = run_data.new_run(out, demo.data, demo.train, demo.refine, weights.RANDOM)
     device = choose_device()
     with runs.locked(run.path):
         assets.install(run)
-        data = pipeline.load_data(run)
+        data = run_data.load_data(run)
         marks.append(("example and data", time.perf_counter()))
         pipeline.pick_step(run, data, device)
         marks.append(("pair", time.perf_counter()))

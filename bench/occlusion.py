@@ -111,18 +111,18 @@ def sweep(run_dir, images: int = 64) -> Section:
     """
     import time
 
-    from exbl_core import pipeline, runs
+    from exbl_core import run_data, run_models, runs
     from exbl_core.explainers.deletion import deletion_scores
     from exbl_core.faithfulness import predicted
     from exbl_core.metrics import activation_precision_scores, child_confounder_precision
 
     run = runs.open_run(run_dir)
-    split = pipeline.load_split(run, "shortcut_test")
+    split = run_data.load_split(run, "shortcut_test")
     idx = torch.nonzero(split.child)[:images, 0]
     x = split.float_images(idx)
     rows = []
-    for name in pipeline.models_in(run):
-        model = pipeline.load_model(run, name)
+    for name in run_models.models_in(run):
+        model = run_models.load_model(run, name)
         preds = predicted(model, x)
         for patch, stride in SWEEP:
             occlusion = explainers.get("occlusion", patch=patch, stride=stride)
@@ -159,10 +159,10 @@ def evaluate_share(run_dir: Path) -> Section:
     """
     import time
 
-    from exbl_core import faithfulness, pipeline, runs
+    from exbl_core import faithfulness, pipeline, run_data, runs
 
     run = runs.open_run(run_dir)
-    data = pipeline.load_data(run)
+    data = run_data.load_data(run)
     spent = {"wall": 0.0, "cpu": 0.0}
     score = faithfulness.score_explainers
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import config, faithfulness, pipeline, runs, weights
+from exbl_core import config, faithfulness, pipeline, run_data, run_models, runs, weights
 from exbl_core.data import CLASSES
 from exbl_core.load_failure import describe_load_failure
 from exbl_core.model import ARCH, build_model
@@ -87,7 +87,7 @@ def _commit() -> str:
 def _payload(run: runs.Run, role: str) -> bytes:
     """One trained model of ``run`` as an fp16 asset: its weights and what it is, saved with ``torch.save``."""
     model = build_model(num_classes=len(CLASSES), freeze=False)
-    meta = runs.load_checkpoint(run.file(pipeline.model_file(role)), model)
+    meta = runs.load_checkpoint(run.file(run_models.model_file(role)), model)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     payload = {
         "format": ASSET_FORMAT,
@@ -130,7 +130,7 @@ def _fp32_model(payload: dict, path: Path) -> torch.nn.Module:
 
 def load(directory: Path, role: str) -> tuple[torch.nn.Module, dict]:
     """The asset ``role`` as an fp32 model in eval mode, and its metadata (everything but the weights)."""
-    path = directory / pipeline.model_file(role)
+    path = directory / run_models.model_file(role)
     payload = _read_payload(path)
     return _fp32_model(payload, path), {k: v for k, v in payload.items() if k != "state_dict"}
 
@@ -175,13 +175,13 @@ def verify(directory: Path | None = None) -> dict:
     manifest = read_manifest(directory)
     for role in ROLES:
         entry = manifest["files"][role]
-        path = directory / pipeline.model_file(role)
+        path = directory / run_models.model_file(role)
         if not path.is_file():
             raise _fix(path, "is missing")
         if sha256(path) != entry.get("sha256"):
             raise _fix(path, f"its SHA-256 differs from {MANIFEST}'s (the file was changed or truncated)")
         meta = _read_payload(path)
-        if meta.get("role") != role or meta.get("data_sha256") != pipeline.data_fingerprint(manifest["settings"]["data"]):
+        if meta.get("role") != role or meta.get("data_sha256") != run_models.data_fingerprint(manifest["settings"]["data"]):
             raise _fix(path, f"holds another model than the {role} model of {MANIFEST}'s settings")
     return manifest
 
@@ -202,7 +202,7 @@ def check(directory: Path | None = None) -> dict[str, dict[str, float]]:
         recorded = manifest["figures"][role]
         off = [f"{k} {now[k]:.4f} against {recorded[k]:.4f}" for k in FIGURES if abs(now[k] - recorded[k]) > TOLERANCE]
         if off:
-            raise _fix(directory / pipeline.model_file(role), f"re-measured {'; '.join(off)} in {MANIFEST}")
+            raise _fix(directory / run_models.model_file(role), f"re-measured {'; '.join(off)} in {MANIFEST}")
     return measured
 
 
@@ -213,7 +213,7 @@ def _folder(directory: Path | None) -> Path:
 
 def check_target(directory: Path, overwrite: bool) -> None:
     """Refuse to replace a shipped example without ``overwrite``; writes nothing."""
-    ours = [n for n in (MANIFEST, *(pipeline.model_file(r) for r in ROLES)) if (directory / n).exists()]
+    ours = [n for n in (MANIFEST, *(run_models.model_file(r) for r in ROLES)) if (directory / n).exists()]
     if ours and not overwrite:
         raise AssetError(f"{directory / ours[0]}: the shipped example is already there; pass --overwrite to make it again")
 
@@ -246,15 +246,15 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
     settings = shipped_settings()
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
-        run = pipeline.new_run(Path(tmp) / "run", config.DEMO.data, config.DEMO.train, config.DEMO.refine, weights.RANDOM)
-        data = pipeline.load_data(run, ("train", "val"))
+        run = run_data.new_run(Path(tmp) / "run", config.DEMO.data, config.DEMO.train, config.DEMO.refine, weights.RANDOM)
+        data = run_data.load_data(run, ("train", "val"))
         for role in ROLES:
             say(f"Training the {role} model (up to {config.DEMO.train.epochs} epochs)")
             pipeline.train_step(run, data, device, on_event, role=role)
         blobs = {role: _payload(run, role) for role in ROLES}
     files, figures = {}, {}
     for role, blob in blobs.items():
-        name = pipeline.model_file(role)
+        name = run_models.model_file(role)
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         with torch.inference_mode():
             figures[role] = measure(_fp32_model(payload, directory / name), config.DEMO.data)
@@ -278,7 +278,7 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
         "threads": BUILD_THREADS,
     }
     for role, blob in blobs.items():
-        runs.atomic_write_bytes(directory / pipeline.model_file(role), blob)
+        runs.atomic_write_bytes(directory / run_models.model_file(role), blob)
     runs.write_json(directory / MANIFEST, manifest)
     return manifest
 
@@ -296,16 +296,16 @@ def install(run: runs.Run, directory: Path | None = None) -> dict:
     for role in ROLES:
         model, meta = load(directory, role)
         checkpoint = {
-            "phase": Path(pipeline.model_file(role)).stem,
+            "phase": Path(run_models.model_file(role)).stem,
             "role": role,
             "epoch": meta["epoch"],
             "image_size": meta["image_size"],
             "val_loss": meta["val_loss"],
             "settings": meta["settings"],
             "shipped_sha256": manifest["files"][role]["sha256"],
-            **pipeline.run_identity(run),
+            **run_models.run_identity(run),
         }
-        runs.save_checkpoint(run.file(pipeline.model_file(role)), model.state_dict(), checkpoint)
+        runs.save_checkpoint(run.file(run_models.model_file(role)), model.state_dict(), checkpoint)
     return manifest
 
 

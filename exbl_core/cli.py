@@ -16,7 +16,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from exbl_core import assets, config, explainers, faithfulness, gallery, masks, pipeline, real_sample, runs, segmenter, study, weights
+from exbl_core import (
+    assets,
+    config,
+    explainers,
+    faithfulness,
+    gallery,
+    masks,
+    pipeline,
+    real_sample,
+    results,
+    run_data,
+    run_models,
+    runs,
+    segmenter,
+    study,
+    weights,
+)
 from exbl_core.data import CLASSES, DataError, load_gallery
 from exbl_core.events import Event
 from exbl_core.explainers import occlusion
@@ -78,7 +94,7 @@ def _print_pick(pick: dict) -> None:
 
 
 def _print_results(run: runs.Run, metrics: dict) -> None:
-    _say("\nTable 1\n" + table1_markdown(pipeline.table1(run, metrics), pipeline.table1_note(run, metrics)))
+    _say("\nTable 1\n" + table1_markdown(results.table1(run, metrics), results.table1_note(run, metrics)))
     for which, gap in metrics.get("shortcut_gap", {}).items():
         _say(
             f"Shortcut gap, {model_label(which)}: test accuracy minus shortcut-test accuracy = {gap['accuracy_gap']:+.3f}; "
@@ -115,7 +131,7 @@ def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[config.Da
     if run is None or args.quick:
         data, train, refine = preset.data, preset.train, preset.refine
     else:
-        data, train, refine = pipeline.data_config(run), pipeline.train_config(run, "train"), pipeline.train_config(run, "refine")
+        data, train, refine = run_data.data_config(run), run_data.train_config(run, "train"), run_data.train_config(run, "refine")
     if args.data is not None:
         path = str(args.data.expanduser().resolve())
         data = replace(data, path=path) if isinstance(data, config.FolderSpec) else config.FolderSpec(path)
@@ -134,11 +150,11 @@ def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[config.Da
 
 
 @contextlib.contextmanager
-def _starting(out: Path, prepared: pipeline.PreparedRun, replacing_run: bool) -> Iterator[tuple[runs.Run, dict]]:
+def _starting(out: Path, prepared: run_data.PreparedRun, replacing_run: bool) -> Iterator[tuple[runs.Run, dict]]:
     """Write a prepared run under its lock; an old run there is kept aside until the new model finishes."""
     with runs.locked(out, create=True), runs.replacing(out) if replacing_run else contextlib.nullcontext():
-        run = pipeline.write_run(out, prepared)
-        yield run, prepared.data or pipeline.load_data(run)
+        run = run_data.write_run(out, prepared)
+        yield run, prepared.data or run_data.load_data(run)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -146,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_options(args)
     replacing_run = runs.check_target(args.out, overwrite=args.overwrite)
     preset = _presets(args)
-    prepared = pipeline.prepare_run(*_settings(args, None), args.weights)
+    prepared = run_data.prepare_run(*_settings(args, None), args.weights)
     device = choose_device()
     _say(f"eXBL demo on {'the data set in ' + str(args.data) if args.data else 'synthetic chest X-ray phantoms'}, device {device}")
     shipped = _shipped_example(args, prepared)
@@ -167,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_example(args: argparse.Namespace, prepared: pipeline.PreparedRun) -> dict | None:
+def _shipped_example(args: argparse.Namespace, prepared: run_data.PreparedRun) -> dict | None:
     """The shipped example's manifest when the demo may start from it (its settings, assets intact, no --from-scratch).
 
     An altered or missing asset is no reason to stop the demo: one line says so and the models are trained.
@@ -233,7 +249,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, device) -> int:
     cancel = threading.Event()
     if step == "train":
-        start = pipeline.start_weights(run)
+        start = run_models.start_weights(run)
         if start is not None:
             _say(f"Model: starts from {weights.describe(start)}")
         result = pipeline.train_step(run, data, device, ProgressPrinter(), cancel)
@@ -246,8 +262,8 @@ def _run_step(step: str, args: argparse.Namespace, run: runs.Run, data: dict, de
     elif step == "refine":
         _say(f"Refining with {model_label(args.method)} ({METHODS[args.method].summary})")
         result = pipeline.refine_step(run, data, device, ProgressPrinter(), cancel, _refine_overrides(args))
-        method = pipeline.train_config(run, "refine").method
-        target = run.file(pipeline.model_file(method))
+        method = run_data.train_config(run, "refine").method
+        target = run.file(run_models.model_file(method))
         _say(f"{model_label(method)} model: best epoch {result.best_epoch} of {result.epochs_run} -> {target}")
     elif step == "evaluate":
         _print_results(run, pipeline.evaluate_step(run, data, device))
@@ -264,7 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = choose_device()
     if existing and not args.overwrite:
         with runs.locked(args.run):
-            run = pipeline.check_config(runs.open_run(args.run))
+            run = run_data.check_config(runs.open_run(args.run))
             if args.weights is not None:
                 _check_same_start(run, args.weights)
             if run.has(runs.UNREFINED):
@@ -273,13 +289,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "(the old run is kept until the new model finishes), or choose another --run"
                 )
             settings = _settings(args, run)
-            if settings == (pipeline.data_config(run), pipeline.train_config(run, "train"), pipeline.train_config(run, "refine")):
-                return _run_step("train", args, run, pipeline.load_data(run), device)
+            if settings == (run_data.data_config(run), run_data.train_config(run, "train"), run_data.train_config(run, "refine")):
+                return _run_step("train", args, run, run_data.load_data(run), device)
             # A setting given now wins: the run starts over with it, and its files come back if this attempt fails.
-            prepared = pipeline.prepare_run(*settings, args.weights)
+            prepared = run_data.prepare_run(*settings, args.weights)
             with _starting(run.path, prepared, replacing_run=True) as (run, data):
                 return _run_step("train", args, run, data, device)
-    prepared = pipeline.prepare_run(*_settings(args, None), args.weights)
+    prepared = run_data.prepare_run(*_settings(args, None), args.weights)
     with _starting(args.run, prepared, existing) as (run, data):
         return _run_step("train", args, run, data, device)
 
@@ -289,21 +305,21 @@ def cmd_step(args: argparse.Namespace) -> int:
     runs.open_run(args.run)  # before the lock, whose file may only ever go into a run folder
     device = choose_device()
     with runs.locked(args.run):
-        run = pipeline.check_config(runs.open_run(args.run))
+        run = run_data.check_config(runs.open_run(args.run))
         pipeline.check_ready(run, args.command)
         if args.command == "figure" and not run.refined():
             raise runs.RunError(f"{run.path}: nothing to figure yet (no refined model); run refine first")
         if args.command == "refine":
-            pipeline.refine_settings(run, _refine_overrides(args))
+            run_data.refine_settings(run, _refine_overrides(args))
         if getattr(args, "weights", None) is not None:
             _check_same_start(run, args.weights)
-        return _run_step(args.command, args, run, pipeline.load_data(run), device)
+        return _run_step(args.command, args, run, run_data.load_data(run), device)
 
 
 def _check_same_start(run: runs.Run, choice: str) -> None:
     """Refuse ``--weights`` that differ from what an existing run was created with: a run records one start."""
-    recorded = pipeline.start_weights(run)
-    wanted = weights.resolve(choice, real_data=isinstance(pipeline.data_config(run), config.FolderSpec))
+    recorded = run_models.start_weights(run)
+    wanted = weights.resolve(choice, real_data=isinstance(run_data.data_config(run), config.FolderSpec))
     if recorded is not None and recorded != wanted:
         raise ValueError(
             f"{run.path} was created to start from {weights.describe(recorded)}; "
@@ -321,7 +337,7 @@ def _infill(text: str) -> float | str:
 
 def _explain_gallery(args: argparse.Namespace, run: runs.Run, chosen: list) -> int:
     """explain --data: real radiographs of any classes, lungs outlined, maps and both shoulders; for looking only."""
-    size = pipeline.data_config(run).size
+    size = run_data.data_config(run).size
     for explainer in chosen:
         explainer.check(size)
     found = load_gallery(args.data, size)
@@ -331,7 +347,7 @@ def _explain_gallery(args: argparse.Namespace, run: runs.Run, chosen: list) -> i
     unmasked = [i for i in args.images if not bool(found.has_mask[i])]
     if unmasked:
         raise ValueError(f"{found.paths[unmasked[0]]}: has no lung mask; run 'python -m exbl_core masks --data {args.data}' first")
-    model = pipeline.load_model(run, args.model, choose_device())
+    model = run_models.load_model(run, args.model, choose_device())
     runs.atomic_write_bytes(args.out, figure_png(gallery.figure(model, found, args.images, chosen)))
     _say(f"Wrote {args.out}: {len(args.images)} images of {args.data}, {model_label(args.model)} model (off its domain there)")
     return 0
@@ -345,18 +361,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise ValueError("--patch, --stride and --infill are occlusion settings: add occlusion to --explainers")
     if args.out.exists():
         raise ValueError(f"{args.out}: exists; choose another --out (explain never replaces a file)")
-    run = pipeline.check_config(runs.open_run(args.run))
+    run = run_data.check_config(runs.open_run(args.run))
     if args.data is not None:
         return _explain_gallery(args, run, chosen)
-    if args.split not in pipeline.split_names(run):
-        raise ValueError(f"--split {args.split}: this run has {', '.join(pipeline.split_names(run))}")
+    if args.split not in run_data.split_names(run):
+        raise ValueError(f"--split {args.split}: this run has {', '.join(run_data.split_names(run))}")
     for explainer in chosen:
-        explainer.check(pipeline.data_config(run).size)
-    split = pipeline.load_split(run, args.split)
+        explainer.check(run_data.data_config(run).size)
+    split = run_data.load_split(run, args.split)
     outside = [i for i in args.images if not 0 <= i < len(split)]
     if outside:
         raise ValueError(f"--images {outside[0]}: the {args.split} split has images 0 to {len(split) - 1}")
-    model = pipeline.load_model(run, args.model, choose_device())
+    model = run_models.load_model(run, args.model, choose_device())
     x = split.float_images(torch.tensor(args.images))
     preds = faithfulness.predicted(model, x)
     maps = [explainers.for_display(e.maps(model, x, preds)) for e in chosen]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import config, pipeline, runs
+from exbl_core import config, pipeline, run_data, run_models, runs
 from exbl_core.data import Split
 from exbl_core.figures import lookup
 from exbl_core.methods import METHODS, get_method
@@ -154,16 +154,16 @@ def seed_run(
     if not _is_seed_run(folder):
         train = replace(preset.train, seed=seed)
         refine = replace(preset.refine, seed=seed)
-        pipeline.new_run(folder, replace(preset.data, seed=seed), train, refine)
+        run_data.new_run(folder, replace(preset.data, seed=seed), train, refine)
     with runs.locked(folder):
         return _seed_steps(runs.open_run(folder), seed, methods, device, progress, pick_from)
 
 
 def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.device, progress: Progress, pick_from: str) -> dict:
     """Every step of one seed that is not finished yet, under the run's lock."""
-    data: dict[str, Split] = pipeline.load_data(run)
+    data: dict[str, Split] = run_data.load_data(run)
     for role in ("unrefined", "oracle"):
-        if not (run.has(pipeline.model_file(role)) and _finished(run, role)):
+        if not (run.has(run_models.model_file(role)) and _finished(run, role)):
             progress(f"seed {seed}: training the {role} model")
             pipeline.train_step(run, data, device, role=role)
     if not run.has(runs.EXEMPLARS):
@@ -171,7 +171,7 @@ def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.devi
         pipeline.pick_step(run, data, device, explainer=pick_from)
     refused = {}
     for name in methods:
-        if not (run.has(pipeline.model_file(name)) and _finished(run, "refine", name)):
+        if not (run.has(run_models.model_file(name)) and _finished(run, "refine", name)):
             progress(f"seed {seed}: refining with {name}")
             try:
                 pipeline.refine_step(run, data, device, overrides={"method": name})

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exbl_core import pipeline, runs
+from exbl_core import run_data, run_models, runs
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, Split
 from exbl_core.explainers.gradcam import gradcam
 from exbl_core.metrics import evaluate_predictions
@@ -96,8 +96,8 @@ def main() -> None:
     run = runs.open_run(args.run)
     if run.config()["data"]["source"] != "synthetic":
         p.error(f"{args.run}: child CP needs synthetic data, which knows the confounder region")
-    model = pipeline.load_model(run, args.which, torch.device("cpu"))
-    scores = layer_scores(model, pipeline.load_split(run, "test"), pipeline.load_split(run, "shortcut_test"), args.layers)
+    model = run_models.load_model(run, args.which, torch.device("cpu"))
+    scores = layer_scores(model, run_data.load_split(run, "test"), run_data.load_split(run, "shortcut_test"), args.layers)
     print(json.dumps({str(k): v for k, v in scores.items()}) if args.json else render(scores))
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exbl_core import pipeline, runs
+from exbl_core import run_data, run_models, runs
 from exbl_core.data import VIRAL_PNEUMONIA, Split
 from exbl_core.methods.rrr import summed_log_prob_gradient
 from exbl_core.model import evaluating
@@ -108,16 +108,16 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args()
     run = runs.open_run(args.run)
-    cfg = pipeline.data_config(run)
+    cfg = run_data.data_config(run)
     if not isinstance(cfg, SyntheticConfig):
         p.error(f"{args.run}: the counterfactual patients need synthetic data")
-    available = pipeline.models_in(run)
+    available = run_models.models_in(run)
     which = args.which or available
     missing = [name for name in which if name not in available]
     if missing:
         p.error(f"{args.run} has no model {', '.join(missing)}; it has {', '.join(available)}")
     kids, adults = patients_with_and_without(cfg)
-    scores = {name: masking_scores(pipeline.load_model(run, name, torch.device("cpu")), kids, adults) for name in which}
+    scores = {name: masking_scores(run_models.load_model(run, name, torch.device("cpu")), kids, adults) for name in which}
     print(json.dumps(scores) if args.json else render(scores))
 
 

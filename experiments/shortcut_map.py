@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import run_data, run_models, runs
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA
 from exbl_core.explainers.gradcam import head_pass, weighted_maps
 
@@ -54,8 +54,8 @@ def main() -> None:
     run = runs.open_run(args.run)
     if run.config()["data"]["source"] != "synthetic":
         p.error(f"{args.run}: the shortcut map needs synthetic data, which records who is a child")
-    split = pipeline.load_split(run, "shortcut_test")
-    model = pipeline.load_model(run, args.which, torch.device("cpu"))
+    split = run_data.load_split(run, "shortcut_test")
+    model = run_models.load_model(run, args.which, torch.device("cpu"))
     print(render(shortcut_map(model, split.float_images(), split.child.bool()), VIRAL_PNEUMONIA))
 
 

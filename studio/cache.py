@@ -20,7 +20,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from exbl_core import explainers, faithfulness, pipeline, runs
+from exbl_core import explainers, faithfulness, picking, results, run_data, run_models, runs
 from exbl_core.data import Split
 from exbl_core.figures import figure3, figure_png
 from exbl_core.training import choose_device
@@ -59,7 +59,7 @@ def _data_key(run: runs.Run) -> str:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading images…")
 def _split(run_path: str, split: str, data_key: str) -> Split:
-    return pipeline.load_split(runs.Run(Path(run_path)), split)
+    return run_data.load_split(runs.Run(Path(run_path)), split)
 
 
 def split(run: runs.Run, name: str) -> Split:
@@ -69,16 +69,16 @@ def split(run: runs.Run, name: str) -> Split:
 
 def data(run: runs.Run) -> dict[str, Split]:
     """Every split the run has, as the pipeline's steps expect them."""
-    return {name: split(run, name) for name in pipeline.split_names(run)}
+    return {name: split(run, name) for name in run_data.split_names(run)}
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _model(run_path: str, which: str, mtime: float) -> torch.nn.Module:
-    return pipeline.load_model(runs.Run(Path(run_path)), which, device())
+    return run_models.load_model(runs.Run(Path(run_path)), which, device())
 
 
 def checkpoint_name(which: str) -> str:
-    return pipeline.model_file(which)
+    return run_models.model_file(which)
 
 
 def model(run: runs.Run, which: str) -> torch.nn.Module:
@@ -88,19 +88,19 @@ def model(run: runs.Run, which: str) -> torch.nn.Module:
 @st.cache_resource(max_entries=12, show_spinner="Computing predictions and GradCAM…")
 def _scores(run_path: str, which: str, split_name: str, mtime: float, data_key: str, tau: float) -> dict[str, np.ndarray]:
     s = _split(run_path, split_name, data_key)
-    out = pipeline.training_scores(_model(run_path, which, mtime), s, tau)
+    out = picking.training_scores(_model(run_path, which, mtime), s, tau)
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
 
 def scores(run: runs.Run, which: str, split_name: str) -> dict[str, np.ndarray]:
     """probs, preds, cams and ap of one model on one split, computed in one batched pass and cached."""
-    tau = pipeline.train_config(run, "refine").tau
+    tau = run_data.train_config(run, "refine").tau
     return _scores(str(run.path), which, split_name, _mtime(run, checkpoint_name(which)), _data_key(run), tau)
 
 
 def image_size(run: runs.Run) -> int:
     """The run's image side in pixels, from its config: no split needs loading to know it."""
-    return int(pipeline.data_config(run).size)
+    return int(run_data.data_config(run).size)
 
 
 def explainer_problem(run: runs.Run, name: str) -> str | None:
@@ -130,9 +130,9 @@ def _figure3_png(
 ) -> bytes:
     images = _split(run_path, split_name, data_key)
     x = images.float_images(torch.tensor(rows, dtype=torch.long))
-    results = {m: faithfulness.explain(_model(run_path, m, t), x, names) for m, t in zip(models, mtimes, strict=True)}
-    labels = pipeline.figure_row_labels(images, list(rows), {m: probs.argmax(1) for m, (probs, _) in results.items()})
-    cam_sets = {(m, name): maps for m, (_, by) in results.items() for name, maps in by.items()}
+    explained = {m: faithfulness.explain(_model(run_path, m, t), x, names) for m, t in zip(models, mtimes, strict=True)}
+    labels = results.figure_row_labels(images, list(rows), {m: probs.argmax(1) for m, (probs, _) in explained.items()})
+    cam_sets = {(m, name): maps for m, (_, by) in explained.items() for name, maps in by.items()}
     return figure_png(figure3(x, cam_sets, labels, title=title))
 
 
@@ -145,13 +145,13 @@ def figure3_png(run: runs.Run, rows: list[int], title: str, split_name: str = "t
     says what it shows.
     """
     models = ("unrefined", *run.refined())
-    mtimes = tuple(_mtime(run, pipeline.model_file(m)) for m in models)
+    mtimes = tuple(_mtime(run, run_models.model_file(m)) for m in models)
     return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), usable_explainers(run), split_name)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _refined_pair(run_path: str, name: str, mtime: float) -> dict | None:
-    return pipeline.refined_pair(runs.Run(Path(run_path)), name)
+    return picking.refined_pair(runs.Run(Path(run_path)), name)
 
 
 def refined_pair(run: runs.Run, name: str) -> dict | None:

@@ -15,7 +15,7 @@ import time
 
 import streamlit as st
 
-from exbl_core import assets, config, pipeline, runs, weights
+from exbl_core import assets, config, run_data, runs, weights
 from studio import cache, state
 
 OPEN_LABEL = "Open the shipped example"
@@ -49,7 +49,7 @@ def open_example() -> runs.Run:
     manifest = assets.verify()
     demo = config.DEMO
     path = cache.runs_dir() / f"example-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = pipeline.new_run(path, demo.data, demo.train, demo.refine, weights.RANDOM)
+    run = run_data.new_run(path, demo.data, demo.train, demo.refine, weights.RANDOM)
     with runs.locked(run.path):
         assets.install(run)
     state.select_run(run)

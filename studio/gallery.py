@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from exbl_core import explainers, gallery, pipeline, real_sample, runs
+from exbl_core import explainers, gallery, real_sample, run_models, runs
 from exbl_core.data import CLASSES, DataError, Gallery, load_gallery
 from exbl_core.figures import EXPLAINER_LABELS, overlay
 from studio import cache
@@ -123,7 +123,7 @@ def explore_section(run: runs.Run, explainer: str) -> bool:
     g = load(cache.image_size(run))
     if g is None:
         return True
-    models = pipeline.models_in(run)
+    models = run_models.models_in(run)
     which = st.sidebar.selectbox("Model", models, key="gallery-model", help="Any model of the run")
     if explainer != "gradcam" and cache.explainer_problem(run, explainer) is not None:
         explainer = "gradcam"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from exbl_core import explainers, faithfulness, pipeline, runs
+from exbl_core import explainers, faithfulness, run_models, runs
 from exbl_core.figures import EXPLAINER_LABELS
 from studio import cache
 from studio.jobs import get_runner
@@ -172,8 +172,8 @@ def current_metrics(run: runs.Run) -> dict | None:
     """
     if not (run.has(runs.METRICS) and run.refined()):
         return None
-    names = pipeline.models_in(run)
-    if run.file(runs.METRICS).stat().st_mtime < max(run.file(pipeline.model_file(m)).stat().st_mtime for m in names):
+    names = run_models.models_in(run)
+    if run.file(runs.METRICS).stat().st_mtime < max(run.file(run_models.model_file(m)).stat().st_mtime for m in names):
         return None
     metrics = runs.read_json(run.file(runs.METRICS))
     return metrics if all(m in metrics.get("models", {}) for m in names) else None

@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from exbl_core import assets, explainers, faithfulness, pipeline, runs
+from exbl_core import assets, evaluation, explainers, faithfulness, pipeline, run_data, run_models, runs
 from exbl_core.data import Split
 from exbl_core.explainers.occlusion import PATCH, STRIDE
 from studio import cache
@@ -41,7 +41,7 @@ def _evaluate(run: runs.Run, data: dict[str, Split], device: torch.device, emit:
     return "done"
 
 
-FIGURE_ROWS = 4  # pipeline.default_figure_rows: the rows figure_step explains
+FIGURE_ROWS = 4  # results.default_figure_rows: the rows figure_step explains
 
 
 def _passes(data: dict[str, Split], images: int) -> float:
@@ -64,18 +64,18 @@ def evaluation_passes(run: runs.Run, data: dict[str, Split], measured: int, figu
     usable = explainers.usable(size)
     windows = ((size - PATCH) // STRIDE + 1) ** 2 if "occlusion" in usable else 0
     per_image = windows + (1 if "gradcam" in usable else 0) + 2 * len(usable) + 1
-    seed = pipeline.data_config(run).seed
+    seed = run_data.data_config(run).seed
     explained = sum(len(faithfulness.sample_indices(len(data[s]), seed)) for s in faithfulness.SPLITS if s in data)
-    predicted = sum(len(data[s]) for s in pipeline.EVAL_SPLITS if s in data)
+    predicted = sum(len(data[s]) for s in evaluation.EVAL_SPLITS if s in data)
     images = measured * (predicted + explained * per_image) + figured * FIGURE_ROWS * (windows + 2) + warmed * len(data["test"])
     return _passes(data, images)
 
 
 def to_measure(run: runs.Run, new: str) -> int:
     """How many models ``evaluate_step`` will measure after ``new`` is trained: it, and those metrics.json has no entry for
-    (an unchanged model keeps its entry, ``pipeline.evaluation_key``)."""
+    (an unchanged model keeps its entry, ``evaluation.evaluation_key``)."""
     earlier = runs.read_json(run.file(runs.METRICS)).get("model_keys", {}) if run.has(runs.METRICS) else {}
-    return 1 + sum(m != new and m not in earlier for m in pipeline.models_in(run))
+    return 1 + sum(m != new and m not in earlier for m in run_models.models_in(run))
 
 
 def warm_passes(data: dict[str, Split]) -> float:
@@ -88,7 +88,7 @@ def train_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> W
     they are dropped when the new model finishes, and come back if it does not."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
-        emit({"type": "plan", "phases": {"unrefined": pipeline.train_config(run, "train").epochs}, "after": {"warm": warm_passes(data)}})
+        emit({"type": "plan", "phases": {"unrefined": run_data.train_config(run, "train").epochs}, "after": {"warm": warm_passes(data)}})
         if not run.has(runs.UNREFINED):
             return _train(run, data, device, emit, cancel)
         with runs.replacing(run.path, runs.MODEL_FILES):
@@ -119,7 +119,7 @@ def refine_work(
     """
 
     def work(emit: Emit, cancel: threading.Event) -> str:
-        cfg = pipeline.refine_settings(run, overrides)
+        cfg = run_data.refine_settings(run, overrides)
         figured = 1 + len(set(run.refined()) | {cfg.method})
         after = {"evaluate": evaluation_passes(run, data, to_measure(run, cfg.method), figured, 1)}
         emit({"type": "plan", "phases": {"refine": cfg.epochs}, "after": after})
@@ -145,7 +145,7 @@ def oracle_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> 
 
     def work(emit: Emit, cancel: threading.Event) -> str:
         after = {"evaluate": evaluation_passes(run, data, to_measure(run, "oracle"), 1 + len(run.refined()), 0)} if run.refined() else {}
-        emit({"type": "plan", "phases": {"oracle": pipeline.train_config(run, "train").epochs}, "after": after})
+        emit({"type": "plan", "phases": {"oracle": run_data.train_config(run, "train").epochs}, "after": after})
         status = pipeline.train_step(run, data, device, emit, cancel, role="oracle").status
         if status != "done" or not run.refined():
             return status
@@ -159,11 +159,11 @@ def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...], shi
     automatic pick, refine with each of ``methods``, evaluate."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
-        phases = {"refine": sum(pipeline.refine_settings(run, {"method": m}).epochs for m in methods)}
+        phases = {"refine": sum(run_data.refine_settings(run, {"method": m}).epochs for m in methods)}
         if not shipped:
-            phases = {"unrefined": pipeline.train_config(run, "train").epochs, **phases}
+            phases = {"unrefined": run_data.train_config(run, "train").epochs, **phases}
         emit({"type": "step", "step": "data", "message": "Generating the synthetic data…"})
-        data = pipeline.load_data(run)
+        data = run_data.load_data(run)
         measured = 1 + len(methods) + shipped  # a new run: every model, and the shipped example brings its oracle
         evaluate = evaluation_passes(run, data, measured, 1 + len(methods), len(methods))
         after = {"pick": _passes(data, len(data["train"])), "evaluate": evaluate}

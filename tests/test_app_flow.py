@@ -15,7 +15,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from exbl_core import pipeline, runs
+from exbl_core import picking, run_data, runs
 from exbl_core.model import build_model
 from studio import tasks
 from studio.jobs import get_runner
@@ -51,7 +51,7 @@ def refine_cancelled_at(run: runs.Run, event_type: str) -> None:
             if event["type"] == event_type:
                 cancel.set()
 
-        data = pipeline.load_data(run)
+        data = run_data.load_data(run)
         return tasks.refine_work(run, data, torch.device("cpu"), 0, 1, {"epochs": 50, "patience": 50})(relay, cancel)
 
     get_runner().start("refine", str(run.path), work)
@@ -139,7 +139,7 @@ def with_models(run: runs.Run, *methods: str) -> None:
 @pytest.mark.slow
 def test_compare_labels_each_model_with_its_pair_and_says_when_pairs_differ(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    recorded = pipeline.refined_pair(run, "exbl")
+    recorded = picking.refined_pair(run, "exbl")
     assert (recorded["good"]["index"], recorded["bad"]["index"], recorded["explainer"]) == (0, 1, "gradcam")
     save_refined(run, "counterexamples", recorded)
     with_models(run, "counterexamples")
@@ -162,7 +162,7 @@ def test_compare_labels_each_model_with_its_pair_and_says_when_pairs_differ(runs
 @pytest.mark.slow
 def test_the_verdict_rule_is_said_once_per_page(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    save_refined(run, "counterexamples", pipeline.refined_pair(run, "exbl"))
+    save_refined(run, "counterexamples", picking.refined_pair(run, "exbl"))
     with_models(run, "counterexamples")
     for page in (COMPARE, "app.py"):
         at = open_page(page)
@@ -224,4 +224,4 @@ def test_a_shortcut_test_image_goes_into_figure_3_and_is_never_marked(runs_dir: 
 def test_a_refined_checkpoint_records_the_pair_it_came_from(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
     pick = runs.read_json(run.file(runs.EXEMPLARS))
-    assert pipeline.refined_pair(run, "exbl") == {key: pick[key] for key in ("good", "bad", "rule", "explainer")}
+    assert picking.refined_pair(run, "exbl") == {key: pick[key] for key in ("good", "bad", "rule", "explainer")}

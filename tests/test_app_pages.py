@@ -17,7 +17,7 @@ import torch
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
-from exbl_core import config, pipeline, runs
+from exbl_core import config, picking, pipeline, run_data, run_models, runs
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
@@ -45,14 +45,14 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run taken through every step once; tests copy it so they never share state."""
-    run = pipeline.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_TRAIN)
+    run = run_data.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_TRAIN)
     run_every_step(run)
     return run.path
 
 
 def run_every_step(run: runs.Run) -> None:
     """Train, pick images 0 and 1, refine and evaluate, on the CPU."""
-    data = pipeline.load_data(run)
+    data = run_data.load_data(run)
     device = pipeline.torch.device("cpu")
     pipeline.train_step(run, data, device)
     pipeline.pick_step(run, data, device, good=0, bad=1)
@@ -95,8 +95,8 @@ def test_home_prefetches_explore_scores_for_a_run_trained_elsewhere(runs_dir: Pa
     # A CLI-trained run reaches the app with empty caches: home starts GradCAM for both
     # splits in the background, so the first Explore visit finds them ready.
     calls: list[int] = []
-    real = pipeline.training_scores
-    monkeypatch.setattr(pipeline, "training_scores", lambda model, split, tau: calls.append(len(split)) or real(model, split, tau))
+    real = picking.training_scores
+    monkeypatch.setattr(picking, "training_scores", lambda model, split, tau: calls.append(len(split)) or real(model, split, tau))
     copy_run(finished_run, runs_dir, (runs.UNREFINED,))
     at = open_page("app.py")
     assert not at.exception
@@ -339,8 +339,8 @@ def test_compare_shows_verdict_table_figure_and_downloads(runs_dir: Path, finish
 def stand_in(run: runs.Run, source: str, which: str) -> None:
     """Save ``source``'s weights as the run's ``which`` model: a checkpoint records its role, so a plain copy is refused."""
     model = build_model(num_classes=4)
-    meta = runs.load_checkpoint(run.file(pipeline.model_file(source)), model)
-    runs.save_checkpoint(run.file(pipeline.model_file(which)), model.state_dict(), {**meta, "role": which})
+    meta = runs.load_checkpoint(run.file(run_models.model_file(source)), model)
+    runs.save_checkpoint(run.file(run_models.model_file(which)), model.state_dict(), {**meta, "role": which})
 
 
 @pytest.mark.slow
@@ -579,7 +579,7 @@ def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path
 @pytest.mark.slow
 def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, make_database, weights_file: Path) -> None:
     spec = config.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
-    run_every_step(pipeline.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
+    run_every_step(run_data.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
     at = open_page(PAGES["compare"])
     assert not at.exception
     table = at.dataframe[0].value
@@ -638,7 +638,7 @@ def test_suggest_reads_occlusion_maps_says_so_and_shows_them(runs_dir: Path, fin
     at = open_page(PAGES["explore"])
     next(b for b in at.button if b.label == "Suggest a pair from occlusion").click().run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
-    good, bad, found = real(pipeline.load_model(run), pipeline.load_split(run, "train"))
+    good, bad, found = real(run_models.load_model(run), run_data.load_split(run, "train"))
     assert calls, "the suggestion did not come from faithful_pick"
     assert at.success[0].value == (
         f"Suggested from occlusion maps of {found['explained']} correctly classified training images: bad #{bad} keeps "

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import assets, cli, config, pipeline, runs
+from exbl_core import assets, cli, config, run_data, run_models, runs
 from tests.conftest import example_preset
 
 TINY = example_preset()
@@ -117,17 +117,17 @@ def test_figures_that_no_longer_match_fail_check(shipped_example: Path) -> None:
 
 def test_install_writes_checkpoints_that_pass_the_runs_identity_checks(shipped_example: Path, tmp_path: Path) -> None:
     before = hashes(shipped_example)
-    run = pipeline.new_run(tmp_path / "run", TINY.data, TINY.train, TINY.refine, "random")
+    run = run_data.new_run(tmp_path / "run", TINY.data, TINY.train, TINY.refine, "random")
     with runs.locked(run.path):
         assets.install(run)
     for role in ("unrefined", "oracle"):
-        model = pipeline.load_model(run, role)  # checks role, run id, data and image size
+        model = run_models.load_model(run, role)  # checks role, run id, data and image size
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert hashes(shipped_example) == before  # the assets were only read
 
 
 def test_install_refuses_a_run_with_other_settings(shipped_example: Path, tmp_path: Path) -> None:
-    run = pipeline.new_run(tmp_path / "run", replace(TINY.data, seed=3), TINY.train, TINY.refine, "random")
+    run = run_data.new_run(tmp_path / "run", replace(TINY.data, seed=3), TINY.train, TINY.refine, "random")
     with pytest.raises(runs.RunError, match="differ from the shipped example"):
         assets.install(run)
     assert not run.has(runs.UNREFINED)

@@ -1,7 +1,7 @@
 """Every checkpoint says what it is, and loading checks it.
 
 A checkpoint records its role (unrefined, oracle or the method), its image size, the
-fingerprint of the run's data settings and the run's id. ``pipeline.load_model`` refuses a
+fingerprint of the run's data settings and the run's id. ``run_models.load_model`` refuses a
 swapped, foreign or other-size file with one line naming it (exit 2 in the CLI); a
 checkpoint written before these were recorded still loads, with a notice.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exbl_core import cli, pipeline, runs
+from exbl_core import cli, run_models, runs
 from exbl_core.model import build_model
 
 TINY = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
@@ -61,16 +61,16 @@ def test_each_checkpoint_records_its_role_size_data_and_run(run_copy):
     config = runs.read_json(run_copy / runs.CONFIG)
     assert len(config["run_id"]) == 16
     for which in ("unrefined", "exbl", "region-swap"):
-        meta = runs.load_checkpoint(run_copy / pipeline.model_file(which), build_model(num_classes=4))
+        meta = runs.load_checkpoint(run_copy / run_models.model_file(which), build_model(num_classes=4))
         assert meta["role"] == which and meta["image_size"] == 32
-        assert meta["run_id"] == config["run_id"] and meta["data_sha256"] == pipeline.data_fingerprint(config["data"])
+        assert meta["run_id"] == config["run_id"] and meta["data_sha256"] == run_models.data_fingerprint(config["data"])
 
 
 def test_a_copied_run_keeps_its_id_and_loads_every_model_without_a_notice(two_methods, run_copy, caplog):
     assert runs.read_json(run_copy / runs.CONFIG)["run_id"] == runs.read_json(two_methods / runs.CONFIG)["run_id"]
     with caplog.at_level(logging.WARNING):
-        for which in pipeline.models_in(runs.open_run(run_copy)):
-            pipeline.load_model(runs.open_run(run_copy), which)
+        for which in run_models.models_in(runs.open_run(run_copy)):
+            run_models.load_model(runs.open_run(run_copy), which)
     assert "cannot be checked" not in caplog.text
 
 
@@ -83,7 +83,7 @@ def test_a_swapped_checkpoint_is_refused_naming_the_file_and_the_model_it_holds(
     shutil.copy(run_copy / SWAP, run_copy / EXBL)
     metrics = (run_copy / runs.METRICS).read_bytes() if (run_copy / runs.METRICS).exists() else None
     with pytest.raises(runs.CheckpointError, match=rf"{EXBL}: it holds the region-swap model, not the exbl model"):
-        pipeline.load_model(runs.open_run(run_copy), "exbl")
+        run_models.load_model(runs.open_run(run_copy), "exbl")
     assert f"{EXBL}: it holds the region-swap model, not the exbl model" in _refused(capsys, run_copy)
     assert ((run_copy / runs.METRICS).read_bytes() if (run_copy / runs.METRICS).exists() else None) == metrics, "evaluate wrote nothing"
 
@@ -91,7 +91,7 @@ def test_a_swapped_checkpoint_is_refused_naming_the_file_and_the_model_it_holds(
 def test_the_unrefined_model_in_a_refined_models_file_is_refused(run_copy):
     shutil.copy(run_copy / runs.UNREFINED, run_copy / EXBL)
     with pytest.raises(runs.CheckpointError, match="it holds the unrefined model, not the exbl model"):
-        pipeline.load_model(runs.open_run(run_copy), "exbl")
+        run_models.load_model(runs.open_run(run_copy), "exbl")
 
 
 def test_another_runs_checkpoint_is_refused(run_copy, capsys):
@@ -119,7 +119,7 @@ def test_a_checkpoint_from_before_identities_loads_with_a_notice(run_copy, caplo
     old = {k: v for k, v in meta.items() if k not in ("role", "run_id", "data_sha256", "format", "version", "arch", "classes")}
     runs.save_checkpoint(run_copy / EXBL, model.state_dict(), old)
     with caplog.at_level(logging.WARNING, logger="exbl_core.pipeline"):
-        pipeline.load_model(runs.open_run(run_copy), "exbl")
+        run_models.load_model(runs.open_run(run_copy), "exbl")
     notices = [r.getMessage() for r in caplog.records if "cannot be checked" in r.getMessage()]
     assert len(notices) == 1 and EXBL in notices[0]
 
@@ -131,6 +131,6 @@ def test_a_run_from_before_run_ids_still_loads_its_checkpoints(run_copy):
     model = build_model(num_classes=4)
     meta = runs.load_checkpoint(run_copy / EXBL, model)
     runs.save_checkpoint(run_copy / EXBL, model.state_dict(), {**meta, "run_id": None})
-    pipeline.load_model(runs.open_run(run_copy), "exbl")
+    run_models.load_model(runs.open_run(run_copy), "exbl")
     with pytest.raises(runs.CheckpointError, match="trained in another run"):
-        pipeline.load_model(runs.open_run(run_copy), "unrefined")  # it names a run id this run does not have
+        run_models.load_model(runs.open_run(run_copy), "unrefined")  # it names a run id this run does not have

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import cli, config, pipeline, runs
+from exbl_core import cli, config, picking, runs
 from exbl_core.data import CLASSES
 from exbl_core.figures import model_label
 
@@ -74,7 +74,7 @@ def test_quick_demo_metrics_json_has_the_documented_shape(demo_run):
 
 def test_quick_demo_says_how_the_exemplars_were_picked(demo_run):
     pick = json.loads((demo_run.path / "exemplars.json").read_text())
-    assert pick["rule"] == pipeline.AUTO_PICK_RULE and pipeline.AUTO_PICK_RULE in demo_run.stdout
+    assert pick["rule"] == picking.AUTO_PICK_RULE and picking.AUTO_PICK_RULE in demo_run.stdout
     assert pick["good"]["ap"] >= pick["bad"]["ap"]
     assert pick["good"]["class"] == pick["good"]["predicted"] and pick["bad"]["class"] == pick["bad"]["predicted"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline, run_data, run_models, runs
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_a_second_evaluation_measures_nothing_that_did_not_change(run_copy: Path, counted: list[int]) -> None:
     run = runs.open_run(run_copy)
-    data, cpu = pipeline.load_data(run), torch.device("cpu")
+    data, cpu = run_data.load_data(run), torch.device("cpu")
     first = pipeline.evaluate_step(run, data, cpu)
     assert counted, "the first evaluation measured nothing"
     counted.clear()
@@ -33,9 +33,9 @@ def test_a_second_evaluation_measures_nothing_that_did_not_change(run_copy: Path
 @pytest.mark.slow
 def test_a_changed_checkpoint_is_measured_again_and_only_it(run_copy: Path, counted: list[int]) -> None:
     run = runs.open_run(run_copy)
-    data, cpu = pipeline.load_data(run), torch.device("cpu")
+    data, cpu = run_data.load_data(run), torch.device("cpu")
     first = pipeline.evaluate_step(run, data, cpu)
-    per_model = len(counted) // len(pipeline.models_in(run))
+    per_model = len(counted) // len(run_models.models_in(run))
     counted.clear()
     pipeline.refine_step(run, data, cpu, overrides={"method": "exbl", "epochs": 1, "lr": 1e-2})  # a new refined-exbl.pt
     again = pipeline.evaluate_step(run, data, cpu)

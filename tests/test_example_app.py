@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from exbl_core import pipeline, runs
+from exbl_core import run_models, runs
 from studio import example, pages
 from studio.cache import RUNS_DIR_ENV
 from studio.jobs import get_runner
@@ -52,7 +52,7 @@ def test_first_start_opens_the_example_at_once_and_explore_shows_its_explanation
     assert len(said) == 1 and said[0].startswith("Opened the shipped example") and "nothing was trained" in said[0]
     (run,) = runs.list_runs(folder)
     assert run.name.startswith("example-") and run.has(runs.UNREFINED) and run.has(runs.ORACLE)
-    assert pipeline.load_model(run, "oracle") is not None  # the run's identity checks pass
+    assert run_models.load_model(run, "oracle") is not None  # the run's identity checks pass
     explore = at.switch_page(pages.EXPLORE).run()
     assert not explore.exception
     assert len(explore.image) >= 1 and all(i.proto.imgs[0].caption.startswith("#") for i in explore.image)

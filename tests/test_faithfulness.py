@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from exbl_core import cli, faithfulness, pipeline, runs
+from exbl_core import cli, faithfulness, picking, runs
 
 
 def test_the_sample_is_fixed_by_the_seed_sorted_and_at_most_a_quarter_of_a_small_split():
@@ -71,7 +71,7 @@ def test_the_automatic_pick_on_occlusion_maps_records_what_it_read(run_copy, cap
     """``pick --pick-from occlusion`` reads occlusion maps, and exemplars.json and the console say so."""
     assert cli.main(["pick", "--run", str(run_copy), "--pick-from", "occlusion"]) == 0
     pick = json.loads((run_copy / runs.EXEMPLARS).read_text())
-    assert pick["explainer"] == "occlusion" and pick["rule"] == pipeline.FAITHFUL_PICK_RULE
+    assert pick["explainer"] == "occlusion" and pick["rule"] == picking.FAITHFUL_PICK_RULE
     assert pick["found"]["bad_lung_share"] <= pick["found"]["good_lung_share"]
     assert pick["good"]["class"] == pick["bad"]["class"] and pick["good"]["index"] != pick["bad"]["index"]
     assert "of its occlusion map on the lungs" in capsys.readouterr().out

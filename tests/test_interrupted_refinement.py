@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import pipeline, runs
+from exbl_core import pipeline, run_data, run_models, runs
 from exbl_core.model import build_model
 from exbl_core.training import Interrupted, TrainingError
 
@@ -39,7 +39,7 @@ def sha256(path: Path) -> str:
 def _refine(run_path: Path, on_event=None, cancel: threading.Event | None = None, overrides: dict | None = None):
     run = runs.open_run(run_path)
     with runs.locked(run_path):
-        data = pipeline.load_data(run)
+        data = run_data.load_data(run)
         return pipeline.refine_step(run, data, torch.device("cpu"), on_event, cancel, overrides or dict(LONG))
 
 
@@ -128,9 +128,9 @@ def test_a_partial_file_is_never_taken_for_the_methods_model(run_copy):
     assert (run_copy / PARTIAL).is_file()
     (run_copy / FINAL).unlink()
     run = runs.open_run(run_copy)
-    assert "exbl" not in pipeline.models_in(run) and run.refined() == []
+    assert "exbl" not in run_models.models_in(run) and run.refined() == []
     with pytest.raises(runs.RunError, match=f"no exbl model yet \\({re.escape(FINAL)} is missing\\)"):
-        pipeline.load_model(run, "exbl")
+        run_models.load_model(run, "exbl")
 
 
 def test_without_a_finished_model_the_message_says_there_is_still_none(run_copy):
@@ -228,7 +228,7 @@ def test_a_retraining_cancelled_after_its_first_epoch_brings_the_whole_previous_
     before = _files(run_copy)
     run, cancel = runs.open_run(run_copy), threading.Event()
     with runs.locked(run_copy), runs.replacing(run_copy, runs.MODEL_FILES):
-        data = pipeline.load_data(run)
+        data = run_data.load_data(run)
         result = pipeline.train_step(run, data, torch.device("cpu"), _after_first_epoch(cancel.set), cancel)
     partial = runs.partial_file(runs.UNREFINED)
     assert result.status == "cancelled" and result.best_epoch == 1
@@ -246,7 +246,7 @@ def test_a_retraining_cancelled_after_its_first_epoch_brings_the_whole_previous_
 def test_a_retraining_that_finishes_replaces_the_run_and_leaves_no_partial_file(run_copy):
     run = runs.open_run(run_copy)
     with runs.locked(run_copy), runs.replacing(run_copy, runs.MODEL_FILES):
-        data = pipeline.load_data(run)
+        data = run_data.load_data(run)
         result = pipeline.train_step(run, data, torch.device("cpu"))
     assert result.status == "done"
     names = set(_files(run_copy))

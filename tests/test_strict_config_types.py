@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exbl_core import cli, config, pipeline, runs
+from exbl_core import cli, config, run_data, runs
 from exbl_core.training import TrainConfig
 
 
@@ -57,14 +57,14 @@ def test_a_setting_of_the_wrong_type_is_refused_before_refining(run_copy, capsys
 def test_an_int_is_a_fine_float_and_null_a_fine_optional(run_copy):
     _set(run_copy, "refine", "lr", 1)
     _set(run_copy, "refine", "lambda_expl", None)
-    assert pipeline.train_config(runs.open_run(run_copy), "refine") == TrainConfig(**runs.read_json(run_copy / runs.CONFIG)["refine"])
+    assert run_data.train_config(runs.open_run(run_copy), "refine") == TrainConfig(**runs.read_json(run_copy / runs.CONFIG)["refine"])
 
 
 @pytest.fixture
 def folder_run(make_database, tmp_path: Path) -> Path:
     """A real-data run with config.json and split.json written, not trained."""
     spec = config.FolderSpec(str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
-    run = pipeline.new_run(tmp_path / "real", spec, TrainConfig(epochs=1), TrainConfig(epochs=1), start="random")
+    run = run_data.new_run(tmp_path / "real", spec, TrainConfig(epochs=1), TrainConfig(epochs=1), start="random")
     return run.path
 
 
@@ -79,4 +79,4 @@ def test_a_label_out_of_range_in_split_json_is_refused_naming_the_file_before_tr
     assert "with a label 0 to 3" in line
     assert snapshot(folder_run) == before and not (folder_run / runs.UNREFINED).exists()
     with pytest.raises(runs.RunError, match="val entry 0"):
-        pipeline.load_split(runs.open_run(folder_run), "val")  # the app's way in is checked too
+        run_data.load_split(runs.open_run(folder_run), "val")  # the app's way in is checked too
