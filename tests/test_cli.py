@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from exbl_core import cli, config, picking, runs
+from exbl_core.cli.parser import build_parser
+from exbl_core.cli.progress import ProgressPrinter
 from exbl_core.data import CLASSES
 from exbl_core.figures import model_label
 
@@ -283,7 +285,7 @@ def test_synthetic_table1_has_no_paper_columns_but_says_what_it_started_from(dem
 @pytest.mark.parametrize("term", [{}, {"expl": 0.25}, {"expl": 0.25, "active_triplets": 0.5}])
 def test_the_epoch_line_shows_a_methods_term_and_the_active_share_only_where_there_is_one(term, capsys):
     event = {"type": "epoch_end", "phase": "refine", "epoch": 1, "epochs": 8, "loss": 0.5, "ce": 0.4, "seconds": 3.0, "best": True}
-    cli.ProgressPrinter()({**event, "val_loss": 0.3, "val_accuracy": 0.9, "val_ap": 0.5, **term})
+    ProgressPrinter()({**event, "val_loss": 0.3, "val_accuracy": 0.9, "val_ap": 0.5, **term})
     line = capsys.readouterr().out
     assert "CE 0.400" in line and ("expl 0.250" in line) == ("expl" in term) and ("active 50%" in line) == ("active_triplets" in term)
 
@@ -350,7 +352,7 @@ def test_refine_without_a_method_uses_the_default_the_help_states_and_says_so(de
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"Refining with {model_label(config.DEFAULT_METHOD)}")
     assert (demo_copy / "refined-region-swap.pt").read_bytes() == before
-    assert f"default {config.DEFAULT_METHOD}" in cli.build_parser()._subparsers._group_actions[0].choices["refine"].format_help()
+    assert f"default {config.DEFAULT_METHOD}" in build_parser()._subparsers._group_actions[0].choices["refine"].format_help()
 
 
 @pytest.mark.slow
