@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from exbl_core import config, run_data, run_models, runs, weights
+from exbl_core import config, errors, files, run_data, run_models, runs, weights
 from exbl_core.data import CLASSES, DataError
 from exbl_core.synthetic import SyntheticConfig
 from studio import cache, gallery, live, pages, state, tasks, views
@@ -109,7 +109,7 @@ def new_run_form() -> None:
         try:
             with st.spinner("Checking the data and writing the split…"):
                 run = run_data.new_run(cache.runs_dir() / name, spec, replace(preset.train, epochs=int(epochs)), preset.refine, start=start)
-        except (DataError, runs.RunError, ValueError, OSError) as exc:
+        except (DataError, errors.RunError, ValueError, OSError) as exc:
             st.error(f"Could not create the run: {exc}")
             return
         state.select_run(run)
@@ -141,7 +141,7 @@ def data_summary(run: runs.Run) -> None:
     if train.child is not None:
         table["train: child"] = [int(train.child[train.labels == c].sum()) for c in range(len(CLASSES))]
     st.dataframe({"class": list(CLASSES), **table}, hide_index=True)
-    skipped = runs.read_json(run.file(runs.SPLIT)).get("skipped", [])
+    skipped = files.read_json(run.file(runs.SPLIT)).get("skipped", [])
     if skipped:
         st.warning(f"{len(skipped)} files were skipped: " + "; ".join(skipped[:5]) + (" …" if len(skipped) > 5 else ""))
     samples = [i for c in range(len(CLASSES)) for i in (train.labels == c).nonzero()[:2, 0].tolist()]

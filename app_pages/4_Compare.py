@@ -7,7 +7,7 @@ import time
 import streamlit as st
 import torch
 
-from exbl_core import results, run_data, runs, study
+from exbl_core import results, run_data, run_models, runs, study
 from exbl_core.data import CLASSES
 from exbl_core.figures import PAPER_NOTE, model_label, table1_columns
 from studio import cache, live, pages, state, tasks, views
@@ -17,7 +17,7 @@ pages.setup("Compare")
 run = pages.trained_run()
 KINDS = ("evaluate", "refine", "demo", "oracle")
 busy_here = live.job_on(run) is not None
-if not run.refined() and not busy_here:
+if not run_models.refined(run) and not busy_here:
     views.empty_state("No refined model yet: start a refinement on Refine.", pages.REFINE, "Refine")
     st.stop()
 
@@ -40,7 +40,7 @@ else:
     live.job_panel(run, KINDS, after="outcome")  # how the last job ended, such as what a cancel kept
 
 models = metrics["models"]
-refined = [m for m in run.refined() if m in models]
+refined = [m for m in run_models.refined(run) if m in models]
 oracle = models.get("oracle")
 if (sentence := state.disagreement(run, metrics)) is not None:
     st.info(sentence)

@@ -2,8 +2,9 @@
 one good and one bad GradCAM explanation.
 
 Modules, each depending only on those before it: ``data``, ``synthetic``, ``model``,
-``gradcam``, ``losses``, ``metrics``, ``training``, ``runs``, ``figures``,
-``pipeline`` and ``cli``.
+``explainers``, ``losses``, ``methods``, ``metrics``, ``training``, ``config``, ``files``
+and ``checkpoints``, ``runs``, ``run_data`` and ``run_models``, ``picking``, ``evaluation``,
+``figures`` and ``results``, ``pipeline`` and ``cli``.
 """
 
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import config, faithfulness, pipeline, run_data, run_models, runs, weights
+from exbl_core import checkpoints, config, errors, faithfulness, files, pipeline, run_data, run_models, runs, weights
 from exbl_core.data import CLASSES
 from exbl_core.load_failure import describe_load_failure
 from exbl_core.model import ARCH, build_model
@@ -87,7 +87,7 @@ def _commit() -> str:
 def _payload(run: runs.Run, role: str) -> bytes:
     """One trained model of ``run`` as an fp16 asset: its weights and what it is, saved with ``torch.save``."""
     model = build_model(num_classes=len(CLASSES), freeze=False)
-    meta = runs.load_checkpoint(run.file(run_models.model_file(role)), model)
+    meta = checkpoints.load_checkpoint(run.file(run_models.model_file(role)), model)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     payload = {
         "format": ASSET_FORMAT,
@@ -149,15 +149,15 @@ def read_manifest(directory: Path | None = None) -> dict:
     """manifest.json, checked to describe the shipped settings of this code (else an ``AssetError`` naming it)."""
     path = _folder(directory) / MANIFEST
     try:
-        manifest = runs.read_json(path)
-    except runs.RunError as exc:
+        manifest = files.read_json(path)
+    except errors.RunError as exc:
         raise _fix(path, str(exc).removeprefix(f"{path}: ")) from exc
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != VERSION:
         raise _fix(path, f"is not a version-{VERSION} manifest of the shipped example")
     if manifest.get("settings") != shipped_settings():
         raise _fix(path, "was made for other data or training settings than this code's default demo")
-    files, figures = manifest.get("files"), manifest.get("figures")
-    if not isinstance(files, dict) or set(files) != set(ROLES) or not all(isinstance(files[r], dict) for r in ROLES):
+    listed, figures = manifest.get("files"), manifest.get("figures")
+    if not isinstance(listed, dict) or set(listed) != set(ROLES) or not all(isinstance(listed[r], dict) for r in ROLES):
         raise _fix(path, f"does not list exactly the {' and '.join(ROLES)} models")
     if not isinstance(figures, dict) or not all(
         isinstance(figures.get(r), dict) and all(isinstance(figures[r].get(k), int | float) for k in FIGURES) for r in ROLES
@@ -252,13 +252,13 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
             say(f"Training the {role} model (up to {config.DEMO.train.epochs} epochs)")
             pipeline.train_step(run, data, device, on_event, role=role)
         blobs = {role: _payload(run, role) for role in ROLES}
-    files, figures = {}, {}
+    written, figures = {}, {}
     for role, blob in blobs.items():
         name = run_models.model_file(role)
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         with torch.inference_mode():
             figures[role] = measure(_fp32_model(payload, directory / name), config.DEMO.data)
-        files[role] = {
+        written[role] = {
             "file": name,
             "sha256": hashlib.sha256(blob).hexdigest(),
             "bytes": len(blob),
@@ -269,7 +269,7 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
         "format": MANIFEST_FORMAT,
         "version": VERSION,
         "settings": settings,
-        "files": files,
+        "files": written,
         "figures": figures,
         "commit": commit,
         "command": BUILD_COMMAND,
@@ -278,8 +278,8 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
         "threads": BUILD_THREADS,
     }
     for role, blob in blobs.items():
-        runs.atomic_write_bytes(directory / run_models.model_file(role), blob)
-    runs.write_json(directory / MANIFEST, manifest)
+        files.atomic_write_bytes(directory / run_models.model_file(role), blob)
+    files.write_json(directory / MANIFEST, manifest)
     return manifest
 
 
@@ -290,7 +290,7 @@ def install(run: runs.Run, directory: Path | None = None) -> dict:
     verified first and only read. Returns the manifest. The caller holds the run's lock.
     """
     if not matches(run.config()):
-        raise runs.RunError(f"{run.path}: its settings differ from the shipped example's, so its models must be trained")
+        raise errors.RunError(f"{run.path}: its settings differ from the shipped example's, so its models must be trained")
     directory = _folder(directory)
     manifest = verify(directory)
     for role in ROLES:
@@ -305,7 +305,7 @@ def install(run: runs.Run, directory: Path | None = None) -> dict:
             "shipped_sha256": manifest["files"][role]["sha256"],
             **run_models.run_identity(run),
         }
-        runs.save_checkpoint(run.file(run_models.model_file(role)), model.state_dict(), checkpoint)
+        checkpoints.save_checkpoint(run.file(run_models.model_file(role)), model.state_dict(), checkpoint)
     return manifest
 
 

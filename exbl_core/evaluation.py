@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import explainers, faithfulness, run_models, runs
+from exbl_core import errors, explainers, faithfulness, files, run_models, runs
 from exbl_core import metrics as metrics_module
 
 EVAL_SPLITS = ("val", "test", "shortcut_test")
@@ -42,6 +42,6 @@ def evaluation_key(run: runs.Run, name: str, tau: float, samples: dict[str, torc
 def earlier_metrics(run: runs.Run) -> dict:
     """The metrics.json an evaluation may reuse entries of; nothing when there is none or it cannot be read."""
     try:
-        return runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else {}
-    except runs.RunError:
+        return files.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else {}
+    except errors.RunError:
         return {}

@@ -20,7 +20,7 @@ from PIL import Image
 
 from exbl_core import segmenter
 from exbl_core.data import read_gray, scan_gallery
-from exbl_core.runs import atomic_write_bytes
+from exbl_core.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,21 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import config, evaluation, explainers, faithfulness, picking, results, run_data, run_models, runs, weights
+from exbl_core import (
+    checkpoints,
+    config,
+    errors,
+    evaluation,
+    explainers,
+    faithfulness,
+    files,
+    picking,
+    results,
+    run_data,
+    run_models,
+    runs,
+    weights,
+)
 from exbl_core.data import CLASSES, VIRAL_PNEUMONIA, Split
 from exbl_core.events import END_TYPES, Event, EventCallback
 from exbl_core.explainers.gradcam import predict_with_cams
@@ -41,7 +55,7 @@ def check_ready(run: runs.Run, step: str) -> None:
     if step in NEEDS:
         name, maker = NEEDS[step]
         if not run.has(name):
-            raise runs.RunError(f"{run.path}: nothing to {step} yet ({name} is missing); run {maker} first")
+            raise errors.RunError(f"{run.path}: nothing to {step} yet ({name} is missing); run {maker} first")
 
 
 # --------------------------------------------------------------------------- training a model's file
@@ -72,7 +86,7 @@ class _Attempt:
 
     @property
     def staged(self) -> bool:
-        return self.name in runs.STAGED_FILES or self.replaces_run
+        return runs.STAGED_FILES.fullmatch(self.name) is not None or self.replaces_run
 
     @property
     def target(self) -> str:
@@ -90,14 +104,14 @@ class _Attempt:
             **run_models.run_identity(self.run),
             **self.extra,
         }
-        runs.save_checkpoint(self.run.file(self.target), state, meta)
+        checkpoints.save_checkpoint(self.run.file(self.target), state, meta)
         self.best_epoch = epoch
 
     def finish(self) -> None:
         """The attempt ended normally: its best epoch becomes the model (before history says ``done``);
         a new unrefined.pt also drops the run it replaces (``runs.replacing``)."""
         if self.staged and self.best_epoch > 0:
-            runs.promote(self.run.file(self.target), self.run.file(self.name))
+            files.promote(self.run.file(self.target), self.run.file(self.name))
         if self.replaces_run:
             runs.settle(self.run.path)
 
@@ -263,14 +277,14 @@ def pick_step(
             "predicted": CLASSES[int(scores["preds"][i])],
             "ap": float(scores["ap"][i]),
         }
-    runs.write_json(run.file(runs.EXEMPLARS), pick)
+    files.write_json(run.file(runs.EXEMPLARS), pick)
     idx = torch.tensor([good, bad])
     labels = [
         f"good #{good} {pick['good']['class']} AP {pick['good']['ap']:.2f}",
         f"bad #{bad} {pick['bad']['class']} AP {pick['bad']['ap']:.2f}",
     ]
     cams = scores["cams"][idx]
-    runs.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(cam_grid(train.float_images(idx), [cams], EXEMPLAR_COLUMNS, labels)))
+    files.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(cam_grid(train.float_images(idx), [cams], EXEMPLAR_COLUMNS, labels)))
     return pick
 
 
@@ -293,7 +307,7 @@ def refine_step(
     method = get_method(cfg.method)
     train = data["train"]
     check_feedback(method, train)
-    pick = runs.read_json(run.file(runs.EXEMPLARS))
+    pick = files.read_json(run.file(runs.EXEMPLARS))
     good, bad = pick["good"]["index"], pick["bad"]["index"]
     picking.validate_pick(good, bad, len(train))
     model = run_models.load_model(run, "unrefined", device)
@@ -305,7 +319,7 @@ def refine_step(
     if result.status == "done" and chosen != run_data.train_config(run, "refine"):
         doc = run.config()
         doc["refine"] = chosen.to_dict()
-        runs.write_json(run.file(runs.CONFIG), doc)
+        files.write_json(run.file(runs.CONFIG), doc)
     return result
 
 
@@ -343,12 +357,12 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
     if "unrefined" in models and "shortcut_test" in models["unrefined"]:
         metrics["shortcut_gap"] = {name: shortcut_gap(m["test"], m["shortcut_test"]) for name, m in models.items()}
         metrics["verdicts"] = {
-            name: shortcut_verdict(models["unrefined"], models[name], models.get("oracle")).to_dict() for name in run.refined()
+            name: shortcut_verdict(models["unrefined"], models[name], models.get("oracle")).to_dict() for name in run_models.refined(run)
         }
     if run.has(runs.EXEMPLARS):
-        pick = runs.read_json(run.file(runs.EXEMPLARS))
+        pick = files.read_json(run.file(runs.EXEMPLARS))
         metrics["exemplars"] = {"good": pick["good"]["index"], "bad": pick["bad"]["index"], "rule": pick["rule"]}
-    runs.write_json(run.file(runs.METRICS), metrics)
+    files.write_json(run.file(runs.METRICS), metrics)
     return metrics
 
 
@@ -367,7 +381,7 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
         cams = predict_with_cams(unrefined, test.float_images(vp))[1]
         ap[vp] = activation_precision_scores(cams, test.masks[vp], run_data.train_config(run, "refine").tau)
         rows, title = results.default_figure_rows(test, ap), results.FIGURE_ROWS_RULE
-    names = ["unrefined", *run.refined()]
+    names = ["unrefined", *run_models.refined(run)]
     x = test.float_images(torch.tensor(rows, dtype=torch.long))
     usable = explainers.usable(int(x.shape[-1]))
     explained = {
@@ -376,9 +390,9 @@ def figure_step(run: runs.Run, data: dict[str, Split], device: torch.device, row
     }
     labels = results.figure_row_labels(test, rows, {name: probs.argmax(1) for name, (probs, _) in explained.items()})
     cam_sets = {(name, explainer): maps for name, (_, by) in explained.items() for explainer, maps in by.items()}
-    runs.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, cam_sets, labels, title=title)))
-    metrics = runs.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else evaluate_step(run, data, device)
+    files.atomic_write_bytes(run.file(runs.FIGURE3), figure_png(figure3(x, cam_sets, labels, title=title)))
+    metrics = files.read_json(run.file(runs.METRICS)) if run.has(runs.METRICS) else evaluate_step(run, data, device)
     table = results.table1(run, metrics)
-    runs.atomic_write_text(run.file(runs.TABLE1_CSV), results.table1_csv_text(run, table))
-    runs.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table, results.table1_note(run, metrics)))
+    files.atomic_write_text(run.file(runs.TABLE1_CSV), results.table1_csv_text(run, table))
+    files.atomic_write_text(run.file(runs.TABLE1_MD), table1_markdown(table, results.table1_note(run, metrics)))
     return table

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from exbl_core import segmenter
-from exbl_core.runs import atomic_write_bytes
+from exbl_core.files import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "real-sample"

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from exbl_core import config, runs, weights
+from exbl_core import config, errors, files, runs, weights
 from exbl_core.data import CLASSES, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
 from exbl_core.training import TrainConfig
@@ -26,9 +26,7 @@ class PreparedRun:
     data: dict[str, Split] | None
 
 
-def prepare_run(
-    data: SyntheticConfig | config.FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
-) -> PreparedRun:
+def prepare_run(data: config.DataSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None) -> PreparedRun:
     """Check every setting and read a data set folder in full, writing nothing.
 
     So a bad setting, a missing or unreadable mask, or a data set too small for the split
@@ -68,13 +66,11 @@ def prepare_run(
 def write_run(out: str | Path, prepared: PreparedRun) -> runs.Run:
     """Write a prepared run's config.json and split.json; the caller holds the folder's lock."""
     run = runs.create_run(out, prepared.config)
-    runs.write_json(run.file(runs.SPLIT), prepared.split)
+    files.write_json(run.file(runs.SPLIT), prepared.split)
     return run
 
 
-def new_run(
-    out: str | Path, data: SyntheticConfig | config.FolderSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None
-) -> runs.Run:
+def new_run(out: str | Path, data: config.DataSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None) -> runs.Run:
     """Create a run folder with config.json and split.json, in a new or empty folder only."""
     runs.check_target(out)
     prepared = prepare_run(data, train, refine, start)
@@ -87,7 +83,7 @@ def _synthetic_summary(cfg: SyntheticConfig, split: str) -> dict:
     return {"labels": labels.tolist(), "child": child.tolist()}
 
 
-def data_config(run: runs.Run) -> SyntheticConfig | config.FolderSpec:
+def data_config(run: runs.Run) -> config.DataSpec:
     """The run's data settings, checked: a hand-edited config.json gets an error naming it."""
     try:
         cfg = dict(run.config()["data"])
@@ -98,10 +94,10 @@ def data_config(run: runs.Run) -> SyntheticConfig | config.FolderSpec:
         config.check_types(kinds[source], cfg)
         spec = kinds[source](**cfg)
         config.check_data(spec)
-    except runs.RunError:
+    except errors.RunError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise runs.RunError(f"{run.file(runs.CONFIG)}: its 'data' settings are not valid ({_reason(exc)})") from exc
+        raise errors.RunError(f"{run.file(runs.CONFIG)}: its 'data' settings are not valid ({_reason(exc)})") from exc
     return spec
 
 
@@ -139,14 +135,14 @@ def split_entries(run: runs.Run, split: str) -> list[tuple[int, str]]:
     """A real-data split's ``(label, image path)`` entries from split.json, checked: a hand-edited
     label out of range or of the wrong type gets one line naming the file, before any training."""
     path = run.file(runs.SPLIT)
-    entries = runs.read_json(path).get(split)
+    entries = files.read_json(path).get(split)
     if not isinstance(entries, list):
-        raise runs.RunError(f"{path}: has no list of {split} images")
+        raise errors.RunError(f"{path}: has no list of {split} images")
     for i, entry in enumerate(entries):
         ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)
         label = entry[0] if ok else None
         if not ok or not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(CLASSES):
-            raise runs.RunError(
+            raise errors.RunError(
                 f"{path}: {split} entry {i} is {json.dumps(entry)}; each must be [label, image path] with a label 0 to {len(CLASSES) - 1}"
             )
     return [(label, rel) for label, rel in entries]
@@ -165,7 +161,7 @@ def train_config(run: runs.Run, phase: str) -> TrainConfig:
         config.check_types(TrainConfig, settings)
         return TrainConfig(**settings)
     except (KeyError, TypeError, ValueError) as exc:
-        raise runs.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
+        raise errors.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
 
 
 def can_train_oracle(run: runs.Run) -> bool:

@@ -13,8 +13,9 @@ import logging
 
 import torch
 
-from exbl_core import runs, weights
+from exbl_core import checkpoints, errors, runs, weights
 from exbl_core.data import CLASSES
+from exbl_core.methods import METHODS
 from exbl_core.model import build_model
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,21 @@ def model_file(name: str) -> str:
 
 def models_in(run: runs.Run) -> list[str]:
     """Every model the run holds: unrefined, oracle (when trained), then each refined method."""
-    return [m for m in ("unrefined", "oracle") if run.has(model_file(m))] + run.refined()
+    return [m for m in ("unrefined", "oracle") if run.has(model_file(m))] + refined(run)
+
+
+def refined(run: runs.Run) -> list[str]:
+    """The methods this run holds a refined checkpoint of, in the registry's order (the paper's first)."""
+    return [m for m in METHODS if run.has(runs.refined_file(m))]
 
 
 def load_model(run: runs.Run, which: str = "unrefined", device: torch.device | None = None) -> torch.nn.Module:
     """One of the run's models (see ``models_in``), in eval mode, on ``device``; checked to be that model of this run."""
     name = model_file(which)
     if not run.has(name):
-        raise runs.RunError(f"{run.path}: no {which} model yet ({name} is missing)")
+        raise errors.RunError(f"{run.path}: no {which} model yet ({name} is missing)")
     model = build_model(num_classes=len(CLASSES), freeze=False)
-    meta = runs.load_checkpoint(run.file(name), model)
+    meta = checkpoints.load_checkpoint(run.file(name), model)
     check_identity(run, which, meta)
     return model.to(device or torch.device("cpu")).eval()
 
@@ -86,7 +92,7 @@ def check_identity(run: runs.Run, which: str, meta: dict) -> None:
     if "image_size" in meta and meta["image_size"] != size:
         problems.append(f"it is for {meta['image_size']} px images, this run's are {size} px")
     if problems:
-        raise runs.CheckpointError(f"{path}: {'; '.join(problems)}; it was not loaded")
+        raise errors.CheckpointError(f"{path}: {'; '.join(problems)}; it was not loaded")
     missing = [f for f in IDENTITY_FIELDS if f not in meta]
     if missing:
         log.warning("%s: written before checkpoints recorded their model, run and data, so it cannot be checked against this run", path)

@@ -1,12 +1,6 @@
-"""A run folder on disk: config, split, checkpoints, exemplars, history, metrics, figures.
+"""A run folder on disk: config, split, checkpoints, exemplars, history, metrics, figures, and its lock.
 
-Every write goes to a temporary file in the same folder and is then renamed over the
-target with ``os.replace``, so a crash or a full disk never leaves a half-written
-checkpoint or JSON file behind: the previous version stays intact. Checkpoints carry
-their architecture, classes and format version, and are loaded with
-``weights_only=True``: a file from another model, another version or a pickle that
-runs code gets a clear error, never a silent mix.
-
+Its files are written atomically (``files``) and its models are checkpoints (``checkpoints``).
 The tool owns only the files it names below (``RUN_FILES``), in folders marked as runs
 by their config.json: it never writes into, or deletes from, a folder that is not a
 run, and never touches a file it did not name. One writer at a time holds a run's
@@ -23,23 +17,17 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from exbl_core import checkpoints, files
 from exbl_core.data import CLASSES
-from exbl_core.load_failure import describe_load_failure
-from exbl_core.methods import METHODS
+from exbl_core.errors import RunError, WriteError
 from exbl_core.model import ARCH
 
-RUN_FORMAT = "exbl-run"
-CHECKPOINT_FORMAT = "exbl-checkpoint"
-FORMAT_VERSION = 2  # 2: one refined checkpoint per method, an optional oracle
+RUN_FORMAT = "exbl-run"  # its version is the checkpoints' (``checkpoints.FORMAT_VERSION``)
 
 CONFIG = "config.json"
 SPLIT = "split.json"
@@ -68,166 +56,31 @@ def partial_file(name: str) -> str:
     return f"{name.removesuffix('.pt')}.partial.pt"
 
 
-REFINED_FILES = tuple(refined_file(m) for m in METHODS)
+# A model's file: unrefined.pt, oracle.pt or refined-<method>.pt, and the partial file an attempt at it
+# writes first. A pattern, so that the run folder need not know which methods there are.
+_REFINED = r"refined-[a-z0-9][a-z0-9_-]*"
+_MODEL = rf"(?:unrefined|oracle|{_REFINED})(?:\.partial)?\.pt"
+
+
+def _files(*names: str) -> re.Pattern:
+    """A pattern that a file's whole name matches when it is one of the models' files or of ``names``."""
+    return re.compile("|".join([_MODEL, *map(re.escape, names)]))
+
+
 # The models whose attempts are always staged in a partial file. unrefined.pt is staged only
 # when it replaces a finished one: replacing it replaces the whole run, which ``replacing``
 # keeps aside until the new model finishes; a first training keeps its best epoch in place.
-STAGED_FILES = (ORACLE, *REFINED_FILES)
-PARTIAL_FILES = tuple(partial_file(n) for n in (UNREFINED, *STAGED_FILES))
+STAGED_FILES = re.compile(rf"(?:oracle|{_REFINED})\.pt")
 # Every file a run folder may hold that the tool wrote; nothing else is ever replaced or deleted.
-RUN_FILES = (
-    CONFIG,
-    SPLIT,
-    UNREFINED,
-    ORACLE,
-    *REFINED_FILES,
-    *PARTIAL_FILES,
-    EXEMPLARS,
-    EXEMPLARS_PNG,
-    HISTORY,
-    METRICS,
-    FIGURE3,
-    TABLE1_CSV,
-    TABLE1_MD,
-)
+RUN_FILES = _files(CONFIG, SPLIT, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
 # What a trained model brings with it: set aside together when the model is replaced.
-MODEL_FILES = (UNREFINED, ORACLE, *REFINED_FILES, *PARTIAL_FILES, EXEMPLARS, EXEMPLARS_PNG, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+MODEL_FILES = _files(EXEMPLARS, EXEMPLARS_PNG, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
 LOCK = ".lock"
 ASIDE = ".previous-run"
-# atomic_write_bytes's temporary files: ".<owned name>.<random>.tmp"
-_TEMP = re.compile(r"^\.(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.[^/]+\.tmp$")
+# files.atomic_write_bytes's temporary files: ".<owned name>.<random>.tmp"
+_TEMP = re.compile(r"\.(?:" + RUN_FILES.pattern + r")\.[^/]+\.tmp")
 
 log = logging.getLogger(__name__)
-
-
-class RunError(ValueError):
-    """A run folder that is missing, incomplete or written by an incompatible version."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is unreadable or belongs to another model."""
-
-
-class WriteError(RunError):
-    """A run file could not be written (disk full, read-only, no permission); its previous version is intact."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
-
-    Any OS failure (a full disk, a read-only folder) becomes a ``WriteError`` naming the
-    file; the temporary file is removed and the previous version of ``path`` is untouched.
-    """
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise WriteError(f"{path}: could not be written ({exc.strerror or exc}); its previous version, if any, is unchanged") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    """Strict JSON only: ``Infinity`` or ``NaN`` in a settings file would break every later reader."""
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=False)
-    except ValueError as exc:
-        raise RunError(f"{path}: holds a value that is not a finite number ({exc}); nothing was written") from exc
-    atomic_write_text(path, text + "\n")
-
-
-def read_json(path: str | Path) -> dict:
-    """A JSON object from ``path``; anything else (a list, a number, a folder) is a ``RunError`` naming it."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RunError(f"{path}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise RunError(f"{path}: is a folder, not a file") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise RunError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    return obj
-
-
-def promote(partial: str | Path, final: str | Path) -> None:
-    """Move a finished attempt's partial checkpoint onto the model's file in one ``os.replace``."""
-    try:
-        os.replace(partial, final)
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise WriteError(f"{final}: the finished model could not be moved into place from {Path(partial).name} ({reason})") from exc
-
-
-def save_checkpoint(path: str | Path, state_dict: dict, meta: dict) -> None:
-    """Save weights with the metadata ``load_checkpoint`` checks, atomically."""
-    import io
-
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": FORMAT_VERSION,
-        "arch": ARCH,
-        "classes": list(CLASSES),
-        **meta,
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
-    """Load weights into ``model`` after checking format, architecture and classes.
-
-    Returns the checkpoint's metadata (everything but the weights).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, or a pickle that would run code
-        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint ({describe_load_failure(path)})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an eXBL Studio checkpoint")
-    if payload.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {payload.get('version')}, this tool reads version {FORMAT_VERSION}")
-    if payload.get("arch") != ARCH:
-        raise CheckpointError(f"{path}: checkpoint is for architecture {payload.get('arch')!r}, expected {ARCH!r}")
-    classes = payload.get("classes")
-    state = payload.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: checkpoint holds no weights")
-    out_features = model.classifier[-1].out_features if hasattr(model, "classifier") else None
-    head = state.get(f"classifier.{len(model.classifier) - 1}.weight") if out_features is not None else None
-    n_classes = head.shape[0] if isinstance(head, torch.Tensor) else len(classes or [])
-    if classes is None or (out_features is not None and (len(classes) != out_features or n_classes != out_features)):
-        raise CheckpointError(f"{path}: checkpoint has {n_classes} classes, the model has {out_features}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        # torch puts the useful part (missing, unexpected or mis-sized keys) after the first line.
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
-        raise CheckpointError(f"{path}: weights do not fit this model, so it is from another architecture ({detail})") from exc
-    return {k: v for k, v in payload.items() if k != "state_dict"}
 
 
 @dataclass(frozen=True)
@@ -247,7 +100,7 @@ class Run:
         return self.path.name
 
     def config(self) -> dict:
-        return read_json(self.file(CONFIG))
+        return files.read_json(self.file(CONFIG))
 
     def append_history(self, event: dict) -> None:
         """One event per line. An append is not atomic, so readers skip a torn last line."""
@@ -268,13 +121,9 @@ class Run:
                 continue
         return events
 
-    def refined(self) -> list[str]:
-        """The methods this run holds a refined checkpoint of, in the registry's order (the paper's first)."""
-        return [m for m in METHODS if self.has(refined_file(m))]
-
     def stage(self) -> str:
         """How far the run has come: new, trained, picked, refined or evaluated."""
-        refined = bool(self.refined())
+        refined = any(re.fullmatch(rf"{_REFINED}\.pt", p.name) for p in self.path.iterdir()) if self.path.is_dir() else False
         if self.has(METRICS) and refined:
             return "evaluated"
         if refined:
@@ -288,7 +137,7 @@ class Run:
 def _config_is_ours(path: Path) -> bool:
     """True when ``path``/config.json was written by this tool (any version): the folder is a run."""
     try:
-        return read_json(path / CONFIG).get("format") == RUN_FORMAT
+        return files.read_json(path / CONFIG).get("format") == RUN_FORMAT
     except RunError:
         return False
 
@@ -309,7 +158,7 @@ def check_target(path: str | Path, overwrite: bool = False) -> bool:
         if not overwrite:
             raise RunError(f"{path}: a run already exists here; pass --overwrite to replace it, or choose another folder")
         return True
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK, ASIDE) and not _TEMP.match(p.name))
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK, ASIDE) and not _TEMP.fullmatch(p.name))
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise RunError(
@@ -333,8 +182,14 @@ def create_run(path: str | Path, config: dict) -> Run:
     except OSError as exc:
         raise WriteError(f"{run.path}: the run folder could not be created ({exc.strerror or exc})") from exc
     # A random id, so that a checkpoint can tell this run from a copy of another; a copied run keeps it.
-    stamp = {"format": RUN_FORMAT, "version": FORMAT_VERSION, "arch": ARCH, "classes": list(CLASSES), "run_id": secrets.token_hex(8)}
-    write_json(run.file(CONFIG), {**stamp, **config})
+    stamp = {
+        "format": RUN_FORMAT,
+        "version": checkpoints.FORMAT_VERSION,
+        "arch": ARCH,
+        "classes": list(CLASSES),
+        "run_id": secrets.token_hex(8),
+    }
+    files.write_json(run.file(CONFIG), {**stamp, **config})
     return run
 
 
@@ -350,7 +205,7 @@ def open_run(path: str | Path) -> Run:
     cfg = run.config()
     if cfg.get("format") != RUN_FORMAT:
         raise RunError(f"{run.path}: not a run folder (its {CONFIG} was not written by eXBL Studio)")
-    if cfg.get("version") != FORMAT_VERSION:
+    if cfg.get("version") != checkpoints.FORMAT_VERSION:
         raise RunError(
             f"{run.path}: run written by an incompatible version (format {cfg.get('format')!r} v{cfg.get('version')}); start a new run"
         )
@@ -442,25 +297,25 @@ def recover(path: str | Path) -> None:
     """Clean up after a writer that was killed: its temporary files, and an unsettled replacement."""
     path = Path(path)
     for p in path.iterdir():
-        if _TEMP.match(p.name) and p.is_file():
+        if _TEMP.fullmatch(p.name) and p.is_file():
             p.unlink(missing_ok=True)
     settle(path)
 
 
-def set_aside(path: str | Path, names: tuple[str, ...]) -> None:
-    """Move the run's files ``names`` into ``.previous-run/`` until ``settle`` decides their fate.
+def set_aside(path: str | Path, names: re.Pattern) -> None:
+    """Move the run's files whose names match ``names`` into ``.previous-run/`` until ``settle`` decides their fate.
 
     unrefined.pt moves first, so an interrupted move is restored by ``settle``, which
-    keeps the aside files unless a new unrefined.pt exists. ``names`` must include it.
+    keeps the aside files unless a new unrefined.pt exists. ``names`` must match it.
     """
     path = Path(path)
-    assert UNREFINED in names and holds_lock(path), "set_aside needs unrefined.pt among the names, under the run's lock"
+    assert names.fullmatch(UNREFINED) and holds_lock(path), "set_aside needs unrefined.pt among the names, under the run's lock"
     aside = path / ASIDE
     try:
         aside.mkdir(exist_ok=True)
-        for name in sorted(names, key=lambda n: n != UNREFINED):
-            if (path / name).is_file():
-                os.replace(path / name, aside / name)
+        found = [p.name for p in path.iterdir() if names.fullmatch(p.name) and p.is_file()]
+        for name in sorted(found, key=lambda n: n != UNREFINED):
+            os.replace(path / name, aside / name)
     except OSError as exc:
         raise WriteError(f"{path}: could not set the previous run's files aside ({exc.strerror or exc})") from exc
 
@@ -478,20 +333,19 @@ def settle(path: str | Path) -> None:
         return
     replaced = (path / UNREFINED).is_file()
     try:
-        for name in RUN_FILES:
-            if (aside / name).is_file():
-                if replaced:
-                    (aside / name).unlink()
-                else:
-                    os.replace(aside / name, path / name)
+        for kept in [p for p in aside.iterdir() if RUN_FILES.fullmatch(p.name) and p.is_file()]:
+            if replaced:
+                kept.unlink()
+            else:
+                os.replace(kept, path / kept.name)
         aside.rmdir()  # fails, and keeps the folder, if something that is not ours was put there
     except OSError as exc:
         log.warning("%s: could not settle %s (%s)", path, ASIDE, exc.strerror or exc)
 
 
 @contextlib.contextmanager
-def replacing(path: str | Path, names: tuple[str, ...] = RUN_FILES) -> Iterator[None]:
-    """Set ``names`` aside for a new model: they are dropped when it finishes, else restored.
+def replacing(path: str | Path, names: re.Pattern = RUN_FILES) -> Iterator[None]:
+    """Set the files matching ``names`` aside for a new model: they are dropped when it finishes, else restored.
 
     The new model's best epochs go to unrefined.partial.pt (``replaced_model``), and only a
     finished attempt moves it onto unrefined.pt and settles; the end of the block settles

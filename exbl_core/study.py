@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import config, pipeline, run_data, run_models, runs
+from exbl_core import config, errors, files, pipeline, run_data, run_models, runs
 from exbl_core.data import Split
 from exbl_core.figures import lookup
 from exbl_core.methods import METHODS, get_method
@@ -66,7 +66,7 @@ def check_request(out: Path, seeds: list[int], methods: list[str]) -> None:
         foreign = [p.name for p in out.iterdir() if p.name not in ours and not _is_seed_run(p)]
         if foreign:
             raise StudyError(f"{out}: holds files the study did not write ({', '.join(sorted(foreign)[:3])}); choose another --out")
-        if out.joinpath(STUDY_JSON).is_file() and runs.read_json(out / STUDY_JSON).get("format") != STUDY_FORMAT:
+        if out.joinpath(STUDY_JSON).is_file() and files.read_json(out / STUDY_JSON).get("format") != STUDY_FORMAT:
             raise StudyError(f"{out / STUDY_JSON}: not a study file; choose another --out")
 
 
@@ -105,7 +105,7 @@ def check_resume(out: Path, settings: dict) -> None:
     path = out / STUDY_JSON
     if not path.is_file():
         return
-    recorded = runs.read_json(path).get("settings")
+    recorded = files.read_json(path).get("settings")
     if recorded is None:
         return
     recorded = {"pick_from": "gradcam", **recorded}  # studies recorded before the choice existed picked on GradCAM
@@ -130,7 +130,7 @@ def _is_seed_run(path: Path) -> bool:
         return False
     try:
         runs.open_run(path)
-    except runs.RunError:
+    except errors.RunError:
         return False
     return True
 
@@ -283,14 +283,14 @@ def write_study_json(out: Path, methods: list[str], rows: list[dict], settings: 
     """study.json: the settings (which a resume must match), the seeds finished so far and their rows."""
     seeds = list(dict.fromkeys(r["seed"] for r in rows))
     doc = {"format": STUDY_FORMAT, "seeds": seeds, "methods": methods, "rows": rows}
-    runs.write_json(out / STUDY_JSON, doc if settings is None else {**doc, "settings": settings})
+    files.write_json(out / STUDY_JSON, doc if settings is None else {**doc, "settings": settings})
 
 
 def write_study(out: Path, methods: list[str], rows: list[dict], settings: dict | None = None) -> None:
     """study.json, study.md and study.png, each written atomically; ``seeds`` lists the seeds finished so far."""
     write_study_json(out, methods, rows, settings)
-    runs.atomic_write_text(out / STUDY_MD, study_markdown(rows))
-    runs.atomic_write_bytes(out / STUDY_PNG, study_png(rows))
+    files.atomic_write_text(out / STUDY_MD, study_markdown(rows))
+    files.atomic_write_bytes(out / STUDY_PNG, study_png(rows))
 
 
 def run_study(
@@ -314,7 +314,7 @@ def run_study(
     check_request(out, seeds, methods)
     check_resume(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / STUDY_JSON).is_file() or "settings" not in runs.read_json(out / STUDY_JSON):
+    if not (out / STUDY_JSON).is_file() or "settings" not in files.read_json(out / STUDY_JSON):
         write_study_json(out, methods, [], settings)
     rows: list[dict] = []
     for seed in seeds:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exbl_core.files import atomic_write_bytes
 from exbl_core.model import build_model
-from exbl_core.runs import atomic_write_bytes
 
 KINDS = ("disc", "ring", "square", "bar", "cross", "triangle", "dots", "stripes")
 

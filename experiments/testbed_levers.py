@@ -22,9 +22,9 @@ import torch
 from exbl_core import config
 from exbl_core.data import VIRAL_PNEUMONIA
 from exbl_core.explainers.gradcam import predict_with_cams
+from exbl_core.files import atomic_write_bytes
 from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import build_model
-from exbl_core.runs import atomic_write_bytes
 from exbl_core.synthetic import generate_split, oracle_config
 from exbl_core.training import choose_device, fit
 from exbl_core.weights import load_backbone

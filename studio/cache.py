@@ -144,7 +144,7 @@ def figure3_png(run: runs.Run, rows: list[int], title: str, split_name: str = "t
     how the rows were chosen; it is drawn into the image, so a downloaded figure still
     says what it shows.
     """
-    models = ("unrefined", *run.refined())
+    models = ("unrefined", *run_models.refined(run))
     mtimes = tuple(_mtime(run, run_models.model_file(m)) for m in models)
     return _figure3_png(str(run.path), tuple(rows), title, models, mtimes, _data_key(run), usable_explainers(run), split_name)
 

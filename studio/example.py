@@ -15,7 +15,7 @@ import time
 
 import streamlit as st
 
-from exbl_core import assets, config, run_data, runs, weights
+from exbl_core import assets, config, errors, run_data, runs, weights
 from studio import cache, state
 
 OPEN_LABEL = "Open the shipped example"
@@ -63,7 +63,7 @@ def open_example() -> runs.Run:
 def _open_or_warn() -> runs.Run | None:
     try:
         return open_example()
-    except (assets.AssetError, runs.RunError) as exc:
+    except (assets.AssetError, errors.RunError) as exc:
         st.warning(f"The shipped example could not be opened ({exc}). Run the demo on Home: it trains the models from scratch.")
         return None
 

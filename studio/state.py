@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from exbl_core import explainers, faithfulness, run_models, runs
+from exbl_core import errors, explainers, faithfulness, files, run_models, runs
 from exbl_core.figures import EXPLAINER_LABELS
 from studio import cache
 from studio.jobs import get_runner
@@ -30,7 +30,7 @@ def current_run() -> runs.Run | None:
         if path:
             try:
                 return runs.open_run(path)
-            except runs.RunError:
+            except errors.RunError:
                 continue
     found = runs.list_runs(cache.runs_dir())
     return found[0] if found else None
@@ -45,7 +45,7 @@ def pair(run: runs.Run) -> dict[str, int | None]:
     picks = st.session_state.setdefault("picks", {})
     key = str(run.path)
     if key not in picks:
-        saved = runs.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
+        saved = files.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
         picks[key] = {side: saved[side]["index"] if side in saved else None for side in SIDES}
     return picks[key]
 
@@ -59,7 +59,7 @@ def _how(run: runs.Run) -> dict:
     hows = st.session_state.setdefault("pick_how", {})
     key = str(run.path)
     if key not in hows:
-        saved = runs.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
+        saved = files.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
         shown = saved.get("explainer", "gradcam")
         hows[key] = {"shown": {side: shown for side in SIDES if side in saved}, "rule": saved.get("rule", USER_RULE)}
     return hows[key]
@@ -170,12 +170,12 @@ def current_metrics(run: runs.Run) -> dict | None:
     A refinement rewrites its checkpoint at every new best epoch and evaluates only when
     it ends, so after a cancel the metrics describe an older model and no view may show them.
     """
-    if not (run.has(runs.METRICS) and run.refined()):
+    if not (run.has(runs.METRICS) and run_models.refined(run)):
         return None
     names = run_models.models_in(run)
     if run.file(runs.METRICS).stat().st_mtime < max(run.file(run_models.model_file(m)).stat().st_mtime for m in names):
         return None
-    metrics = runs.read_json(run.file(runs.METRICS))
+    metrics = files.read_json(run.file(runs.METRICS))
     return metrics if all(m in metrics.get("models", {}) for m in names) else None
 
 
@@ -183,7 +183,7 @@ def saved_pair(run: runs.Run) -> tuple[int, int, float] | None:
     """``(good, bad, time)`` of the pair the latest refinement started with (exemplars.json), or None."""
     if not run.has(runs.EXEMPLARS):
         return None
-    saved = runs.read_json(run.file(runs.EXEMPLARS))
+    saved = files.read_json(run.file(runs.EXEMPLARS))
     return saved["good"]["index"], saved["bad"]["index"], run.file(runs.EXEMPLARS).stat().st_mtime
 
 
@@ -198,6 +198,6 @@ def disagreement(run: runs.Run, metrics: dict | None = None) -> str | None:
             return None
         if run.file(runs.METRICS).stat().st_mtime < run.file(runs.UNREFINED).stat().st_mtime:
             return None
-        metrics = runs.read_json(run.file(runs.METRICS))
+        metrics = files.read_json(run.file(runs.METRICS))
     entry = metrics.get("models", {}).get("unrefined", {}).get("shortcut_test")
     return None if entry is None else faithfulness.disagreement(entry)

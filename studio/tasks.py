@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from exbl_core import assets, evaluation, explainers, faithfulness, pipeline, run_data, run_models, runs
+from exbl_core import assets, evaluation, explainers, faithfulness, files, pipeline, run_data, run_models, runs
 from exbl_core.data import Split
 from exbl_core.explainers.occlusion import PATCH, STRIDE
 from studio import cache
@@ -36,7 +36,7 @@ def _evaluate(run: runs.Run, data: dict[str, Split], device: torch.device, emit:
     emit({"type": "step", "step": "evaluate", "message": "Evaluating every model on every split…"})
     pipeline.evaluate_step(run, data, device)
     pipeline.figure_step(run, data, device)
-    for method in run.refined():
+    for method in run_models.refined(run):
         cache.warm(run, method, ("test",))
     return "done"
 
@@ -74,7 +74,7 @@ def evaluation_passes(run: runs.Run, data: dict[str, Split], measured: int, figu
 def to_measure(run: runs.Run, new: str) -> int:
     """How many models ``evaluate_step`` will measure after ``new`` is trained: it, and those metrics.json has no entry for
     (an unchanged model keeps its entry, ``evaluation.evaluation_key``)."""
-    earlier = runs.read_json(run.file(runs.METRICS)).get("model_keys", {}) if run.has(runs.METRICS) else {}
+    earlier = files.read_json(run.file(runs.METRICS)).get("model_keys", {}) if run.has(runs.METRICS) else {}
     return 1 + sum(m != new and m not in earlier for m in run_models.models_in(run))
 
 
@@ -120,7 +120,7 @@ def refine_work(
 
     def work(emit: Emit, cancel: threading.Event) -> str:
         cfg = run_data.refine_settings(run, overrides)
-        figured = 1 + len(set(run.refined()) | {cfg.method})
+        figured = 1 + len(set(run_models.refined(run)) | {cfg.method})
         after = {"evaluate": evaluation_passes(run, data, to_measure(run, cfg.method), figured, 1)}
         emit({"type": "plan", "phases": {"refine": cfg.epochs}, "after": after})
         emit({"type": "step", "step": "pick", "message": f"Saving the pair: good #{good}, bad #{bad}…"})
@@ -144,10 +144,14 @@ def oracle_work(run: runs.Run, data: dict[str, Split], device: torch.device) -> 
     """Train the oracle, then evaluate, so that every verdict can say how much was recovered."""
 
     def work(emit: Emit, cancel: threading.Event) -> str:
-        after = {"evaluate": evaluation_passes(run, data, to_measure(run, "oracle"), 1 + len(run.refined()), 0)} if run.refined() else {}
+        after = (
+            {"evaluate": evaluation_passes(run, data, to_measure(run, "oracle"), 1 + len(run_models.refined(run)), 0)}
+            if run_models.refined(run)
+            else {}
+        )
         emit({"type": "plan", "phases": {"oracle": run_data.train_config(run, "train").epochs}, "after": after})
         status = pipeline.train_step(run, data, device, emit, cancel, role="oracle").status
-        if status != "done" or not run.refined():
+        if status != "done" or not run_models.refined(run):
             return status
         return _evaluate(run, data, device, emit)
 

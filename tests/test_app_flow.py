@@ -15,7 +15,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from exbl_core import picking, run_data, runs
+from exbl_core import checkpoints, files, picking, run_data, run_models, runs
 from exbl_core.model import build_model
 from studio import tasks
 from studio.jobs import get_runner
@@ -124,16 +124,16 @@ def test_explore_shows_a_running_jobs_phase_and_time_left(runs_dir: Path, finish
 def save_refined(run: runs.Run, method: str, pair: dict | None) -> None:
     """The run's eXBL weights saved as ``method``'s model, recording ``pair`` (None: a model from before pairs were recorded)."""
     model = build_model(num_classes=4)
-    meta = runs.load_checkpoint(run.file(runs.refined_file("exbl")), model)
+    meta = checkpoints.load_checkpoint(run.file(runs.refined_file("exbl")), model)
     meta = {k: v for k, v in meta.items() if k != "pair"} | ({"pair": pair} if pair is not None else {}) | {"role": method}
-    runs.save_checkpoint(run.file(runs.refined_file(method)), model.state_dict(), meta)
+    checkpoints.save_checkpoint(run.file(runs.refined_file(method)), model.state_dict(), meta)
 
 
 def with_models(run: runs.Run, *methods: str) -> None:
-    metrics = runs.read_json(run.file(runs.METRICS))
+    metrics = files.read_json(run.file(runs.METRICS))
     for method in methods:
         metrics["models"][method] = metrics["models"]["exbl"]
-    runs.write_json(run.file(runs.METRICS), metrics)
+    files.write_json(run.file(runs.METRICS), metrics)
 
 
 @pytest.mark.slow
@@ -177,7 +177,7 @@ def test_home_says_in_one_sentence_what_to_click_first(runs_dir: Path, finished_
         "**Click first:** *Compare*, to see before and after; then try another pair or method on *Explore* and *Refine*."
     ]
     run.file(runs.METRICS).unlink()
-    for name in run.refined():
+    for name in run_models.refined(run):
         run.file(runs.refined_file(name)).unlink()
     assert "**Click first:** *Refine*" in texts(open_page("app.py"))
 
@@ -223,5 +223,5 @@ def test_a_shortcut_test_image_goes_into_figure_3_and_is_never_marked(runs_dir: 
 
 def test_a_refined_checkpoint_records_the_pair_it_came_from(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    pick = runs.read_json(run.file(runs.EXEMPLARS))
+    pick = files.read_json(run.file(runs.EXEMPLARS))
     assert picking.refined_pair(run, "exbl") == {key: pick[key] for key in ("good", "bad", "rule", "explainer")}

@@ -17,7 +17,7 @@ import torch
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
-from exbl_core import config, picking, pipeline, run_data, run_models, runs
+from exbl_core import checkpoints, config, files, picking, pipeline, run_data, run_models, runs
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
@@ -314,7 +314,7 @@ def finished_copy(finished_run: Path, runs_dir: Path) -> runs.Run:
 
 
 def expected_verdict(run: runs.Run) -> Verdict:
-    metrics = runs.read_json(run.file(runs.METRICS))
+    metrics = files.read_json(run.file(runs.METRICS))
     return shortcut_verdict(metrics["models"]["unrefined"], metrics["models"]["exbl"])
 
 
@@ -339,21 +339,21 @@ def test_compare_shows_verdict_table_figure_and_downloads(runs_dir: Path, finish
 def stand_in(run: runs.Run, source: str, which: str) -> None:
     """Save ``source``'s weights as the run's ``which`` model: a checkpoint records its role, so a plain copy is refused."""
     model = build_model(num_classes=4)
-    meta = runs.load_checkpoint(run.file(run_models.model_file(source)), model)
-    runs.save_checkpoint(run.file(run_models.model_file(which)), model.state_dict(), {**meta, "role": which})
+    meta = checkpoints.load_checkpoint(run.file(run_models.model_file(source)), model)
+    checkpoints.save_checkpoint(run.file(run_models.model_file(which)), model.state_dict(), {**meta, "role": which})
 
 
 @pytest.mark.slow
 def test_compare_puts_every_refined_model_side_by_side_with_the_oracles_verdict(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    metrics = runs.read_json(run.file(runs.METRICS))
+    metrics = files.read_json(run.file(runs.METRICS))
     stand_in(run, "exbl", "counterexamples")
     stand_in(run, "unrefined", "oracle")
     models = metrics["models"]
     models["counterexamples"] = models["exbl"]
     models["oracle"] = json.loads(json.dumps(models["unrefined"]))
     models["oracle"]["shortcut_test"]["accuracy"] = 1.0
-    runs.write_json(run.file(runs.METRICS), metrics)
+    files.write_json(run.file(runs.METRICS), metrics)
     at = open_page(PAGES["compare"])
     assert not at.exception
     assert "of the oracle's shortcut-test accuracy" in texts(at) and "Train the oracle" not in [b.label for b in at.button]
@@ -378,12 +378,12 @@ def test_refine_offers_every_method_and_says_what_each_needs(runs_dir: Path, fin
 @pytest.mark.slow
 def test_a_change_is_green_only_when_the_verdict_calls_it_an_improvement(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    metrics = runs.read_json(run.file(runs.METRICS))
+    metrics = files.read_json(run.file(runs.METRICS))
     for success, (before, after) in ((False, (0.40, 0.35)), (True, (0.40, 0.10))):  # a small drop in the gap, then a halved one
         models = metrics["models"]
         models["unrefined"]["test"]["accuracy"] = models["exbl"]["test"]["accuracy"] = 0.95
         models["unrefined"]["shortcut_test"]["accuracy"], models["exbl"]["shortcut_test"]["accuracy"] = 0.95 - before, 0.95 - after
-        runs.write_json(run.file(runs.METRICS), metrics)
+        files.write_json(run.file(runs.METRICS), metrics)
         at = open_page(PAGES["compare"])
         gap = next(m for m in at.metric if m.label == "Shortcut gap")
         assert expected_verdict(run).success is success
@@ -545,7 +545,7 @@ def test_a_weights_file_chosen_on_the_page_is_recorded_in_the_run(runs_dir: Path
     at.text_input(key="weights_file").set_value(str(weights_file))
     at = create_run(at, "mine")
     assert not at.exception and not at.error
-    model = runs.read_json(runs_dir / "mine" / runs.CONFIG)["model"]
+    model = files.read_json(runs_dir / "mine" / runs.CONFIG)["model"]
     assert (model["weights"], model["weights_file"], model["frozen_blocks"]) == ("file", str(weights_file), 6)
     assert any(f"Starts from the weights in {weights_file}" in c.value for c in at.caption)
 
@@ -656,7 +656,7 @@ def saved_pick_after_start(at: AppTest) -> dict:
     next(b for b in at.button if b.label == "Start refinement").click().run()
     get_runner().cancel()
     assert get_runner().wait(60)
-    return runs.read_json(Path(get_runner().job.run_path) / runs.EXEMPLARS)
+    return files.read_json(Path(get_runner().job.run_path) / runs.EXEMPLARS)
 
 
 @pytest.mark.slow
@@ -680,10 +680,10 @@ def test_a_pair_marked_on_gradcam_alone_is_saved_as_judged_on_gradcam(runs_dir: 
 
 def with_child_cps(run: runs.Run, gradcam: float, occlusion: float) -> dict:
     """metrics.json rewritten so that GradCAM's and occlusion's child CP on the shortcut test are the given ones."""
-    metrics = runs.read_json(run.file(runs.METRICS))
+    metrics = files.read_json(run.file(runs.METRICS))
     by = metrics["models"]["unrefined"]["shortcut_test"]["by_explainer"]
     by["gradcam"]["child_cp"], by["occlusion"]["child_cp"] = gradcam, occlusion
-    runs.write_json(run.file(runs.METRICS), metrics)
+    files.write_json(run.file(runs.METRICS), metrics)
     return metrics
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import assets, cli, config, run_data, run_models, runs
+from exbl_core import assets, cli, config, errors, files, run_data, run_models, runs
 from tests.conftest import example_preset
 
 TINY = example_preset()
@@ -128,7 +128,7 @@ def test_install_writes_checkpoints_that_pass_the_runs_identity_checks(shipped_e
 
 def test_install_refuses_a_run_with_other_settings(shipped_example: Path, tmp_path: Path) -> None:
     run = run_data.new_run(tmp_path / "run", replace(TINY.data, seed=3), TINY.train, TINY.refine, "random")
-    with pytest.raises(runs.RunError, match="differ from the shipped example"):
+    with pytest.raises(errors.RunError, match="differ from the shipped example"):
         assets.install(run)
     assert not run.has(runs.UNREFINED)
 
@@ -143,7 +143,7 @@ def test_the_demo_starts_from_the_example_and_says_so(shipped_example: Path, tmp
     assert "unrefined epoch" not in out + err  # nothing was trained before refinement
     run = runs.open_run(tmp_path / "run")
     assert run.has(runs.ORACLE) and run.has(runs.FIGURE3)
-    assert "oracle" in runs.read_json(run.file(runs.METRICS))["models"]
+    assert "oracle" in files.read_json(run.file(runs.METRICS))["models"]
     assert hashes(shipped_example) == before
 
 

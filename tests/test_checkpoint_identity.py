@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exbl_core import cli, run_models, runs
+from exbl_core import checkpoints, cli, errors, files, run_models, runs
 from exbl_core.model import build_model
 
 TINY = ("--quick", "--size", "32", "--per-class", "2", "2", "2")
@@ -39,14 +39,14 @@ def run_copy(two_methods: Path, tmp_path: Path) -> Path:
 
 
 def _edit_config(run_path: Path, **changes) -> None:
-    config = runs.read_json(run_path / runs.CONFIG)
+    config = files.read_json(run_path / runs.CONFIG)
     for key, value in changes.items():
         section, _, field = key.partition("__")
         if field:
             config[section][field] = value
         else:
             config[section] = value
-    runs.write_json(run_path / runs.CONFIG, config)
+    files.write_json(run_path / runs.CONFIG, config)
 
 
 def _refused(capsys, run_path: Path) -> str:
@@ -58,16 +58,16 @@ def _refused(capsys, run_path: Path) -> str:
 
 
 def test_each_checkpoint_records_its_role_size_data_and_run(run_copy):
-    config = runs.read_json(run_copy / runs.CONFIG)
+    config = files.read_json(run_copy / runs.CONFIG)
     assert len(config["run_id"]) == 16
     for which in ("unrefined", "exbl", "region-swap"):
-        meta = runs.load_checkpoint(run_copy / run_models.model_file(which), build_model(num_classes=4))
+        meta = checkpoints.load_checkpoint(run_copy / run_models.model_file(which), build_model(num_classes=4))
         assert meta["role"] == which and meta["image_size"] == 32
         assert meta["run_id"] == config["run_id"] and meta["data_sha256"] == run_models.data_fingerprint(config["data"])
 
 
 def test_a_copied_run_keeps_its_id_and_loads_every_model_without_a_notice(two_methods, run_copy, caplog):
-    assert runs.read_json(run_copy / runs.CONFIG)["run_id"] == runs.read_json(two_methods / runs.CONFIG)["run_id"]
+    assert files.read_json(run_copy / runs.CONFIG)["run_id"] == files.read_json(two_methods / runs.CONFIG)["run_id"]
     with caplog.at_level(logging.WARNING):
         for which in run_models.models_in(runs.open_run(run_copy)):
             run_models.load_model(runs.open_run(run_copy), which)
@@ -82,7 +82,7 @@ def test_every_new_run_gets_its_own_id(tmp_path):
 def test_a_swapped_checkpoint_is_refused_naming_the_file_and_the_model_it_holds(run_copy, capsys):
     shutil.copy(run_copy / SWAP, run_copy / EXBL)
     metrics = (run_copy / runs.METRICS).read_bytes() if (run_copy / runs.METRICS).exists() else None
-    with pytest.raises(runs.CheckpointError, match=rf"{EXBL}: it holds the region-swap model, not the exbl model"):
+    with pytest.raises(errors.CheckpointError, match=rf"{EXBL}: it holds the region-swap model, not the exbl model"):
         run_models.load_model(runs.open_run(run_copy), "exbl")
     assert f"{EXBL}: it holds the region-swap model, not the exbl model" in _refused(capsys, run_copy)
     assert ((run_copy / runs.METRICS).read_bytes() if (run_copy / runs.METRICS).exists() else None) == metrics, "evaluate wrote nothing"
@@ -90,7 +90,7 @@ def test_a_swapped_checkpoint_is_refused_naming_the_file_and_the_model_it_holds(
 
 def test_the_unrefined_model_in_a_refined_models_file_is_refused(run_copy):
     shutil.copy(run_copy / runs.UNREFINED, run_copy / EXBL)
-    with pytest.raises(runs.CheckpointError, match="it holds the unrefined model, not the exbl model"):
+    with pytest.raises(errors.CheckpointError, match="it holds the unrefined model, not the exbl model"):
         run_models.load_model(runs.open_run(run_copy), "exbl")
 
 
@@ -101,7 +101,7 @@ def test_another_runs_checkpoint_is_refused(run_copy, capsys):
 
 
 def test_a_checkpoint_trained_on_other_data_settings_is_refused(run_copy, capsys):
-    config = runs.read_json(run_copy / runs.CONFIG)
+    config = files.read_json(run_copy / runs.CONFIG)
     _edit_config(run_copy, data__viral_strength=config["data"]["viral_strength"] + 1)
     line = _refused(capsys, run_copy)
     assert f"{runs.UNREFINED}: it was trained on other data settings than this run's config.json" in line
@@ -115,9 +115,9 @@ def test_a_checkpoint_of_another_image_size_is_refused(run_copy, capsys):
 
 def test_a_checkpoint_from_before_identities_loads_with_a_notice(run_copy, caplog):
     model = build_model(num_classes=4)
-    meta = runs.load_checkpoint(run_copy / EXBL, model)
+    meta = checkpoints.load_checkpoint(run_copy / EXBL, model)
     old = {k: v for k, v in meta.items() if k not in ("role", "run_id", "data_sha256", "format", "version", "arch", "classes")}
-    runs.save_checkpoint(run_copy / EXBL, model.state_dict(), old)
+    checkpoints.save_checkpoint(run_copy / EXBL, model.state_dict(), old)
     with caplog.at_level(logging.WARNING, logger="exbl_core.pipeline"):
         run_models.load_model(runs.open_run(run_copy), "exbl")
     notices = [r.getMessage() for r in caplog.records if "cannot be checked" in r.getMessage()]
@@ -125,12 +125,12 @@ def test_a_checkpoint_from_before_identities_loads_with_a_notice(run_copy, caplo
 
 
 def test_a_run_from_before_run_ids_still_loads_its_checkpoints(run_copy):
-    config = runs.read_json(run_copy / runs.CONFIG)
+    config = files.read_json(run_copy / runs.CONFIG)
     del config["run_id"]
-    runs.write_json(run_copy / runs.CONFIG, config)
+    files.write_json(run_copy / runs.CONFIG, config)
     model = build_model(num_classes=4)
-    meta = runs.load_checkpoint(run_copy / EXBL, model)
-    runs.save_checkpoint(run_copy / EXBL, model.state_dict(), {**meta, "run_id": None})
+    meta = checkpoints.load_checkpoint(run_copy / EXBL, model)
+    checkpoints.save_checkpoint(run_copy / EXBL, model.state_dict(), {**meta, "run_id": None})
     run_models.load_model(runs.open_run(run_copy), "exbl")
-    with pytest.raises(runs.CheckpointError, match="trained in another run"):
+    with pytest.raises(errors.CheckpointError, match="trained in another run"):
         run_models.load_model(runs.open_run(run_copy), "unrefined")  # it names a run id this run does not have

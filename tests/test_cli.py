@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import cli, config, picking, runs
+from exbl_core import cli, config, files, picking, runs
 from exbl_core.cli.parser import build_parser
 from exbl_core.cli.progress import ProgressPrinter
 from exbl_core.data import CLASSES
@@ -152,9 +152,9 @@ def test_step_commands_continue_a_run_folder(demo_copy, capsys):
     (demo_copy / "metrics.json").unlink()
     (demo_copy / "figure3.png").unlink()
     assert _main(capsys, "refine", "--run", str(demo_copy), "--epochs", "1", "--distance", "normalized")[0] == 0
-    assert runs.read_json(demo_copy / "config.json")["refine"]["distance"] == "normalized"
+    assert files.read_json(demo_copy / "config.json")["refine"]["distance"] == "normalized"
     assert _main(capsys, "evaluate", "--run", str(demo_copy))[0] == 0
-    assert runs.read_json(demo_copy / "metrics.json")["exemplars"]["good"] == good
+    assert files.read_json(demo_copy / "metrics.json")["exemplars"]["good"] == good
     assert _main(capsys, "figure", "--run", str(demo_copy))[0] == 0
     assert (demo_copy / "figure3.png").stat().st_size > 0
 
@@ -165,7 +165,7 @@ def test_train_command_creates_a_new_run_folder(tmp_path, capsys):
     assert code == 0, err
     assert (out / "unrefined.pt").is_file() and (out / "split.json").is_file()
     assert runs.open_run(out).stage() == "trained"
-    assert runs.read_json(out / "config.json")["data"]["size"] == 32
+    assert files.read_json(out / "config.json")["data"]["size"] == 32
 
 
 def test_demo_on_a_data_set_smaller_than_the_paper_split_exits_2_with_the_numbers(make_database, tmp_path, capsys):
@@ -190,7 +190,7 @@ def test_train_with_a_weights_file_records_it_and_trains_with_the_first_six_bloc
         capsys, "train", "--run", str(out), "--quick", "--size", "32", "--epochs", "1", "--weights", str(weights_file)
     )
     assert code == 0, err
-    model = runs.read_json(out / "config.json")["model"]
+    model = files.read_json(out / "config.json")["model"]
     assert model == {"weights": "file", "weights_file": str(weights_file), "weights_sha256": _sha256(weights_file), "frozen_blocks": 6}
     assert f"Model: starts from the weights in {weights_file}" in stdout and "features[:6] frozen" in stdout
     trained = torch.load(out / "unrefined.pt", weights_only=True)["state_dict"]
@@ -200,7 +200,7 @@ def test_train_with_a_weights_file_records_it_and_trains_with_the_first_six_bloc
 
 
 def test_synthetic_data_starts_from_random_weights_by_default_and_says_so(demo_run):
-    model = runs.read_json(demo_run.path / "config.json")["model"]
+    model = files.read_json(demo_run.path / "config.json")["model"]
     assert model == {"weights": "random", "weights_file": None, "weights_sha256": None, "frozen_blocks": 0}
     assert "Model: starts from random weights; every layer trained" in demo_run.stdout
 
@@ -223,7 +223,7 @@ def test_train_on_real_data_starts_from_cached_imagenet_by_default(make_database
     argv = ("train", "--run", str(out), "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "32")
     code, stdout, err = _main(capsys, *argv, "--epochs", "1")
     assert code == 0, err
-    model = runs.read_json(out / "config.json")["model"]
+    model = files.read_json(out / "config.json")["model"]
     assert (model["weights"], model["weights_file"], model["weights_sha256"]) == (
         "imagenet",
         str(cached_imagenet),
@@ -244,7 +244,7 @@ def test_train_on_real_data_without_cached_imagenet_starts_random_and_names_the_
     with caplog.at_level(logging.WARNING):
         code, _, err = _main(capsys, *argv, "--epochs", "1")
     assert code == 0, err
-    assert runs.read_json(out / "config.json")["model"]["weights"] == "random"
+    assert files.read_json(out / "config.json")["model"]["weights"] == "random"
     [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "starting from random weights" in warning and "python -m exbl_core weights --download" in warning
 
@@ -346,7 +346,7 @@ def test_metrics_json_scores_each_explainer_on_a_fixed_sample(demo_run):
 
 def test_refine_without_a_method_uses_the_default_the_help_states_and_says_so(demo_copy, capsys):
     """After the demo, config.json's last refinement is region-swap; a bare refine must still be exbl."""
-    assert runs.read_json(demo_copy / "config.json")["refine"]["method"] == "region-swap"
+    assert files.read_json(demo_copy / "config.json")["refine"]["method"] == "region-swap"
     before = (demo_copy / "refined-region-swap.pt").read_bytes()
     code, out, err = _main(capsys, "refine", "--run", str(demo_copy), "--epochs", "1")
     assert code == 0, err

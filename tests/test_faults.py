@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from exbl_core import config, run_data, runs
+from exbl_core import checkpoints, config, errors, files, run_data, runs
 from exbl_core import data as data_module
 from exbl_core.data import CLASSES, DataError, SplitSizes, load_entries, load_pair, make_split, read_gray, scan_dataset
 from exbl_core.model import build_model
@@ -199,7 +199,7 @@ def test_skip_bad_list_is_saved_in_the_run_split(make_database, tmp_path):
     (root / "Normal" / "masks" / "Normal-3.png").unlink()
     spec = config.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
     run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
-    assert any("Normal-3.png" in s for s in runs.read_json(run.file(runs.SPLIT))["skipped"])
+    assert any("Normal-3.png" in s for s in files.read_json(run.file(runs.SPLIT))["skipped"])
 
 
 def test_a_file_whose_name_only_starts_like_the_image_is_never_its_mask(make_database):
@@ -235,7 +235,7 @@ def test_an_empty_mask_is_skipped_and_listed_in_split_json_with_skip_bad(make_da
     save_png(root / "Lung_Opacity" / "masks" / "Lung_Opacity-2.png", np.zeros((256, 256), np.uint8))
     spec = config.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
     run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
-    split = runs.read_json(run.file(runs.SPLIT))
+    split = files.read_json(run.file(runs.SPLIT))
     listed = [s for s in split["skipped"] if "Lung_Opacity-2.png: lung mask is empty" in s]
     used = [rel for name in ("train", "val", "test") for _, rel in split[name]]
     assert listed and "Lung_Opacity/images/Lung_Opacity-2.png" not in used
@@ -320,35 +320,35 @@ def test_new_run_on_a_bad_folder_writes_no_run(tmp_path):
 
 def _saved(tmp_path: Path, model: torch.nn.Module, name: str = "ckpt.pt", **meta) -> Path:
     path = tmp_path / name
-    runs.save_checkpoint(path, model.state_dict(), meta)
+    checkpoints.save_checkpoint(path, model.state_dict(), meta)
     return path
 
 
 def test_checkpoint_for_another_number_of_classes_is_refused(tmp_path, model4):
     path = _saved(tmp_path, build_model(num_classes=3))
-    with pytest.raises(runs.CheckpointError, match=r"ckpt\.pt: checkpoint has 3 classes, the model has 4"):
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError, match=r"ckpt\.pt: checkpoint has 3 classes, the model has 4"):
+        checkpoints.load_checkpoint(path, model4)
 
 
 def test_checkpoint_labelled_as_another_architecture_is_refused(tmp_path, model4):
     path = _saved(tmp_path, model4, arch="resnet18")
-    with pytest.raises(runs.CheckpointError, match=r"ckpt\.pt.*architecture 'resnet18'"):
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError, match=r"ckpt\.pt.*architecture 'resnet18'"):
+        checkpoints.load_checkpoint(path, model4)
 
 
 def test_weights_of_another_architecture_are_refused_naming_the_keys(tmp_path, model4):
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 4))
     path = tmp_path / "other.pt"
-    runs.save_checkpoint(path, other.state_dict(), {})
-    with pytest.raises(runs.CheckpointError, match=r"other\.pt: weights do not fit this model.*features"):
-        runs.load_checkpoint(path, model4)
+    checkpoints.save_checkpoint(path, other.state_dict(), {})
+    with pytest.raises(errors.CheckpointError, match=r"other\.pt: weights do not fit this model.*features"):
+        checkpoints.load_checkpoint(path, model4)
 
 
 def test_plain_torchvision_state_dict_is_not_taken_for_a_checkpoint(tmp_path, model4):
     path = tmp_path / "plain.pt"
     torch.save(model4.state_dict(), path)
-    with pytest.raises(runs.CheckpointError, match=r"plain\.pt: not an eXBL Studio checkpoint"):
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError, match=r"plain\.pt: not an eXBL Studio checkpoint"):
+        checkpoints.load_checkpoint(path, model4)
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
@@ -356,8 +356,8 @@ def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path, model4, keep)
     path = _saved(tmp_path, model4)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(runs.CheckpointError, match=r"ckpt\.pt"):
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError, match=r"ckpt\.pt"):
+        checkpoints.load_checkpoint(path, model4)
 
 
 class _RunsCode:
@@ -377,9 +377,9 @@ def test_pickled_code_in_a_checkpoint_is_refused_and_never_runs(tmp_path, model4
 
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
-    torch.save({"format": runs.CHECKPOINT_FORMAT, "version": runs.FORMAT_VERSION, "payload": _RunsCode(marker)}, path)
-    with pytest.raises(runs.CheckpointError, match=r"evil\.pt: cannot be loaded safely.*could run code.*nothing in it ran"):
-        runs.load_checkpoint(path, model4)
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "version": checkpoints.FORMAT_VERSION, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(errors.CheckpointError, match=r"evil\.pt: cannot be loaded safely.*could run code.*nothing in it ran"):
+        checkpoints.load_checkpoint(path, model4)
     assert not marker.exists()
 
 
@@ -388,36 +388,38 @@ def test_raw_pickle_named_pt_is_refused_and_never_runs(tmp_path, model4):
     marker = tmp_path / "marker"
     path = tmp_path / "legacy.pt"
     path.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}))
-    with pytest.raises(runs.CheckpointError, match=r"legacy\.pt: cannot be loaded safely"):
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError, match=r"legacy\.pt: cannot be loaded safely"):
+        checkpoints.load_checkpoint(path, model4)
     assert not marker.exists()
 
 
 def test_checkpoint_from_an_incompatible_format_version_is_refused(tmp_path, model4):
-    path = _saved(tmp_path, model4, version=runs.FORMAT_VERSION + 1)
-    with pytest.raises(runs.CheckpointError, match=rf"version {runs.FORMAT_VERSION + 1}, this tool reads version {runs.FORMAT_VERSION}"):
-        runs.load_checkpoint(path, model4)
+    path = _saved(tmp_path, model4, version=checkpoints.FORMAT_VERSION + 1)
+    with pytest.raises(
+        errors.CheckpointError, match=rf"version {checkpoints.FORMAT_VERSION + 1}, this tool reads version {checkpoints.FORMAT_VERSION}"
+    ):
+        checkpoints.load_checkpoint(path, model4)
 
 
 def test_run_folder_from_an_incompatible_version_is_refused(tmp_path):
     run = runs.create_run(tmp_path / "old", {"data": {}})
-    config = runs.read_json(run.file(runs.CONFIG))
-    runs.write_json(run.file(runs.CONFIG), {**config, "version": 0})
-    with pytest.raises(runs.RunError, match=r"old: run written by an incompatible version"):
+    config = files.read_json(run.file(runs.CONFIG))
+    files.write_json(run.file(runs.CONFIG), {**config, "version": 0})
+    with pytest.raises(errors.RunError, match=r"old: run written by an incompatible version"):
         runs.open_run(run.path)
 
 
 def test_run_folder_for_another_model_is_refused(tmp_path):
     run = runs.create_run(tmp_path / "other", {"data": {}})
-    runs.write_json(run.file(runs.CONFIG), {**runs.read_json(run.file(runs.CONFIG)), "arch": "resnet50"})
-    with pytest.raises(runs.RunError, match=r"another model.*resnet50"):
+    files.write_json(run.file(runs.CONFIG), {**files.read_json(run.file(runs.CONFIG)), "arch": "resnet50"})
+    with pytest.raises(errors.RunError, match=r"another model.*resnet50"):
         runs.open_run(run.path)
 
 
 def test_run_folder_with_corrupt_config_is_refused_naming_the_file(tmp_path):
     run = runs.create_run(tmp_path / "corrupt", {"data": {}})
     run.file(runs.CONFIG).write_text("{ not json")
-    with pytest.raises(runs.RunError, match=r"config\.json: not valid JSON"):
+    with pytest.raises(errors.RunError, match=r"config\.json: not valid JSON"):
         runs.open_run(run.path)
 
 
@@ -436,7 +438,7 @@ def test_no_torch_load_in_the_code_base_ever_runs_with_weights_only_false():
             weights_only = next((k.value for k in node.keywords if k.arg == "weights_only"), None)
             calls.append((f"{path.relative_to(REPO)}:{node.lineno}", ast.unparse(node)))
             assert isinstance(weights_only, ast.Constant) and weights_only.value is True, f"{path}:{node.lineno}: {ast.unparse(node)}"
-    assert any("exbl_core/runs.py" in where for where, _ in calls), "the scan must see the checkpoint loader"
+    assert any("exbl_core/checkpoints.py" in where for where, _ in calls), "the scan must see the checkpoint loader"
 
 
 # --------------------------------------------------------------------------- the disk refusing a write
@@ -452,26 +454,26 @@ def test_disk_refusing_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     before = path.read_bytes()
     module, name = where.split(".")
     monkeypatch.setattr({"tempfile": tempfile, "os": os}[module], name, _refuse)
-    with pytest.raises(runs.WriteError, match=r"ckpt\.pt: could not be written \(No space left on device\)"):
-        runs.save_checkpoint(path, model4.state_dict(), {"epoch": 2})
+    with pytest.raises(errors.WriteError, match=r"ckpt\.pt: could not be written \(No space left on device\)"):
+        checkpoints.save_checkpoint(path, model4.state_dict(), {"epoch": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert runs.load_checkpoint(path, model4)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path, model4)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "no temporary file is left behind"
 
 
 def test_disk_refusing_a_json_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
-    runs.write_json(path, {"a": 1})
+    files.write_json(path, {"a": 1})
     monkeypatch.setattr(os, "replace", _refuse)
-    with pytest.raises(runs.WriteError, match=r"metrics\.json"):
-        runs.write_json(path, {"a": 2})
+    with pytest.raises(errors.WriteError, match=r"metrics\.json"):
+        files.write_json(path, {"a": 2})
     monkeypatch.undo()
-    assert runs.read_json(path) == {"a": 1}
+    assert files.read_json(path) == {"a": 1}
 
 
 def test_write_error_is_a_run_error_so_the_cli_reports_it_cleanly():
-    assert issubclass(runs.WriteError, runs.RunError)
+    assert issubclass(errors.WriteError, errors.RunError)
 
 
 def test_disk_refusing_a_history_append_gives_a_write_error(tmp_path, monkeypatch):
@@ -482,7 +484,7 @@ def test_disk_refusing_a_history_append_gives_a_write_error(tmp_path, monkeypatc
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr("builtins.open", refuse_open)
-    with pytest.raises(runs.WriteError, match=r"history\.jsonl.*Read-only"):
+    with pytest.raises(errors.WriteError, match=r"history\.jsonl.*Read-only"):
         run.append_history({"type": "epoch_end", "epoch": 2})
     monkeypatch.undo()
     assert run.history() == [{"type": "epoch_end", "epoch": 1}]
@@ -502,13 +504,13 @@ _WRITER = """
 import sys
 import torch
 torch.set_num_threads(1)
-from exbl_core import runs
+from exbl_core import checkpoints, errors, files, runs
 from exbl_core.model import build_model
 model = build_model(num_classes=4)
 for epoch in range(1, 100000):
     with torch.no_grad():
         model.classifier[-1].bias.fill_(float(epoch))
-    runs.save_checkpoint(sys.argv[1], model.state_dict(), {"epoch": epoch})
+    checkpoints.save_checkpoint(sys.argv[1], model.state_dict(), {"epoch": epoch})
     print(epoch, flush=True)
 """
 
@@ -533,7 +535,7 @@ def test_sigkill_while_checkpoints_are_written_leaves_a_loadable_checkpoint(tmp_
         proc.kill()
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    meta = runs.load_checkpoint(path, model4)
+    meta = checkpoints.load_checkpoint(path, model4)
     assert meta["epoch"] >= 1
     assert torch.all(model4.classifier[-1].bias == float(meta["epoch"])), "weights and metadata come from the same write"
 

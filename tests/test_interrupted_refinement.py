@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import pipeline, run_data, run_models, runs
+from exbl_core import checkpoints, errors, files, pipeline, run_data, run_models, runs
 from exbl_core.model import build_model
 from exbl_core.training import Interrupted, TrainingError
 
@@ -60,7 +60,7 @@ def _last_refine_end(run_path: Path) -> dict:
 
 
 def _partial_epoch(run_path: Path) -> int:
-    return runs.load_checkpoint(run_path / PARTIAL, build_model(num_classes=4))["epoch"]
+    return checkpoints.load_checkpoint(run_path / PARTIAL, build_model(num_classes=4))["epoch"]
 
 
 def test_a_cancel_after_the_first_epoch_keeps_the_finished_model_and_writes_the_partial_file(run_copy):
@@ -128,8 +128,8 @@ def test_a_partial_file_is_never_taken_for_the_methods_model(run_copy):
     assert (run_copy / PARTIAL).is_file()
     (run_copy / FINAL).unlink()
     run = runs.open_run(run_copy)
-    assert "exbl" not in run_models.models_in(run) and run.refined() == []
-    with pytest.raises(runs.RunError, match=f"no exbl model yet \\({re.escape(FINAL)} is missing\\)"):
+    assert "exbl" not in run_models.models_in(run) and run_models.refined(run) == []
+    with pytest.raises(errors.RunError, match=f"no exbl model yet \\({re.escape(FINAL)} is missing\\)"):
         run_models.load_model(run, "exbl")
 
 
@@ -222,9 +222,9 @@ def _files(folder: Path) -> dict[str, str]:
 
 def test_a_retraining_cancelled_after_its_first_epoch_brings_the_whole_previous_run_back(run_copy):
     """Training a finished run's model again stages it like a refinement: the old run is restored, byte for byte."""
-    config = runs.read_json(run_copy / runs.CONFIG)
+    config = files.read_json(run_copy / runs.CONFIG)
     config["train"].update(LONG)
-    runs.write_json(run_copy / runs.CONFIG, config)
+    files.write_json(run_copy / runs.CONFIG, config)
     before = _files(run_copy)
     run, cancel = runs.open_run(run_copy), threading.Event()
     with runs.locked(run_copy), runs.replacing(run_copy, runs.MODEL_FILES):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import runs
+from exbl_core import checkpoints, errors
 from exbl_core.load_failure import (
     NOT_TENSORS,
     TENSOR_GLOBALS,
@@ -56,22 +56,22 @@ def model4() -> torch.nn.Module:
 @pytest.fixture
 def good_checkpoint(tmp_path: Path, model4: torch.nn.Module) -> Path:
     path = tmp_path / "good.pt"
-    runs.save_checkpoint(path, model4.state_dict(), {})
+    checkpoints.save_checkpoint(path, model4.state_dict(), {})
     return path
 
 
 @pytest.fixture
 def gadget_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "gadget.pt"
-    torch.save({"format": runs.CHECKPOINT_FORMAT, "version": runs.FORMAT_VERSION, "extra": Gadget(tmp_path / "marker")}, path)
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "version": checkpoints.FORMAT_VERSION, "extra": Gadget(tmp_path / "marker")}, path)
     return path
 
 
 def test_a_checkpoint_holding_an_object_is_refused_naming_its_class(gadget_checkpoint, model4):
     line = UNSAFE.format(global_name(Gadget))
     assert "could run code; it was refused and nothing in it ran" in line
-    with pytest.raises(runs.CheckpointError) as caught:
-        runs.load_checkpoint(gadget_checkpoint, model4)
+    with pytest.raises(errors.CheckpointError) as caught:
+        checkpoints.load_checkpoint(gadget_checkpoint, model4)
     assert str(caught.value) == f"{gadget_checkpoint}: cannot be loaded safely as a checkpoint ({line})"
     assert not (gadget_checkpoint.parent / "marker").exists()
     # Torch's public check agrees that what we name is outside its weights-only allow list.
@@ -82,8 +82,8 @@ def test_a_checkpoint_holding_an_object_is_refused_naming_its_class(gadget_check
 def test_a_truncated_checkpoint_is_truncated_or_corrupted(good_checkpoint, model4, keep):
     data = good_checkpoint.read_bytes()
     good_checkpoint.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(runs.CheckpointError, match=rf"good\.pt: cannot be loaded safely as a checkpoint \({TRUNCATED}\)$"):
-        runs.load_checkpoint(good_checkpoint, model4)
+    with pytest.raises(errors.CheckpointError, match=rf"good\.pt: cannot be loaded safely as a checkpoint \({TRUNCATED}\)$"):
+        checkpoints.load_checkpoint(good_checkpoint, model4)
 
 
 def test_a_damaged_pickle_inside_an_intact_archive_is_corrupted(tmp_path, good_checkpoint):
@@ -155,15 +155,15 @@ def test_the_line_does_not_depend_on_torchs_message(tmp_path, gadget_checkpoint,
         path = tmp_path / "foreign.pt"
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("notes/readme.txt", "hello")
-    with pytest.raises(runs.CheckpointError) as by_torch:
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError) as by_torch:
+        checkpoints.load_checkpoint(path, model4)
 
     def refuse(*args, **kwargs):
         raise RuntimeError("Unsupported global: GLOBAL some.Other message, or a zip archive with no central directory")
 
     monkeypatch.setattr(torch, "load", refuse)
-    with pytest.raises(runs.CheckpointError) as reworded:
-        runs.load_checkpoint(path, model4)
+    with pytest.raises(errors.CheckpointError) as reworded:
+        checkpoints.load_checkpoint(path, model4)
     assert str(reworded.value) == str(by_torch.value)
     assert "some.Other" not in str(reworded.value)
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exbl_core import cli, pipeline, run_data, runs
+from exbl_core import checkpoints, cli, files, pipeline, run_data, runs
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig, TrainingError
@@ -110,7 +110,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_model_has_a_checkpoint(run_co
     code, err = _main(capsys, "train", "--run", run_copy, *TINY_RUN, "--seed", "4", "--epochs", "1", "--overwrite")
     assert code == 0, err
     assert not (run_copy / ASIDE).exists() and not (run_copy / runs.refined_file("exbl")).exists()
-    assert runs.read_json(run_copy / runs.CONFIG)["train"]["seed"] == 4
+    assert files.read_json(run_copy / runs.CONFIG)["train"]["seed"] == 4
     assert (run_copy / "notes.txt").read_text() == "the user's own"
 
 
@@ -168,9 +168,9 @@ def test_refinement_records_the_settings_it_used(run_copy, capsys):
     assert code == 0, err
     start = [e for e in runs.Run(run_copy).history() if e["type"] == "start" and e["phase"] == "refine"][-1]
     assert start["settings"]["lambda_expl"] == 0.5 and start["settings"]["epochs"] == 1
-    meta = runs.load_checkpoint(run_copy / runs.refined_file("exbl"), build_model(num_classes=4))
+    meta = checkpoints.load_checkpoint(run_copy / runs.refined_file("exbl"), build_model(num_classes=4))
     assert meta["settings"]["lambda_expl"] == 0.5
-    assert runs.read_json(run_copy / runs.CONFIG)["refine"]["lambda_expl"] == 0.5, "a setting that worked is the next default"
+    assert files.read_json(run_copy / runs.CONFIG)["refine"]["lambda_expl"] == 0.5, "a setting that worked is the next default"
 
 
 def test_refinement_that_never_reaches_a_finite_loss_is_an_error_not_a_success(run_copy, capsys):
@@ -192,10 +192,10 @@ def test_a_command_line_setting_wins_over_config_json_on_a_retry(tmp_path, capsy
     run = run_data.new_run(tmp_path / "run", SyntheticConfig(size=64, n_train=2, n_val=2, n_test=2), TrainConfig(epochs=3), TrainConfig())
     code, err = _main(capsys, "train", "--run", run.path, "--size", "32", "--seed", "7", "--epochs", "1")
     assert code == 0, err
-    config = runs.read_json(run.file(runs.CONFIG))
+    config = files.read_json(run.file(runs.CONFIG))
     assert config["data"]["size"] == 32 and config["data"]["seed"] == 7
     assert config["train"]["epochs"] == 1 and config["train"]["seed"] == 7
-    assert runs.load_checkpoint(run.file(runs.UNREFINED), build_model(num_classes=4))["image_size"] == 32
+    assert checkpoints.load_checkpoint(run.file(runs.UNREFINED), build_model(num_classes=4))["image_size"] == 32
     assert not (run.path / ASIDE).exists()
 
 
@@ -214,7 +214,7 @@ def test_a_bad_mask_stops_train_before_a_run_exists_and_skip_bad_lists_it(make_d
     args = ("train", "--run", target, "--data", root, "--size", "32", "--per-class", "1", "1", "1", "--epochs", "1", "--skip-bad")
     code, err = _main(capsys, *args)
     assert code == 0, err
-    split = runs.read_json(target / runs.SPLIT)
+    split = files.read_json(target / runs.SPLIT)
     assert any("COVID-3.png: lung mask is empty" in s for s in split["skipped"])
 
 
@@ -223,7 +223,7 @@ def test_relative_data_path_is_stored_absolute_and_works_from_another_folder(mak
     monkeypatch.chdir(root.parent)
     code, err = _main(capsys, "train", "--run", "run", "--data", root.name, "--size", "32", "--per-class", "1", "1", "1", "--epochs", "1")
     assert code == 0, err
-    assert Path(runs.read_json(tmp_path / "run" / runs.CONFIG)["data"]["path"]) == root
+    assert Path(files.read_json(tmp_path / "run" / runs.CONFIG)["data"]["path"]) == root
     monkeypatch.chdir(tmp_path / "run")
     code, err = _main(capsys, "evaluate", "--run", ".")
     assert code == 0, err
@@ -370,9 +370,9 @@ def test_any_sequence_of_commands_keeps_user_files_and_leaves_loadable_checkpoin
         for _target, argv in steps:
             code = cli.main([a.format(**{k: str(v) for k, v in paths.items()}) for a in argv])
             assert code in (0, 2), argv
-            files = snapshot(root)
-            assert {k: v for k, v in files.items() if k in user} == user, argv
-            mine = {k for k in files if k not in user}
-            assert all(Path(k).name in runs.RUN_FILES and ASIDE not in k for k in mine), (argv, mine)
+            found = snapshot(root)
+            assert {k: v for k, v in found.items() if k in user} == user, argv
+            mine = {k for k in found if k not in user}
+            assert all(runs.RUN_FILES.fullmatch(Path(k).name) and ASIDE not in k for k in mine), (argv, mine)
             for name in (k for k in mine if k.endswith(".pt")):
-                runs.load_checkpoint(root / name, build_model(num_classes=4))
+                checkpoints.load_checkpoint(root / name, build_model(num_classes=4))

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from exbl_core import picking, pipeline, results, run_data, run_models, runs
+from exbl_core import files, picking, pipeline, results, run_data, run_models, runs
 from exbl_core.data import VIRAL_PNEUMONIA, Split
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
@@ -50,7 +50,7 @@ def test_a_run_created_before_the_start_was_recorded_trains_from_the_default_and
     run = run_data.new_run(tmp_path / "old", SyntheticConfig(size=32, n_train=2, n_val=1, n_test=1), cfg, cfg)
     config = run.config()
     del config["model"]  # as written before config.json recorded the weights
-    runs.write_json(run.file(runs.CONFIG), config)
+    files.write_json(run.file(runs.CONFIG), config)
     assert run_models.start_weights(run) is None and results.table1_note(run) is None
     assert pipeline.train_step(run, run_data.load_data(run), torch.device("cpu")).status == "done"
 

@@ -12,23 +12,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import runs
+from exbl_core import checkpoints, errors, files, runs
 from exbl_core.model import ARCH, build_model
 
 
 def test_checkpoint_round_trip_restores_weights_and_returns_metadata(tmp_path):
     torch.manual_seed(1)
     src, dst = build_model(num_classes=4), build_model(num_classes=4)
-    runs.save_checkpoint(tmp_path / "m.pt", src.state_dict(), {"epoch": 3, "phase": "unrefined"})
-    meta = runs.load_checkpoint(tmp_path / "m.pt", dst)
+    checkpoints.save_checkpoint(tmp_path / "m.pt", src.state_dict(), {"epoch": 3, "phase": "unrefined"})
+    meta = checkpoints.load_checkpoint(tmp_path / "m.pt", dst)
     assert meta["epoch"] == 3 and meta["phase"] == "unrefined" and meta["arch"] == ARCH
     assert "state_dict" not in meta
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
 
 
 def test_missing_checkpoint_is_reported_naming_it(tmp_path):
-    with pytest.raises(runs.CheckpointError, match=r"nope\.pt: checkpoint not found"):
-        runs.load_checkpoint(tmp_path / "nope.pt", build_model())
+    with pytest.raises(errors.CheckpointError, match=r"nope\.pt: checkpoint not found"):
+        checkpoints.load_checkpoint(tmp_path / "nope.pt", build_model())
 
 
 def test_atomic_write_goes_through_a_temporary_file_and_os_replace(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_atomic_write_goes_through_a_temporary_file_and_os_replace(tmp_path, mon
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    runs.atomic_write_text(tmp_path / "a.txt", "hello")
+    files.atomic_write_text(tmp_path / "a.txt", "hello")
     assert len(seen) == 1
     tmp_name, target, content = seen[0]
     assert target == "a.txt" and tmp_name.startswith(".a.txt.") and tmp_name.endswith(".tmp")
@@ -49,35 +49,35 @@ def test_atomic_write_goes_through_a_temporary_file_and_os_replace(tmp_path, mon
 
 
 def test_json_round_trip(tmp_path):
-    runs.write_json(tmp_path / "x.json", {"a": [1, 2], "b": "é"})
-    assert runs.read_json(tmp_path / "x.json") == {"a": [1, 2], "b": "é"}
+    files.write_json(tmp_path / "x.json", {"a": [1, 2], "b": "é"})
+    assert files.read_json(tmp_path / "x.json") == {"a": [1, 2], "b": "é"}
 
 
 def test_reading_missing_json_is_a_run_error(tmp_path):
-    with pytest.raises(runs.RunError, match=r"x\.json: file not found"):
-        runs.read_json(tmp_path / "x.json")
+    with pytest.raises(errors.RunError, match=r"x\.json: file not found"):
+        files.read_json(tmp_path / "x.json")
 
 
 def test_create_run_stamps_format_version_architecture_and_classes(tmp_path):
     run = runs.create_run(tmp_path / "r", {"data": {"source": "synthetic"}})
     cfg = run.config()
-    assert cfg["format"] == runs.RUN_FORMAT and cfg["version"] == runs.FORMAT_VERSION and cfg["arch"] == ARCH
+    assert cfg["format"] == runs.RUN_FORMAT and cfg["version"] == checkpoints.FORMAT_VERSION and cfg["arch"] == ARCH
     assert cfg["data"] == {"source": "synthetic"}
     assert runs.open_run(run.path).path == run.path
 
 
 def test_create_run_never_writes_over_an_existing_run(tmp_path):
     runs.create_run(tmp_path / "r", {"x": 1})
-    with pytest.raises(runs.RunError, match="already exists.*--overwrite"):
+    with pytest.raises(errors.RunError, match="already exists.*--overwrite"):
         runs.create_run(tmp_path / "r", {"x": 2})
     assert runs.open_run(tmp_path / "r").config()["x"] == 1
 
 
 def test_open_run_refuses_missing_folder_and_folder_without_config(tmp_path):
-    with pytest.raises(runs.RunError, match="does not exist"):
+    with pytest.raises(errors.RunError, match="does not exist"):
         runs.open_run(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(runs.RunError, match="not a run folder"):
+    with pytest.raises(errors.RunError, match="not a run folder"):
         runs.open_run(tmp_path / "empty")
 
 
@@ -90,7 +90,7 @@ def test_stage_follows_the_files_present(tmp_path):
         (runs.refined_file("exbl"), "refined"),
         (runs.METRICS, "evaluated"),
     ):
-        runs.atomic_write_text(run.file(name), "x")
+        files.atomic_write_text(run.file(name), "x")
         assert run.stage() == stage
 
 
@@ -104,7 +104,7 @@ def test_history_appends_one_event_per_line(tmp_path):
 def test_list_runs_lists_only_openable_runs(tmp_path):
     runs.create_run(tmp_path / "a", {})
     (tmp_path / "junk").mkdir()
-    runs.write_json(tmp_path / "old" / runs.CONFIG, {"format": runs.RUN_FORMAT, "version": 0})
+    files.write_json(tmp_path / "old" / runs.CONFIG, {"format": runs.RUN_FORMAT, "version": 0})
     assert [r.name for r in runs.list_runs(tmp_path)] == ["a"]
     assert runs.list_runs(tmp_path / "missing") == []
 
@@ -125,20 +125,20 @@ def test_check_target_refuses_a_folder_of_user_files_and_touches_nothing(tmp_pat
         (folder / "config.json").write_text('{"mine": true}')
         (folder / "unrefined.pt").write_bytes(b"my own weights")
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(runs.RunError, match="not empty and is not a run.*nothing was touched"):
+    with pytest.raises(errors.RunError, match="not empty and is not a run.*nothing was touched"):
         runs.check_target(folder, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_check_target_refuses_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(runs.RunError, match="is a file, not a run folder"):
+    with pytest.raises(errors.RunError, match="is a file, not a run folder"):
         runs.check_target(tmp_path / "f")
 
 
 def test_check_target_needs_overwrite_to_replace_a_run(tmp_path):
     runs.create_run(tmp_path / "r", {})
-    with pytest.raises(runs.RunError, match="a run already exists here; pass --overwrite"):
+    with pytest.raises(errors.RunError, match="a run already exists here; pass --overwrite"):
         runs.check_target(tmp_path / "r")
     assert runs.check_target(tmp_path / "r", overwrite=True) is True
 
@@ -147,19 +147,19 @@ def test_check_target_needs_overwrite_to_replace_a_run(tmp_path):
 def test_config_json_that_is_not_an_object_is_refused_naming_it(tmp_path, text):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / runs.CONFIG).write_text(text)
-    with pytest.raises(runs.RunError, match=r"config\.json: expected a JSON object"):
+    with pytest.raises(errors.RunError, match=r"config\.json: expected a JSON object"):
         runs.open_run(tmp_path / "r")
 
 
 def test_open_run_on_a_file_says_so(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(runs.RunError, match="is a file, not a run folder"):
+    with pytest.raises(errors.RunError, match="is a file, not a run folder"):
         runs.open_run(tmp_path / "f")
 
 
 def test_settings_are_written_as_strict_json_only(tmp_path):
-    with pytest.raises(runs.RunError, match=r"x\.json: holds a value that is not a finite number"):
-        runs.write_json(tmp_path / "x.json", {"margin": float("inf")})
+    with pytest.raises(errors.RunError, match=r"x\.json: holds a value that is not a finite number"):
+        files.write_json(tmp_path / "x.json", {"margin": float("inf")})
     assert not (tmp_path / "x.json").exists()
 
 
@@ -169,7 +169,7 @@ def test_settings_are_written_as_strict_json_only(tmp_path):
 def _old_run(path: Path) -> dict[str, bytes]:
     run = runs.create_run(path, {"x": "old"})
     for name in (runs.UNREFINED, runs.refined_file("exbl"), runs.METRICS, runs.HISTORY):
-        runs.atomic_write_text(run.file(name), f"old {name}")
+        files.atomic_write_text(run.file(name), f"old {name}")
     return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != runs.LOCK}
 
 
@@ -188,7 +188,7 @@ def test_a_replaced_run_is_dropped_at_the_new_first_checkpoint(tmp_path):
     (tmp_path / "r" / "notes.txt").write_text("the user's own")
     with runs.locked(tmp_path / "r"), runs.replacing(tmp_path / "r"):
         runs.create_run(tmp_path / "r", {"x": "new"})
-        runs.atomic_write_text(tmp_path / "r" / runs.UNREFINED, "new model")
+        files.atomic_write_text(tmp_path / "r" / runs.UNREFINED, "new model")
         runs.settle(tmp_path / "r")
         assert not (tmp_path / "r" / runs.ASIDE).exists()
     assert runs.open_run(tmp_path / "r").config()["x"] == "new"
@@ -242,7 +242,7 @@ def test_a_second_writer_is_told_which_process_holds_the_run(tmp_path):
     run = runs.create_run(tmp_path / "r", {})
     proc = _holder(run.path)
     try:
-        with pytest.raises(runs.RunError, match=rf"r: run folder is in use by process {proc.pid}"), runs.locked(run.path):
+        with pytest.raises(errors.RunError, match=rf"r: run folder is in use by process {proc.pid}"), runs.locked(run.path):
             pass
     finally:
         proc.kill()
@@ -261,26 +261,26 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_another_thread_of_the_same_process_is_refused(tmp_path):
     run = runs.create_run(tmp_path / "r", {})
-    errors = []
+    refusals = []
 
     def second() -> None:
         try:
             with runs.locked(run.path):
                 pass
-        except runs.RunError as exc:
-            errors.append(str(exc))
+        except errors.RunError as exc:
+            refusals.append(str(exc))
 
     with runs.locked(run.path):
         with runs.locked(run.path):  # the same thread may nest
             thread = threading.Thread(target=second)
             thread.start()
             thread.join()
-    assert errors and f"in use by process {os.getpid()}" in errors[0]
+    assert refusals and f"in use by process {os.getpid()}" in refusals[0]
     with runs.locked(run.path):  # and it is free again afterwards
         pass
 
 
 def test_locking_a_missing_folder_creates_nothing(tmp_path):
-    with pytest.raises(runs.RunError, match="run folder does not exist"), runs.locked(tmp_path / "missing"):
+    with pytest.raises(errors.RunError, match="run folder does not exist"), runs.locked(tmp_path / "missing"):
         pass
     assert not (tmp_path / "missing").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exbl_core import cli, config, run_data, runs
+from exbl_core import cli, config, errors, files, run_data, runs
 from exbl_core.training import TrainConfig
 
 
@@ -28,7 +28,7 @@ def refused(capsys, *argv) -> str:
 
 
 def _set(path: Path, section: str, key: str, value) -> None:
-    config = runs.read_json(path / runs.CONFIG)
+    config = files.read_json(path / runs.CONFIG)
     config[section][key] = value
     (path / runs.CONFIG).write_text(json.dumps(config))
 
@@ -57,7 +57,7 @@ def test_a_setting_of_the_wrong_type_is_refused_before_refining(run_copy, capsys
 def test_an_int_is_a_fine_float_and_null_a_fine_optional(run_copy):
     _set(run_copy, "refine", "lr", 1)
     _set(run_copy, "refine", "lambda_expl", None)
-    assert run_data.train_config(runs.open_run(run_copy), "refine") == TrainConfig(**runs.read_json(run_copy / runs.CONFIG)["refine"])
+    assert run_data.train_config(runs.open_run(run_copy), "refine") == TrainConfig(**files.read_json(run_copy / runs.CONFIG)["refine"])
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def folder_run(make_database, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("label", [4, -1, True, "0"])
 def test_a_label_out_of_range_in_split_json_is_refused_naming_the_file_before_training(folder_run, capsys, label):
-    split = runs.read_json(folder_run / runs.SPLIT)
+    split = files.read_json(folder_run / runs.SPLIT)
     split["val"][0][0] = label
     (folder_run / runs.SPLIT).write_text(json.dumps(split))
     before = snapshot(folder_run)
@@ -78,5 +78,5 @@ def test_a_label_out_of_range_in_split_json_is_refused_naming_the_file_before_tr
     assert line.startswith(f"error: {folder_run / runs.SPLIT}: val entry 0 is [{json.dumps(label)}, ")
     assert "with a label 0 to 3" in line
     assert snapshot(folder_run) == before and not (folder_run / runs.UNREFINED).exists()
-    with pytest.raises(runs.RunError, match="val entry 0"):
+    with pytest.raises(errors.RunError, match="val entry 0"):
         run_data.load_split(runs.open_run(folder_run), "val")  # the app's way in is checked too

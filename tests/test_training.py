@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from exbl_core import runs, training
+from exbl_core import checkpoints, training
 from exbl_core.data import CLASSES
 from exbl_core.methods.exbl import Exemplars, compute_exemplars, triplet_objective
 from exbl_core.model import build_model
@@ -160,7 +160,7 @@ def test_cancel_mid_epoch_stops_at_the_next_batch_and_keeps_the_checkpoint(model
 
     def save(state, epoch, record):
         rec.checkpoint(state, epoch, record)
-        runs.save_checkpoint(path, state, {"epoch": epoch})
+        checkpoints.save_checkpoint(path, state, {"epoch": epoch})
 
     result = fit(
         model,
@@ -175,7 +175,7 @@ def test_cancel_mid_epoch_stops_at_the_next_batch_and_keeps_the_checkpoint(model
     assert rec.types() == ["epoch_end", "cancelled"]
     assert not [e for e in rec.events if e["type"] == "batch_end" and e["epoch"] == 2 and e["batch"] == 2]
     fresh = build_model(num_classes=4)
-    assert runs.load_checkpoint(path, fresh)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path, fresh)["epoch"] == 1
     assert _same_weights(fresh.state_dict(), rec.checkpoints[0][1])
     assert _same_weights(_state_copy(model), rec.checkpoints[0][1]), "the model is back at its best weights"
 
@@ -226,7 +226,7 @@ def test_non_finite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoi
 
     def save(state, epoch, record):
         rec.checkpoint(state, epoch, record)
-        runs.save_checkpoint(path, state, {"epoch": epoch})
+        checkpoints.save_checkpoint(path, state, {"epoch": epoch})
 
     monkeypatch.setattr(training, "_batch_losses", batch_losses)
     with pytest.raises(TrainingError, match=rf"loss became {bad} in epoch 2, batch 1"):
@@ -235,7 +235,7 @@ def test_non_finite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoi
     assert failed["type"] == "failed" and failed["epoch"] == 2 and failed["best_epoch"] == 1
     assert _same_weights(_state_copy(model), rec.checkpoints[0][1]), "best weights restored"
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
-    assert runs.load_checkpoint(path, build_model(num_classes=4))["epoch"] == 1
+    assert checkpoints.load_checkpoint(path, build_model(num_classes=4))["epoch"] == 1
 
 
 def test_poisoned_weights_give_a_training_error_not_silent_nans(model, micro_data):

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from exbl_core import runs
+from exbl_core import errors
 from exbl_core.cli.parser import build_parser
 from exbl_core.data import DataError
 from exbl_core.training import Interrupted, TrainingError
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_interrupts():
             return args.func(args)
-    except (DataError, runs.RunError, runs.CheckpointError, TrainingError, ValueError, OSError) as exc:
+    except (DataError, errors.RunError, errors.CheckpointError, TrainingError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from exbl_core import assets, config, pipeline, run_data, run_models, runs, study, weights
+from exbl_core import assets, config, errors, pipeline, run_data, run_models, runs, study, weights
 from exbl_core.cli.progress import ProgressPrinter, print_pick, print_results, say
 from exbl_core.figures import model_label
 from exbl_core.methods import METHODS
@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.weights is not None:
                 _check_same_start(run, args.weights)
             if run.has(runs.UNREFINED):
-                raise runs.RunError(
+                raise errors.RunError(
                     f"{run.path}: already has a trained model ({runs.UNREFINED}); pass --overwrite to train a new one "
                     "(the old run is kept until the new model finishes), or choose another --run"
                 )
@@ -203,8 +203,8 @@ def cmd_step(args: argparse.Namespace) -> int:
     with runs.locked(args.run):
         run = run_data.check_config(runs.open_run(args.run))
         pipeline.check_ready(run, args.command)
-        if args.command == "figure" and not run.refined():
-            raise runs.RunError(f"{run.path}: nothing to figure yet (no refined model); run refine first")
+        if args.command == "figure" and not run_models.refined(run):
+            raise errors.RunError(f"{run.path}: nothing to figure yet (no refined model); run refine first")
         if args.command == "refine":
             run_data.refine_settings(run, _refine_overrides(args))
         if getattr(args, "weights", None) is not None:

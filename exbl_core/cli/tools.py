@@ -9,7 +9,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from exbl_core import assets, explainers, faithfulness, gallery, masks, real_sample, run_data, run_models, runs, segmenter, weights
+from exbl_core import assets, explainers, faithfulness, files, gallery, masks, real_sample, run_data, run_models, runs, segmenter, weights
 from exbl_core.cli.progress import ProgressPrinter, say
 from exbl_core.data import CLASSES, load_gallery
 from exbl_core.figures import cam_grid, figure_png, model_label
@@ -52,7 +52,7 @@ def _explain_gallery(args: argparse.Namespace, run: runs.Run, chosen: list) -> i
     if unmasked:
         raise ValueError(f"{found.paths[unmasked[0]]}: has no lung mask; run 'python -m exbl_core masks --data {args.data}' first")
     model = run_models.load_model(run, args.model, choose_device())
-    runs.atomic_write_bytes(args.out, figure_png(gallery.figure(model, found, args.images, chosen)))
+    files.atomic_write_bytes(args.out, figure_png(gallery.figure(model, found, args.images, chosen)))
     say(f"Wrote {args.out}: {len(args.images)} images of {args.data}, {model_label(args.model)} model (off its domain there)")
     return 0
 
@@ -82,7 +82,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     maps = [explainers.for_display(e.maps(model, x, preds)) for e in chosen]
     titles = ("Input", *(t for e in chosen for t in (e.label, f"{e.label} overlay")))
     labels = [f"#{i} true {CLASSES[int(split.labels[i])]}\npredicted {CLASSES[int(p)]}" for i, p in zip(args.images, preds, strict=True)]
-    runs.atomic_write_bytes(args.out, figure_png(cam_grid(x, maps, titles, labels)))
+    files.atomic_write_bytes(args.out, figure_png(cam_grid(x, maps, titles, labels)))
     say(f"Wrote {args.out}: {len(args.images)} {args.split} images, {model_label(args.model)} model, " + ", ".join(e.label for e in chosen))
     return 0
 
