@@ -52,6 +52,7 @@ class EpochEnd(_Tagged):
     accuracy: float
     lr: float
     seconds: float
+    precision: NotRequired[str]  # "fp32" or "bf16": what the epoch's forward passes computed in (absent before bf16 existed)
     val_loss: float
     val_ce: float
     val_accuracy: float

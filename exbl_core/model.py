@@ -35,8 +35,12 @@ class _DepthwiseConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:
-        x, weight = ctx.saved_tensors
+        saved_x, saved_weight = ctx.saved_tensors
         stride, padding, dilation = ctx.geometry
+        # Under CPU autocast the forward ran in bf16 while x and the weight stayed fp32, and the
+        # backward runs outside autocast: compute in the gradient's dtype and hand each gradient
+        # back in its input's dtype. In fp32 every cast is a no-op, so nothing changes there.
+        x, weight = saved_x.to(grad.dtype), saved_weight.to(grad.dtype)
         groups = weight.shape[0]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -45,9 +49,9 @@ class _DepthwiseConv(torch.autograd.Function):
                 x.shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1)
                 for i in range(2)
             )
-            grad_x = F.conv_transpose2d(grad, weight, None, stride, padding, extra, groups, dilation)
+            grad_x = F.conv_transpose2d(grad, weight, None, stride, padding, extra, groups, dilation).to(saved_x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad, stride, padding, dilation, groups)
+            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad, stride, padding, dilation, groups).to(saved_weight.dtype)
         return grad_x, grad_w, None, None, None
 
 

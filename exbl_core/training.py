@@ -30,6 +30,9 @@ from exbl_core.explainers.gradcam import analytic_cams, head_pass
 from exbl_core.losses import DISTANCES, EXPLANATIONS
 from exbl_core.methods import METHODS, Batch, Objective
 from exbl_core.metrics import activation_precision_scores
+from exbl_core.segmenter import bf16_native
+
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 CheckpointCallback = Callable[[dict, int, dict], None]
 
@@ -71,6 +74,9 @@ class TrainConfig:
     distance: str = "euclidean"
     explanation: str = "gray_cam"  # E = gray(x) * CAM (the paper's) or "cam"
     tau: float = 5.0  # Activation Precision's top-k percentage, for validation AP
+    # The forward passes under CPU bf16 autocast ("auto": where the CPU computes bf16 natively).
+    # A config.json written before this setting existed has none, and so trained in fp32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # Finite as well as in range: inf passes "> 0", and a run with it trains nothing.
@@ -88,13 +94,32 @@ class TrainConfig:
             "hide_patch": self.hide_patch >= 1,
             "distance": self.distance in DISTANCES,
             "explanation": self.explanation in EXPLANATIONS,
+            "precision": self.precision in PRECISIONS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid training setting(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as config.json holds them; ``precision`` only when it is not fp32.
+
+        Every config.json, study and shipped-example manifest written before bf16 existed trained
+        in fp32 and has no such key: an fp32 run still writes exactly those settings, so they
+        keep matching (``assets.matches``), and one that asked for bf16 or "auto" says so.
+        """
+        settings = asdict(self)
+        if settings["precision"] == "fp32":
+            del settings["precision"]
+        return settings
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype the forward passes compute in: bf16 when asked, or on "auto" on a CPU with native bf16.
+
+        On a CPU without it bf16 is emulated and slower than fp32; on a GPU nothing was measured, so "auto" stays fp32.
+        """
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cpu" and bf16_native()):
+            return torch.bfloat16
+        return torch.float32
 
     @property
     def weight(self) -> float:
@@ -165,7 +190,7 @@ def evaluate_loss(
     sums = {"loss": 0.0, "ce": 0.0, "expl": 0.0, "correct": 0.0}
     ap = []
     gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(cfg, device):
         for start in range(0, len(split), 128):
             batch = _batch(split, slice(start, start + 128), needs_masks, device)
             if objective is not None and objective.batch is not None:
@@ -173,7 +198,7 @@ def evaluate_loss(
             out = _batch_losses(model, batch, cfg, objective, training=False)
             preds = out["logits"].argmax(1)
             cams = analytic_cams(model, out["state"], preds, batch.x.shape[-2:])
-            ap.append(activation_precision_scores(cams, split.masks[start : start + 128].to(device), cfg.tau).cpu())
+            ap.append(activation_precision_scores(cams.float(), split.masks[start : start + 128].to(device), cfg.tau).cpu())
             n = len(batch.y)
             sums["loss"] += float(out["loss"].detach()) * n
             sums["ce"] += float(out["ce"].detach()) * n
@@ -189,6 +214,17 @@ def evaluate_loss(
     if objective is not None and objective.term is not None:
         result["val_expl"] = sums["expl"] / n
     return result
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """Autocast to ``cfg``'s compute dtype on ``device``; a no-op in fp32.
+
+    Autocast keeps the weights, the optimiser and the gradients in fp32 and runs the
+    convolutions and matrix products in bf16; torch's own rules keep reductions and losses
+    in fp32. The backward pass runs outside it, in the dtypes the forward recorded.
+    """
+    dtype = cfg.compute_dtype(device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def _batch(split: Split, index: torch.Tensor | slice, with_masks: bool, device: torch.device) -> Batch:
@@ -254,7 +290,8 @@ def fit(
                     batch = rewrite(batch, gen)
                 moved = random_shift([batch.x] + ([batch.masks] if needs_masks else []), cfg.shift, cfg.flip, gen)
                 batch = Batch(hide_patches(moved[0], cfg.hide, cfg.hide_patch, gen), batch.y, moved[1] if needs_masks else None)
-                out = _batch_losses(model, batch, cfg, objective, training=True)
+                with _autocast(cfg, device):
+                    out = _batch_losses(model, batch, cfg, objective, training=True)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingError(f"{phase} training: the loss became {float(out['loss'].detach())} in epoch {epoch}, batch {b + 1}")
                 opt.zero_grad(set_to_none=True)
@@ -283,6 +320,7 @@ def fit(
                 "accuracy": sums["correct"] / n,
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
+                "precision": "bf16" if cfg.compute_dtype(device) == torch.bfloat16 else "fp32",
                 **scores,
             }
             if has_term:

@@ -27,6 +27,10 @@ from exbl_core.model import fold_batchnorm
 
 Route = Literal["auto", "analytic", "autograd"]  # how the CAM is computed; the maps are the same
 EPS = 1e-8
+# Images per inference forward pass. Small batches win on CPU, as for occlusion: a batch's activations
+# stay in the cache. 400 test images at 128 px on one thread of the loaded 2-core machine took a median
+# 10.7 s in batches of 16, 11.8 s in 32 and 15.8 s in 64, with bit-identical probabilities and CAMs.
+INFERENCE_BATCH = 16
 
 
 def has_gap_mlp_head(model: nn.Module) -> bool:
@@ -156,7 +160,7 @@ def gradcam(
 
 
 @torch.no_grad()
-def predict_with_cams(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_with_cams(model: nn.Module, images: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference over many images: (probabilities [N,C], CAMs of the predicted class [N,H,W]).
 
     The analytic path gives both from a single forward pass per batch, on a copy of the
@@ -193,7 +197,7 @@ class GradCAM:
         """GradCAM works at any input size the network accepts."""
 
     @torch.no_grad()
-    def maps(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def maps(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
         """GradCAMs [N,H,W] in [0, 1] of ``targets``, through the BatchNorm-folded copy of ``model``."""
         device = next(model.parameters()).device
         folded = fold_batchnorm(model)
