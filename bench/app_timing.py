@@ -12,19 +12,15 @@ time includes loading the page), the second is used the usual way, home page fir
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 from playwright.sync_api import expect, sync_playwright
 
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, app_server
 from exbl_core import pipeline, run_data
 from exbl_core.synthetic import SyntheticConfig
 from exbl_core.training import TrainConfig
@@ -36,43 +32,12 @@ run = run_data.new_run(
 )
 pipeline.train_step(run, run_data.load_data(run), torch.device("cpu"))
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 @contextlib.contextmanager
 def server(log: str):
-    """A fresh ``streamlit run app.py`` on a free localhost port: its URL and seconds until healthy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "EXBL_RUNS_DIR": str(tmp / "runs")}
-    t0 = time.perf_counter()
-    srv = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=open(tmp / log, "wb"),  # noqa: SIM115 - lives as long as the server
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://localhost:{port}"
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url, t0, time.perf_counter() - t0
-    finally:
-        srv.terminate()
-        srv.wait()
+    """A fresh app server over this benchmark's runs folder, its output in ``log`` beside them."""
+    with app_server(tmp / "runs", tmp / log) as started:
+        yield started
 
 
 def grid_shown(main) -> None:
@@ -81,7 +46,7 @@ def grid_shown(main) -> None:
 
 
 with sync_playwright() as pw:
-    b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
     # 1. Cold: a fresh server whose first request is Explore itself, so nothing is cached and
     # nothing was prefetched. The time includes loading the page's JavaScript.
     with server("server-cold.log") as (url, _, _):

@@ -1,0 +1,55 @@
+"""A fresh app server and Chromium's flags, for the benchmarks that drive the app in a browser."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.common import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.contextmanager
+def app_server(runs_dir: Path, log: Path) -> Iterator[tuple[str, float, float]]:
+    """A fresh ``streamlit run app.py`` on a free localhost port over ``runs_dir``: its URL, start time and seconds until healthy."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EXBL_RUNS_DIR": str(runs_dir)}
+    t0 = time.perf_counter()
+    with open(log, "wb") as out:
+        srv = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://localhost:{port}"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url, t0, time.perf_counter() - t0
+    finally:
+        srv.terminate()
+        srv.wait()
