@@ -1,4 +1,4 @@
-"""A fresh app server and Chromium's flags, for the benchmarks that drive the app in a browser."""
+"""A fresh app server and Chromium's flags, for the benchmarks and tests that drive the app in a browser."""
 
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ CHROMIUM_ARGS = [
 
 
 @contextlib.contextmanager
-def app_server(runs_dir: Path, log: Path) -> Iterator[tuple[str, float, float]]:
-    """A fresh ``streamlit run app.py`` on a free localhost port over ``runs_dir``: its URL, start time and seconds until healthy."""
+def app_server(runs_dir: Path, log: Path, timeout: float = 60) -> Iterator[tuple[str, float, float]]:
+    """A fresh ``streamlit run app.py`` on a free localhost port over ``runs_dir``: its URL, start time and seconds until healthy.
+
+    Raises RuntimeError with the server's output when it exits or does not answer within ``timeout`` seconds.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -45,11 +48,13 @@ def app_server(runs_dir: Path, log: Path) -> Iterator[tuple[str, float, float]]:
     try:
         while True:
             try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
+                    break
             except OSError:
+                if time.perf_counter() - t0 > timeout or srv.poll() is not None:
+                    raise RuntimeError("the app server did not start:\n" + log.read_text(errors="replace")) from None
                 time.sleep(0.1)
         yield url, t0, time.perf_counter() - t0
     finally:
         srv.terminate()
-        srv.wait()
+        srv.wait(timeout=20)

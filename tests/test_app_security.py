@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
+from bench.browser import app_server
 from exbl_core import runs
 from studio import pages
 from tests.test_app_pages import copy_run, finished_run, open_page, runs_dir  # noqa: F401 - fixtures
@@ -46,32 +42,10 @@ def test_config_keeps_xsrf_on_usage_stats_off_and_binds_localhost() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net to read bound addresses")
 def test_server_listens_on_loopback_only(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "EXBL_RUNS_DIR": str(tmp_path)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "the app server did not start"
-                time.sleep(0.3)
-        addresses = _listening_addresses(port)
+    with app_server(tmp_path / "runs", tmp_path / "streamlit.log") as (url, _, _):
+        addresses = _listening_addresses(urlparse(url).port)
         assert addresses, "no listening socket found for the app's port"
         assert set(addresses) <= LOOPBACK, f"the app listens beyond loopback: {addresses}"
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 @pytest.mark.slow

@@ -10,30 +10,18 @@ app must work offline and keep medical images private.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
+from bench.browser import CHROMIUM_ARGS, app_server
+
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TRAINING_TIMEOUT_MS = 240_000  # Quick settings on a busy 2-core machine
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
@@ -44,42 +32,12 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(tmp_path: Path) -> Iterator[str]:
     """A fresh app server on localhost with its own runs folder; stopped after the test."""
-    port = free_port()
     (tmp_path / "runs").mkdir()  # an empty runs folder: the example is offered, not opened at once as on a first start
-    env = {**os.environ, "EXBL_RUNS_DIR": str(tmp_path / "runs")}
-    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below, after the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the app server did not start:\n" + (tmp_path / "streamlit.log").read_text())
-                time.sleep(0.3)
+    with app_server(tmp_path / "runs", tmp_path / "streamlit.log") as (url, _, _):  # RuntimeError with its log if it fails
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
 
 
 def test_whole_workflow_in_chromium(app_url: str) -> None:
