@@ -66,11 +66,11 @@ def _measured(cmd: list[str], what: str, log: Path) -> dict:
     return r
 
 
-def refine_once(out: Path, method: str) -> None:
+def refine_once(out: Path, method: str, threads: int | None = None) -> None:
     """The Refine page's job on a fresh copy of the example: the automatic pair, one method, evaluate, Figure 3.
 
-    On the app's torch threads (half the cores, ``studio.cache.device``). Prints each step's
-    seconds; ``out`` is replaced if it holds an earlier run of this benchmark.
+    On the app's torch threads (half the cores, ``studio.cache.device``) unless ``threads`` is
+    given. Prints each step's seconds; ``out`` is replaced if it holds an earlier run of this benchmark.
     """
     import os
     import shutil
@@ -81,7 +81,7 @@ def refine_once(out: Path, method: str) -> None:
     if out.exists():
         runs.open_run(out)  # refuses a folder that is not a run
         shutil.rmtree(out)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     marks = [("start", time.perf_counter())]
     demo = config.DEMO
     run = run_data.new_run(out, demo.data, demo.train, demo.refine, weights.RANDOM)
@@ -132,10 +132,13 @@ def main() -> None:
     p.add_argument("--skip-demo", action="store_true", help="run only the quick demo")
     p.add_argument("--refine-once", type=Path, metavar="OUT", help="(internal) time one refinement from the example in OUT")
     p.add_argument("--method", default="exbl", help="with --refine-once: the refinement method")
+    p.add_argument("--threads", type=int, help="with --refine-once: torch threads (default: half the cores, as the app)")
     p.add_argument("--only", nargs="+", choices=[*DEMOS, *(f"refine-{m}" for m in REFINE_METHODS)], help="measure only these")
     args = p.parse_args()
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     if args.refine_once:
-        refine_once(args.refine_once, args.method)
+        refine_once(args.refine_once, args.method, args.threads)
     elif args.only:
         print(section({name: measure_one(name) for name in args.only}).render())
     else:
