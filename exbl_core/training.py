@@ -74,8 +74,10 @@ class TrainConfig:
     distance: str = "euclidean"
     explanation: str = "gray_cam"  # E = gray(x) * CAM (the paper's) or "cam"
     tau: float = 5.0  # Activation Precision's top-k percentage, for validation AP
-    # The forward passes under CPU bf16 autocast ("auto": where the CPU computes bf16 natively).
-    # A config.json written before this setting existed has none, and so trained in fp32.
+    # Experiment setting (bench/refine_precision.py; bench/RESULTS.md, section 4): the forward passes
+    # under CPU bf16 autocast ("auto": where the CPU computes bf16 natively). A training step gained
+    # 1.02x on this project's AVX512-BF16 CPU, so the CLI and the app keep fp32. A config.json written
+    # before this setting existed has none, and so trained in fp32.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
