@@ -1,4 +1,4 @@
-"""Fault injection (issue 5): bad files, bad layouts, bad checkpoints, a full disk, SIGKILL.
+"""Fault injection: bad files, bad layouts, bad checkpoints, a full disk, SIGKILL.
 
 Each case must end in a clear error that names the file or setting, and lose nothing
 that was already on disk. Training faults (NaN loss, cancellation) are in

@@ -1,4 +1,4 @@
-"""Nothing is ever lost (issue 12): the command line writes, replaces or deletes only the
+"""Nothing is ever lost: the command line writes, replaces or deletes only the
 files it owns, in run folders; options are checked before anything is written and mean
 what they say; one writer at a time per run; every refusal is one line and exit code 2.
 

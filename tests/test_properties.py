@@ -1,4 +1,7 @@
-"""Property-based tests (hypothesis) for the core invariants of issue 5."""
+"""Property-based tests (hypothesis) of the core invariants.
+
+AP is a share in [0, 1], a finished CAM is non-negative with peak 1, the eXBL loss is never negative.
+"""
 
 from __future__ import annotations
 

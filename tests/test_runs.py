@@ -109,7 +109,7 @@ def test_list_runs_lists_only_openable_runs(tmp_path):
     assert runs.list_runs(tmp_path / "missing") == []
 
 
-# --------------------------------------------------------------------------- which folders are runs (issue 12)
+# --------------------------------------------------------------------------- which folders are runs
 
 
 def test_check_target_accepts_a_missing_or_empty_folder(tmp_path):
