@@ -25,6 +25,7 @@ from pathlib import Path
 from exbl_core import checkpoints, files
 from exbl_core.data import CLASSES
 from exbl_core.errors import RunError, WriteError
+from exbl_core.method_names import NAMES
 from exbl_core.model import ARCH
 
 RUN_FORMAT = "exbl-run"  # its version is the checkpoints' (``checkpoints.FORMAT_VERSION``)
@@ -56,9 +57,9 @@ def partial_file(name: str) -> str:
     return f"{name.removesuffix('.pt')}.partial.pt"
 
 
-# A model's file: unrefined.pt, oracle.pt or refined-<method>.pt, and the partial file an attempt at it
-# writes first. A pattern, so that the run folder need not know which methods there are.
-_REFINED = r"refined-[a-z0-9][a-z0-9_-]*"
+# A model's file: unrefined.pt, oracle.pt or refined-<method>.pt for a method of ours, and the partial
+# file an attempt at it writes first. The names come from method_names, not the registry.
+_REFINED = "refined-(?:" + "|".join(map(re.escape, NAMES)) + ")"
 _MODEL = rf"(?:unrefined|oracle|{_REFINED})(?:\.partial)?\.pt"
 
 

@@ -284,3 +284,15 @@ def test_locking_a_missing_folder_creates_nothing(tmp_path):
     with pytest.raises(errors.RunError, match="run folder does not exist"), runs.locked(tmp_path / "missing"):
         pass
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_run_claims_the_refined_checkpoints_of_its_methods_only():
+    """A user's own refined-mine.pt beside a run's files is not the tool's, so it is never set aside or replaced."""
+    from exbl_core.methods import METHODS
+
+    for name in METHODS:
+        assert runs.RUN_FILES.fullmatch(runs.refined_file(name)), name
+        assert runs.RUN_FILES.fullmatch(runs.partial_file(runs.refined_file(name))), name
+    for foreign in ("refined-mine.pt", "refined-exbl-v2.pt", "refined-.pt", "mine.pt"):
+        assert not runs.RUN_FILES.fullmatch(foreign), foreign
+        assert not runs.MODEL_FILES.fullmatch(foreign), foreign

@@ -16,6 +16,7 @@ forward pass's state. The term is unweighted; the loop multiplies it by
 from __future__ import annotations
 
 from exbl_core.data import Split
+from exbl_core.method_names import NAMES
 from exbl_core.methods import counterexamples, exbl, gradcam_mask, region_swap, rrr
 from exbl_core.methods.base import Batch, Feedback, Method, Objective, Pair
 
@@ -35,6 +36,8 @@ METHODS: dict[str, Method] = {
     )
 }
 """Every method, in the order the CLI, the app and the study list them: the paper's first."""
+if tuple(METHODS) != NAMES:  # the run folder recognises refined-<method>.pt by these names
+    raise ImportError(f"exbl_core.method_names.NAMES {NAMES} does not list the registry's methods {tuple(METHODS)}")
 
 
 def get_method(name: str) -> Method:
