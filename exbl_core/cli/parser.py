@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
 
-    demo = sub.add_parser("demo", help="run the whole workflow with defaults (about 16 minutes on 2 CPU cores; --quick: under a minute)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole workflow with defaults (minutes on 2 CPU cores from the shipped example, "
+        "longer with --from-scratch; --quick: under a minute)",
+    )
     demo.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"new or empty folder for the run (default: {DEFAULT_OUT}); see --overwrite"
     )
