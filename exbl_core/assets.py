@@ -8,9 +8,17 @@ file's SHA-256, the code commit, the command and its duration, and the figures m
 on the reloaded weights. ``check`` repeats that measurement on regenerated data, so a
 manifest that no longer describes its files is caught, not only a changed byte.
 
+``metrics.json`` holds what ``evaluate`` measures of the two models (every metric, every
+explainer), made by ``assets evaluate``: a run opened from the example starts with it, so
+its first refinement measures only the refined model. Its entries are keyed by the weights
+and the measuring code (``evaluation.evaluation_key``); once that code changes they no
+longer apply, and ``check`` says to measure them again.
+
 Nothing here writes into ``assets/`` except ``build``, which refuses to replace the
-files without ``overwrite``. A run gets the example by ``install``, which writes the
-models as ordinary checkpoints of that run (fp32, with the run's identity).
+files without ``overwrite``, and ``evaluate``, which writes only metrics.json and the
+manifest's entry for it. A run gets the example by ``install``, which writes the models
+as ordinary checkpoints of that run (fp32, with the run's identity). The model files'
+own format is ``asset_files``.
 """
 
 from __future__ import annotations
@@ -25,31 +33,24 @@ from pathlib import Path
 
 import torch
 
-from exbl_core import checkpoints, config, errors, faithfulness, files, pipeline, run_data, run_models, runs, weights
-from exbl_core.data import CLASSES
-from exbl_core.load_failure import describe_load_failure
-from exbl_core.model import ARCH, build_model
+from exbl_core import checkpoints, config, errors, evaluation, faithfulness, files, pipeline, run_data, run_models, runs, weights
+from exbl_core.asset_files import BUILD_COMMAND, VERSION, fix, fp32_model, load, payload_bytes, read_payload, sha256
+from exbl_core.errors import AssetError
 from exbl_core.synthetic import SyntheticConfig, generate_split
 from exbl_core.training import EventCallback, TrainConfig
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "exbl-assets"
-ASSET_FORMAT = "exbl-asset"
-VERSION = 1
 ROLES = ("unrefined", "oracle")
-BUILD_COMMAND = "python -m exbl_core assets build"
+EVALUATE_COMMAND = "python -m exbl_core assets evaluate"
 TOLERANCE = 0.005  # figures re-measured by check may differ from the manifest's by this much (two images in 400)
 FIGURES = ("test_accuracy", "shortcut_test_accuracy", "shortcut_gap")
 BUILD_THREADS = 1
 
 
-class AssetError(ValueError):
-    """An asset that is missing, altered, or made for other settings; the message names the file and the fix."""
-
-
-def _fix(path: Path, problem: str) -> AssetError:
-    return AssetError(f"{path}: {problem}; run '{BUILD_COMMAND} --overwrite' to make the shipped example again")
+def _measure_again(path: Path, problem: str) -> AssetError:
+    return AssetError(f"{path}: {problem}; run '{EVALUATE_COMMAND}' to measure the shipped models again")
 
 
 def shipped_settings() -> dict:
@@ -67,10 +68,6 @@ def matches(run_config: dict) -> bool:
     return {key: run_config.get(key) for key in ("data", "train", "model")} == shipped_settings()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _commit() -> str:
     """The code's commit, with "+changes" when the package differs from it, or "unknown" outside a git checkout."""
     root = ASSETS_DIR.parent
@@ -82,57 +79,6 @@ def _commit() -> str:
     if head.returncode != 0 or not head.stdout.strip():
         return "unknown"
     return head.stdout.strip() + ("+changes" if dirty.returncode == 1 else "")
-
-
-def _payload(run: runs.Run, role: str) -> bytes:
-    """One trained model of ``run`` as an fp16 asset: its weights and what it is, saved with ``torch.save``."""
-    model = build_model(num_classes=len(CLASSES), freeze=False)
-    meta = checkpoints.load_checkpoint(run.file(run_models.model_file(role)), model)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    payload = {
-        "format": ASSET_FORMAT,
-        "version": VERSION,
-        "arch": ARCH,
-        "classes": list(CLASSES),
-        "role": role,
-        "epoch": meta["epoch"],
-        "val_loss": meta["val_loss"],
-        "image_size": meta["image_size"],
-        "data_sha256": meta["data_sha256"],
-        "settings": meta["settings"],
-        "state_dict": {k: v.contiguous() for k, v in state.items()},
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getvalue()
-
-
-def _read_payload(path: Path) -> dict:
-    """An asset file loaded with ``weights_only=True``, checked to be one."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, random bytes, or a pickle that would run code
-        raise _fix(path, f"cannot be loaded safely ({describe_load_failure(path)})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ASSET_FORMAT or not isinstance(payload.get("state_dict"), dict):
-        raise _fix(path, "is not a shipped-example model")
-    return payload
-
-
-def _fp32_model(payload: dict, path: Path) -> torch.nn.Module:
-    """An asset's fp16 weights in an fp32 model, in eval mode: how every use of the example reads them."""
-    model = build_model(num_classes=len(CLASSES), freeze=False)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    except RuntimeError as exc:
-        raise _fix(path, "its weights do not fit this model") from exc
-    return model.eval()
-
-
-def load(directory: Path, role: str) -> tuple[torch.nn.Module, dict]:
-    """The asset ``role`` as an fp32 model in eval mode, and its metadata (everything but the weights)."""
-    path = directory / run_models.model_file(role)
-    payload = _read_payload(path)
-    return _fp32_model(payload, path), {k: v for k, v in payload.items() if k != "state_dict"}
 
 
 def measure(model: torch.nn.Module, data: SyntheticConfig) -> dict[str, float]:
@@ -151,18 +97,23 @@ def read_manifest(directory: Path | None = None) -> dict:
     try:
         manifest = files.read_json(path)
     except errors.RunError as exc:
-        raise _fix(path, str(exc).removeprefix(f"{path}: ")) from exc
+        raise fix(path, str(exc).removeprefix(f"{path}: ")) from exc
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != VERSION:
-        raise _fix(path, f"is not a version-{VERSION} manifest of the shipped example")
+        raise fix(path, f"is not a version-{VERSION} manifest of the shipped example")
     if manifest.get("settings") != shipped_settings():
-        raise _fix(path, "was made for other data or training settings than this code's default demo")
+        raise fix(path, "was made for other data or training settings than this code's default demo")
     listed, figures = manifest.get("files"), manifest.get("figures")
     if not isinstance(listed, dict) or set(listed) != set(ROLES) or not all(isinstance(listed[r], dict) for r in ROLES):
-        raise _fix(path, f"does not list exactly the {' and '.join(ROLES)} models")
+        raise fix(path, f"does not list exactly the {' and '.join(ROLES)} models")
     if not isinstance(figures, dict) or not all(
         isinstance(figures.get(r), dict) and all(isinstance(figures[r].get(k), int | float) for k in FIGURES) for r in ROLES
     ):
-        raise _fix(path, f"does not hold every model's {', '.join(FIGURES)}")
+        raise fix(path, f"does not hold every model's {', '.join(FIGURES)}")
+    shipped = manifest.get("metrics")
+    if shipped is not None and not (
+        isinstance(shipped, dict) and shipped.get("file") == runs.METRICS and isinstance(shipped.get("sha256"), str)
+    ):
+        raise _measure_again(path, f"its metrics entry does not name {runs.METRICS} and its SHA-256")
     return manifest
 
 
@@ -177,12 +128,18 @@ def verify(directory: Path | None = None) -> dict:
         entry = manifest["files"][role]
         path = directory / run_models.model_file(role)
         if not path.is_file():
-            raise _fix(path, "is missing")
+            raise fix(path, "is missing")
         if sha256(path) != entry.get("sha256"):
-            raise _fix(path, f"its SHA-256 differs from {MANIFEST}'s (the file was changed or truncated)")
-        meta = _read_payload(path)
+            raise fix(path, f"its SHA-256 differs from {MANIFEST}'s (the file was changed or truncated)")
+        meta = read_payload(path)
         if meta.get("role") != role or meta.get("data_sha256") != run_models.data_fingerprint(manifest["settings"]["data"]):
-            raise _fix(path, f"holds another model than the {role} model of {MANIFEST}'s settings")
+            raise fix(path, f"holds another model than the {role} model of {MANIFEST}'s settings")
+    if "metrics" in manifest:
+        path = directory / runs.METRICS
+        if not path.is_file():
+            raise _measure_again(path, "is missing")
+        if sha256(path) != manifest["metrics"]["sha256"]:
+            raise _measure_again(path, f"its SHA-256 differs from {MANIFEST}'s (the file was changed or truncated)")
     return manifest
 
 
@@ -202,8 +159,56 @@ def check(directory: Path | None = None) -> dict[str, dict[str, float]]:
         recorded = manifest["figures"][role]
         off = [f"{k} {now[k]:.4f} against {recorded[k]:.4f}" for k in FIGURES if abs(now[k] - recorded[k]) > TOLERANCE]
         if off:
-            raise _fix(directory / run_models.model_file(role), f"re-measured {'; '.join(off)} in {MANIFEST}")
+            raise fix(directory / run_models.model_file(role), f"re-measured {'; '.join(off)} in {MANIFEST}")
+    _check_metrics(directory, manifest, measured)
     return measured
+
+
+def _check_metrics(directory: Path, manifest: dict, measured: dict[str, dict[str, float]]) -> None:
+    """metrics.json is listed, was measured by this checkout's evaluation code, and agrees with ``measured``."""
+    path = directory / runs.METRICS
+    if "metrics" not in manifest:
+        raise _measure_again(path, f"is not listed in {MANIFEST}, so a run opened from the example measures both models again")
+    shipped = files.read_json(path)
+    if shipped.get("evaluation_code") != evaluation.evaluation_code():
+        raise _measure_again(
+            path, "was measured by other evaluation code than this checkout's (metrics, faithfulness or an explainer changed)"
+        )
+    for role, now in measured.items():
+        entry = shipped.get("models", {}).get(role, {})
+        recorded = {split: entry.get(split, {}).get("accuracy") for split in ("test", "shortcut_test")}
+        if any(not isinstance(v, float) or abs(v - now[f"{split}_accuracy"]) > TOLERANCE for split, v in recorded.items()):
+            raise _measure_again(path, f"its {role} accuracies {recorded} differ from the re-measured ones")
+
+
+def evaluate(directory: Path | None = None, say: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Measure the shipped models as ``evaluate`` measures a run's, and write metrics.json and its manifest entry.
+
+    The models are installed into a temporary run with the shipped settings, so the entries
+    and their keys are exactly those a run opened from the example would compute. Returns
+    the manifest.
+    """
+    directory = _folder(directory)
+    manifest = verify(directory)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
+        demo = config.DEMO
+        run = run_data.new_run(Path(tmp) / "run", demo.data, demo.train, demo.refine, weights.RANDOM)
+        _install_models(run, directory, manifest)
+        say(f"Measuring the {' and '.join(ROLES)} models (every metric, every explainer)")
+        metrics = pipeline.evaluate_step(run, run_data.load_data(run), torch.device("cpu"))
+    files.write_json(directory / runs.METRICS, metrics)
+    manifest["metrics"] = {
+        "file": runs.METRICS,
+        "sha256": sha256(directory / runs.METRICS),
+        "evaluation_code": metrics["evaluation_code"],
+        "tau": metrics["tau"],
+        "command": EVALUATE_COMMAND,
+        "seconds": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(),
+    }
+    files.write_json(directory / MANIFEST, manifest)
+    return manifest
 
 
 def _folder(directory: Path | None) -> Path:
@@ -229,16 +234,18 @@ def build(
     Training happens in a temporary run folder; the files are written (atomically) only once
     both models exist and are measured, the manifest last. It runs on one CPU thread
     (``BUILD_THREADS``): a float sum's order depends on how work is split between threads,
-    so one thread keeps the bytes from depending on the machine's core count. Returns the manifest.
+    so one thread keeps the bytes from depending on the machine's core count. Then ``evaluate``
+    measures them for metrics.json. Returns the manifest.
     """
     directory = _folder(directory)
     check_target(directory, overwrite)
     threads = torch.get_num_threads()
     torch.set_num_threads(BUILD_THREADS)
     try:
-        return _build(directory, on_event, say)
+        _build(directory, on_event, say)
     finally:
         torch.set_num_threads(threads)
+    return evaluate(directory, say)
 
 
 def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str], None]) -> dict:
@@ -251,13 +258,13 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
         for role in ROLES:
             say(f"Training the {role} model (up to {config.DEMO.train.epochs} epochs)")
             pipeline.train_step(run, data, device, on_event, role=role)
-        blobs = {role: _payload(run, role) for role in ROLES}
+        blobs = {role: payload_bytes(run, role) for role in ROLES}
     written, figures = {}, {}
     for role, blob in blobs.items():
         name = run_models.model_file(role)
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         with torch.inference_mode():
-            figures[role] = measure(_fp32_model(payload, directory / name), config.DEMO.data)
+            figures[role] = measure(fp32_model(payload, directory / name), config.DEMO.data)
         written[role] = {
             "file": name,
             "sha256": hashlib.sha256(blob).hexdigest(),
@@ -284,7 +291,8 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
 
 
 def install(run: runs.Run, directory: Path | None = None) -> dict:
-    """Put the shipped models into ``run`` as its unrefined.pt and oracle.pt (fp32 checkpoints with the run's identity).
+    """Put the shipped models into ``run`` as its unrefined.pt and oracle.pt (fp32 checkpoints with the run's identity),
+    and their measured metrics as its metrics.json when they apply (``brings_metrics``).
 
     ``run`` must have been created with ``shipped_settings`` (``matches``); the assets are
     verified first and only read. Returns the manifest. The caller holds the run's lock.
@@ -293,6 +301,28 @@ def install(run: runs.Run, directory: Path | None = None) -> dict:
         raise errors.RunError(f"{run.path}: its settings differ from the shipped example's, so its models must be trained")
     directory = _folder(directory)
     manifest = verify(directory)
+    _install_models(run, directory, manifest)
+    if brings_metrics(manifest, run):
+        files.atomic_write_bytes(run.file(runs.METRICS), (directory / runs.METRICS).read_bytes())
+    return manifest
+
+
+def brings_metrics(manifest: dict, run: runs.Run) -> bool:
+    """Do the shipped metrics apply to ``run``: listed, measured by this code, with the run's tau?
+
+    The weights and data are the shipped ones by then (``verify``, ``matches``), so these
+    are what else ``evaluation.evaluation_key`` reads; an entry that does not apply would
+    only be measured again, but a page must not show it meanwhile.
+    """
+    shipped = manifest.get("metrics")
+    return (
+        shipped is not None
+        and shipped.get("evaluation_code") == evaluation.evaluation_code()
+        and shipped.get("tau") == run_data.train_config(run, "refine").tau
+    )
+
+
+def _install_models(run: runs.Run, directory: Path, manifest: dict) -> None:
     for role in ROLES:
         model, meta = load(directory, role)
         checkpoint = {
@@ -306,7 +336,6 @@ def install(run: runs.Run, directory: Path | None = None) -> dict:
             **run_models.run_identity(run),
         }
         checkpoints.save_checkpoint(run.file(run_models.model_file(role)), model.state_dict(), checkpoint)
-    return manifest
 
 
 def describe(manifest: dict) -> str:

@@ -11,3 +11,7 @@ class CheckpointError(ValueError):
 
 class WriteError(RunError):
     """A run file could not be written (disk full, read-only, no permission); its previous version is intact."""
+
+
+class AssetError(ValueError):
+    """An asset of the shipped example that is missing, altered, or made for other settings; the message names the file and the fix."""

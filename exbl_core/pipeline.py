@@ -35,7 +35,7 @@ from exbl_core.events import END_TYPES, Event, EventCallback
 from exbl_core.explainers.gradcam import predict_with_cams
 from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, table1_markdown
 from exbl_core.methods import Pair, check_feedback, get_method
-from exbl_core.metrics import activation_precision_scores, evaluate_predictions, shortcut_gap
+from exbl_core.metrics import activation_precision_scores, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
 from exbl_core.training import FitResult, Interrupted, TrainConfig, TrainingError, fit
 from exbl_core.verdict import shortcut_verdict
@@ -330,30 +330,28 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
     """metrics.json: every metric of every model on val, test and (synthetic) shortcut_test, and each refinement's verdict.
 
     A model measured before, unchanged since (``evaluation.evaluation_key``), keeps its entry: after a
-    refinement only the new model is measured, not the unrefined model and the oracle again.
+    refinement only the new model is measured, not the unrefined model and the oracle again (nor, in
+    a run opened from the shipped example, those two ever: ``assets.install`` brings their entries).
     """
     check_ready(run, "evaluate")
     tau = run_data.train_config(run, "refine").tau
     splits = [s for s in evaluation.EVAL_SPLITS if s in data]
     explained = [s for s in splits if s in faithfulness.SPLITS]
     samples = {split: faithfulness.sample_indices(len(data[split]), run_data.data_config(run).seed) for split in explained}
-    models: dict = {}
-    keys = {name: evaluation.evaluation_key(run, name, tau, samples) for name in run_models.models_in(run)}
+    loaded = {name: run_models.load_model(run, name, device) for name in run_models.models_in(run)}
+    keys = {name: evaluation.evaluation_key(run, model, tau, samples) for name, model in loaded.items()}
     earlier = evaluation.earlier_metrics(run)
-    for name in keys:
-        if earlier.get("model_keys", {}).get(name) == keys[name] and name in earlier.get("models", {}):
-            models[name] = earlier["models"][name]  # this very checkpoint, measured by this code on this data
-            continue
-        model = run_models.load_model(run, name, device)
-        models[name] = {}
-        for split in splits:
-            s = data[split]
-            probs, cams = predict_with_cams(model, s.float_images())
-            models[name][split] = evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau, s.regions, s.child)
-            if split in samples:
-                usable = explainers.usable(int(s.images.shape[-1]))
-                models[name][split]["by_explainer"] = faithfulness.score_explainers(model, s, samples[split], usable, tau)
-    metrics: dict = {"models": models, "explainer_sample": {split: len(idx) for split, idx in samples.items()}, "model_keys": keys}
+    models = {}
+    for name, model in loaded.items():
+        reused = evaluation.reusable_entry(earlier, name, keys[name])
+        models[name] = reused if reused is not None else evaluation.measure(model, {s: data[s] for s in splits}, samples, tau)
+    metrics: dict = {
+        "models": models,
+        "explainer_sample": {split: len(idx) for split, idx in samples.items()},
+        "model_keys": keys,
+        "evaluation_code": evaluation.evaluation_code(),
+        "tau": tau,
+    }
     if "unrefined" in models and "shortcut_test" in models["unrefined"]:
         metrics["shortcut_gap"] = {name: shortcut_gap(m["test"], m["shortcut_test"]) for name, m in models.items()}
         metrics["verdicts"] = {

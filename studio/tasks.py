@@ -168,7 +168,9 @@ def demo_work(run: runs.Run, device: torch.device, methods: tuple[str, ...], shi
             phases = {"unrefined": run_data.train_config(run, "train").epochs, **phases}
         emit({"type": "step", "step": "data", "message": "Generating the synthetic data…"})
         data = run_data.load_data(run)
-        measured = 1 + len(methods) + shipped  # a new run: every model, and the shipped example brings its oracle
+        # A new run measures every model, and the shipped example brings its oracle, unless it brings their metrics too.
+        brought = shipped and assets.brings_metrics(assets.read_manifest(), run)
+        measured = len(methods) + (0 if brought else 1 + shipped)
         evaluate = evaluation_passes(run, data, measured, 1 + len(methods), len(methods))
         after = {"pick": _passes(data, len(data["train"])), "evaluate": evaluate}
         emit({"type": "plan", "phases": phases, "after": after if shipped else {"warm": warm_passes(data), **after}})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import assets, cli, config, errors, files, run_data, run_models, runs
+from exbl_core import assets, cli, config, errors, evaluation, files, pipeline, run_data, run_models, runs
 from tests.conftest import example_preset
 
 TINY = example_preset()
@@ -34,13 +34,13 @@ def hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def refused(folder: Path, *words: str) -> str:
+def refused(folder: Path, *words: str, fix: str = assets.BUILD_COMMAND) -> str:
     """``assets check`` on ``folder`` exits 2 with one line naming what is wrong and the command to run."""
     code, out, err = run_cli("assets", "check", "--dir", str(folder))
     assert code == 2, out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "python -m exbl_core assets build" in lines[0]
+    assert fix in lines[0]
     for word in words:
         assert word in lines[0]
     return lines[0]
@@ -124,6 +124,41 @@ def test_install_writes_checkpoints_that_pass_the_runs_identity_checks(shipped_e
         model = run_models.load_model(run, role)  # checks role, run id, data and image size
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert hashes(shipped_example) == before  # the assets were only read
+
+
+def test_a_changed_byte_of_the_shipped_metrics_fails_check(shipped_example: Path) -> None:
+    text = (shipped_example / runs.METRICS).read_text()
+    (shipped_example / runs.METRICS).write_text(text.replace('"accuracy": ', '"accuracy":  ', 1))
+    refused(shipped_example, "metrics.json", "SHA-256", fix=assets.EVALUATE_COMMAND)
+
+
+def test_metrics_of_other_evaluation_code_fail_check_stay_out_of_runs_and_evaluate_renews_them(
+    shipped_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evaluation, "evaluation_code", lambda: "0" * 64)  # as after an edit of metrics.py
+    refused(shipped_example, "metrics.json", "other evaluation code", fix=assets.EVALUATE_COMMAND)
+    run = run_data.new_run(tmp_path / "run", TINY.data, TINY.train, TINY.refine, "random")
+    with runs.locked(run.path):
+        assets.install(run)
+    assert run.has(runs.UNREFINED) and not run.has(runs.METRICS)  # a page must not show what no longer applies
+    code, out, err = run_cli("assets", "evaluate", "--dir", str(shipped_example))
+    assert code == 0 and "metrics.json" in out, err
+    code, out, err = run_cli("assets", "check", "--dir", str(shipped_example))
+    assert code == 0 and "metrics.json is current" in out, err
+
+
+def test_a_run_opened_from_the_example_never_measures_its_unrefined_model_and_oracle(
+    shipped_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = run_data.new_run(tmp_path / "run", TINY.data, TINY.train, TINY.refine, "random")
+    with runs.locked(run.path):
+        assets.install(run)
+    measured: list[int] = []
+    monkeypatch.setattr(evaluation, "measure", lambda *args: measured.append(1))
+    metrics = pipeline.evaluate_step(run, run_data.load_data(run), torch.device("cpu"))
+    assert measured == []  # the installed checkpoints are new files of this run, but the same weights
+    shipped = json.loads((shipped_example / runs.METRICS).read_text())
+    assert metrics["models"] == shipped["models"] and metrics["model_keys"] == shipped["model_keys"]
 
 
 def test_install_refuses_a_run_with_other_settings(shipped_example: Path, tmp_path: Path) -> None:

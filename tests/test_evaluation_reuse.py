@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from exbl_core import pipeline, run_data, run_models, runs
+from exbl_core import evaluation, pipeline, run_data, run_models, runs
 
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every ``predict_with_cams`` call of evaluate, by the number of images it was given."""
     calls: list[int] = []
-    real = pipeline.predict_with_cams
-    monkeypatch.setattr(pipeline, "predict_with_cams", lambda model, x: calls.append(len(x)) or real(model, x))
+    real = evaluation.predict_with_cams
+    monkeypatch.setattr(evaluation, "predict_with_cams", lambda model, x: calls.append(len(x)) or real(model, x))
     return calls
 
 

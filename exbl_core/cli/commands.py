@@ -89,7 +89,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("Data: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
         if shipped:
             assets.install(run)
-            say(f"Models: unrefined and oracle from {assets.describe(shipped)}; --from-scratch trains them instead")
+            measured = ", with their measured metrics" if assets.brings_metrics(shipped, run) else ""
+            say(f"Models: unrefined and oracle from {assets.describe(shipped)}{measured}; --from-scratch trains them instead")
         for step in () if shipped else ("train", "oracle") if preset.oracle else ("train",):
             _run_step(step, args, run, data, device)
         _run_step("pick", args, run, data, device)

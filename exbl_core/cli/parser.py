@@ -172,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--infill", type=_infill, help="occlusion infill: a value in [0, 1], or mean: each image's own mean (default)")
     ex.set_defaults(func=cmd_explain)
 
-    a = sub.add_parser("assets", help="make (build) or verify (check) the shipped example in assets/: the default demo's models")
-    a.add_argument("action", choices=("build", "check"), help="build: train and write them; check: hashes and re-measured figures")
+    a = sub.add_parser("assets", help="make (build), verify (check) or measure (evaluate) the shipped example in assets/")
+    a.add_argument(
+        "action",
+        choices=("build", "check", "evaluate"),
+        help="build: train the default demo's models and write them; check: hashes and re-measured figures; "
+        "evaluate: write their metrics.json (after a change to the evaluation code)",
+    )
     a.add_argument("--dir", type=Path, help="the assets folder (default: assets/ of this checkout)")
     a.add_argument("--overwrite", action="store_true", help="build: replace the shipped example already there")
     a.set_defaults(func=cmd_assets)
