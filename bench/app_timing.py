@@ -22,13 +22,16 @@ from playwright.sync_api import expect, sync_playwright
 
 from bench.browser import CHROMIUM, CHROMIUM_ARGS, app_server
 from exbl_core import pipeline, run_data
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 tmp = Path(tempfile.mkdtemp(prefix="exbl-app-timing-"))
 run = run_data.new_run(
-    tmp / "runs" / "m200", SyntheticConfig(size=128, n_train=50, n_val=10, n_test=50), TrainConfig(epochs=1, lr=1e-3), TrainConfig(epochs=3)
+    tmp / "runs" / "m200",
+    SyntheticConfig(size=128, n_train=50, n_val=10, n_test=50),
+    TrainConfig(epochs=1, lr=1e-3),
+    RefineConfig(epochs=3),
 )
 pipeline.train_step(run, run_data.load_data(run), torch.device("cpu"))
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from exbl_core import pipeline, run_data
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig
 from studio import cache, progress, tasks
 
 
@@ -80,7 +80,7 @@ def main() -> None:
         report({p.stem: json.loads(p.read_text()) for p in sorted(args.replay.glob("events-*.json"))})
         return
     spec = SyntheticConfig(size=args.size, n_train=args.n_train, n_val=args.n_train // 3, n_test=args.n_train // 2, viral_strength=2.0)
-    run = run_data.new_run(args.out / "run", spec, TrainConfig(epochs=3, lr=1e-3), TrainConfig(epochs=args.epochs))
+    run = run_data.new_run(args.out / "run", spec, TrainConfig(epochs=3, lr=1e-3), RefineConfig(epochs=args.epochs))
     data = run_data.load_data(run)
     pipeline.train_step(run, data, cache.device())
     pick = pipeline.pick_step(run, data, cache.device())

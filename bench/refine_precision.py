@@ -28,7 +28,6 @@ from bench.common import CACHE, table
 from exbl_core import assets, config, faithfulness, files, pipeline, run_data, run_models, runs, weights
 from exbl_core.explainers.gradcam import analytic_cams, head_pass
 from exbl_core.losses import explanation, triplet_terms
-from exbl_core.training import PRECISIONS
 
 OUT = CACHE / "refine-precision"
 METHODS = ("exbl", "region-swap")
@@ -139,7 +138,7 @@ def steps(rounds: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--precision", choices=config.PRECISIONS, default="fp32")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--report", action="store_true", help="print the grid measured so far")

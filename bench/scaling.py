@@ -19,14 +19,15 @@ import time
 import torch
 
 from bench.common import Section, table
+from exbl_core.config import RefineConfig
 from exbl_core.data import CLASSES, Split
 from exbl_core.methods import Pair, get_method
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig, generate_split
-from exbl_core.training import TrainConfig, fit
+from exbl_core.training import fit
 
 
-def one_epoch(train: Split, val: Split, refined: bool, cfg: TrainConfig) -> dict:
+def one_epoch(train: Split, val: Split, refined: bool, cfg: RefineConfig) -> dict:
     """Seconds for one epoch and seconds per image of its training loop."""
     torch.manual_seed(cfg.seed)
     model = build_model(num_classes=len(CLASSES))
@@ -56,7 +57,7 @@ def linear_fit(ns: list[int], ts: list[float]) -> tuple[float, float, float]:
 
 
 def run(sizes: tuple[int, ...] = (400, 800, 1600), image_size: int = 128) -> Section:
-    cfg = TrainConfig(epochs=1, lr=1e-3)
+    cfg = RefineConfig(epochs=1, lr=1e-3)  # the unrefined epoch reads only the training loop's settings
     val = generate_split("val", SyntheticConfig(size=image_size, n_val=10))
     rows, data = [], {}
     for phase, refined in (("unrefined", False), ("refined", True)):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.common import Section, bench_parser, compare, ensure_trained_run, load_trained, synthetic_batch, table
+from exbl_core.config import RefineConfig
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import gradcam
 from exbl_core.losses import exbl_loss, explanation
@@ -31,7 +32,7 @@ from exbl_core.methods import METHODS as REGISTRY
 from exbl_core.methods import Batch, Objective, Pair
 from exbl_core.methods.exbl import Exemplars, compute_exemplars
 from exbl_core.model import set_depthwise_kind
-from exbl_core.training import TrainConfig, _batch_losses
+from exbl_core.training import _batch_losses
 
 METHODS = ("ce", *REGISTRY, "exbl-autograd", "ce-torch-depthwise", "rrr-lungs-torch-depthwise")
 LABELS = {
@@ -50,7 +51,7 @@ def make_steps(
     masks: torch.Tensor,
     objectives: dict[str, Objective],
     ex: Exemplars,
-    cfg: TrainConfig,
+    cfg: RefineConfig,
 ) -> dict[str, Callable[[], float]]:
     """One zero-argument callable per kind of step; each does a full Adam step and returns the loss."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -88,13 +89,13 @@ def make_steps(
 
 def run(run_dir: Path, sizes: tuple[int, ...] = (224, 128), batch: int = 32, repeats: int = 7) -> Section:
     rows, targets_met, data = [], [], {}
-    cfg = TrainConfig()
+    cfg = RefineConfig()
     for size in sizes:
         model = load_trained(run_dir)
         x, y, masks = synthetic_batch(size, batch, split="train")
         ex = compute_exemplars(model, (x[0], int(y[0])), (x[1], int(y[1])))
         split = Split(images=(x * 255).round().to(torch.uint8), masks=masks, labels=y, names=[str(i) for i in range(len(y))])
-        objectives = {name: m.build_objective(model, split, Pair(0, 1), TrainConfig(method=name)) for name, m in REGISTRY.items()}
+        objectives = {name: m.build_objective(model, split, Pair(0, 1), RefineConfig(method=name)) for name, m in REGISTRY.items()}
         model.train()
         steps = make_steps(model, x, y, masks, objectives, ex, cfg)
         # The same steps with torch's nn.Conv2d for the depthwise layers, which model.DepthwiseConv2d replaces.

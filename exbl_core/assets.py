@@ -37,7 +37,7 @@ from exbl_core import checkpoints, config, errors, evaluation, faithfulness, fil
 from exbl_core.asset_files import BUILD_COMMAND, VERSION, fix, fp32_model, load, payload_bytes, read_payload, sha256
 from exbl_core.errors import AssetError
 from exbl_core.synthetic import SyntheticConfig, generate_split
-from exbl_core.training import EventCallback, TrainConfig
+from exbl_core.training import EventCallback
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
@@ -58,14 +58,18 @@ def shipped_settings() -> dict:
     return settings_doc(config.DEMO.data, config.DEMO.train, weights.StartWeights(weights.RANDOM))
 
 
-def settings_doc(data: SyntheticConfig, train: TrainConfig, start: weights.StartWeights) -> dict:
+def settings_doc(data: SyntheticConfig, train: config.TrainConfig, start: weights.StartWeights) -> dict:
     """config.json's ``data``, ``train`` and ``model`` sections for these settings."""
     return {"data": {"source": "synthetic", **data.to_dict()}, "train": train.to_dict(), "model": start.to_dict()}
 
 
 def matches(run_config: dict) -> bool:
-    """Would a run with this config.json train the shipped models? Data, training settings and start weights all equal."""
-    return {key: run_config.get(key) for key in ("data", "train", "model")} == shipped_settings()
+    """Would a run with this config.json train the shipped models? Data, training settings and start weights all equal.
+
+    Compared as the settings types write them (``config.comparable``): the manifest's ``train``
+    section was written when it still held the refinement settings, which training never read.
+    """
+    return config.comparable({key: run_config.get(key) for key in ("data", "train", "model")}) == shipped_settings()
 
 
 def _commit() -> str:
@@ -100,7 +104,7 @@ def read_manifest(directory: Path | None = None) -> dict:
         raise fix(path, str(exc).removeprefix(f"{path}: ")) from exc
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != VERSION:
         raise fix(path, f"is not a version-{VERSION} manifest of the shipped example")
-    if manifest.get("settings") != shipped_settings():
+    if not isinstance(manifest.get("settings"), dict) or config.comparable(manifest["settings"]) != shipped_settings():
         raise fix(path, "was made for other data or training settings than this code's default demo")
     listed, figures = manifest.get("files"), manifest.get("figures")
     if not isinstance(listed, dict) or set(listed) != set(ROLES) or not all(isinstance(listed[r], dict) for r in ROLES):

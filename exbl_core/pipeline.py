@@ -37,7 +37,7 @@ from exbl_core.figures import EXEMPLAR_COLUMNS, cam_grid, figure3, figure_png, t
 from exbl_core.methods import Pair, check_feedback, get_method
 from exbl_core.metrics import activation_precision_scores, shortcut_gap
 from exbl_core.model import build_model, freeze_early_blocks
-from exbl_core.training import FitResult, Interrupted, TrainConfig, TrainingError, fit
+from exbl_core.training import FitResult, Interrupted, TrainingError, fit
 from exbl_core.verdict import shortcut_verdict
 
 # What a step needs in the run folder, and the step that makes it: each step checks it first,
@@ -76,7 +76,7 @@ class _Attempt:
     name: str  # the finished model's file
     role: str  # "unrefined", "oracle" or the method's name
     phase: str
-    cfg: TrainConfig
+    cfg: config.TrainConfig  # a RefineConfig for a refinement
     image_size: int
     had_final: bool = False  # a finished model was there when the attempt started
     replaces_run: bool = False  # a finished unrefined.pt and its run wait aside (``runs.replacing``)
@@ -164,7 +164,7 @@ def _fit_step(
     run: runs.Run,
     phase: str,
     role: str,
-    cfg: TrainConfig,
+    cfg: config.TrainConfig,
     model,
     data,
     objective,

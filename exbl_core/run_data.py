@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal, overload
 
 from exbl_core import config, errors, files, runs, weights
 from exbl_core.data import CLASSES, DataError, Split, SplitSizes, load_entries, make_split, scan_dataset
 from exbl_core.synthetic import SPLITS, SyntheticConfig, generate_split, oracle_config, split_design
-from exbl_core.training import TrainConfig
 
 
 @dataclass
@@ -26,7 +26,9 @@ class PreparedRun:
     data: dict[str, Split] | None
 
 
-def prepare_run(data: config.DataSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None) -> PreparedRun:
+def prepare_run(
+    data: config.DataSpec, train: config.TrainConfig, refine: config.RefineConfig, start: str | Path | None = None
+) -> PreparedRun:
     """Check every setting and read a data set folder in full, writing nothing.
 
     So a bad setting, a missing or unreadable mask, or a data set too small for the split
@@ -70,7 +72,9 @@ def write_run(out: str | Path, prepared: PreparedRun) -> runs.Run:
     return run
 
 
-def new_run(out: str | Path, data: config.DataSpec, train: TrainConfig, refine: TrainConfig, start: str | Path | None = None) -> runs.Run:
+def new_run(
+    out: str | Path, data: config.DataSpec, train: config.TrainConfig, refine: config.RefineConfig, start: str | Path | None = None
+) -> runs.Run:
     """Create a run folder with config.json and split.json, in a new or empty folder only."""
     runs.check_target(out)
     prepared = prepare_run(data, train, refine, start)
@@ -152,14 +156,21 @@ def load_data(run: runs.Run, splits: tuple[str, ...] | None = None) -> dict[str,
     return {s: load_split(run, s) for s in (splits or split_names(run))}
 
 
-def train_config(run: runs.Run, phase: str) -> TrainConfig:
-    """The run's training (``phase`` "train") or refinement ("refine") settings, checked."""
+@overload
+def train_config(run: runs.Run, phase: Literal["train"]) -> config.TrainConfig: ...
+@overload
+def train_config(run: runs.Run, phase: Literal["refine"]) -> config.RefineConfig: ...
+def train_config(run: runs.Run, phase: Literal["train", "refine"]) -> config.TrainConfig:
+    """The run's training (``phase`` "train": a ``TrainConfig``) or refinement ("refine": a ``RefineConfig``) settings, checked.
+
+    A ``train`` section written before the two were separate types also holds refinement
+    settings; they are dropped (``TrainConfig.from_dict``), so such a run keeps training.
+    """
     try:
         settings = run.config()[phase]
         if not isinstance(settings, dict):
             raise TypeError(f"expected an object, found {type(settings).__name__}")
-        config.check_types(TrainConfig, settings)
-        return TrainConfig(**settings)
+        return config.SECTIONS[phase].from_dict(settings)
     except (KeyError, TypeError, ValueError) as exc:
         raise errors.RunError(f"{run.file(runs.CONFIG)}: its {phase!r} settings are not valid ({_reason(exc)})") from exc
 
@@ -177,7 +188,7 @@ def oracle_data(run: runs.Run) -> dict[str, Split]:
     return {s: generate_split(s, oracle_config(spec)) for s in ("train", "val")}
 
 
-def refine_settings(run: runs.Run, overrides: dict | None = None) -> TrainConfig:
+def refine_settings(run: runs.Run, overrides: dict | None = None) -> config.RefineConfig:
     """The run's refinement settings, then the method's own schedule, then ``overrides``, checked.
 
     The paper's schedule (3 epochs at lr 1e-4 on the demo) suits a loss term that nudges

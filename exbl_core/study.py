@@ -109,6 +109,7 @@ def check_resume(out: Path, settings: dict) -> None:
     if recorded is None:
         return
     recorded = {"pick_from": "gradcam", **recorded}  # studies recorded before the choice existed picked on GradCAM
+    recorded = config.comparable(recorded)  # a training section from before it was apart from refinement's holds both
     differ = _differences(recorded, settings)
     if differ:
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""

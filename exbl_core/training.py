@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +24,12 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from exbl_core.augment import hide_patches, random_shift
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import Split
 from exbl_core.events import Event, EventCallback
 from exbl_core.explainers.gradcam import analytic_cams, head_pass
-from exbl_core.losses import DISTANCES, EXPLANATIONS
-from exbl_core.methods import METHODS, Batch, Objective
+from exbl_core.methods import Batch, Objective
 from exbl_core.metrics import activation_precision_scores
-from exbl_core.segmenter import bf16_native
-
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 CheckpointCallback = Callable[[dict, int, dict], None]
 
@@ -47,86 +44,6 @@ class Cancelled(RuntimeError):
 
 class Interrupted(KeyboardInterrupt):
     """A KeyboardInterrupt (SIGINT, or SIGTERM turned into one) whose message says what the step kept."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A flat set of training settings; the defaults are the paper's."""
-
-    epochs: int = 60
-    lr: float = 1e-4
-    batch_size: int = 32
-    patience: int = 5  # early stopping on validation loss
-    lr_patience: int = 2  # ReduceLROnPlateau
-    lr_factor: float = 0.5
-    weight_decay: float = 0.0
-    seed: int = 0
-    # Experiment settings (experiments/testbed_levers.py; docs/results.md): the CLI and the app
-    # keep them off, since none of them unlearned the phantom's shortcut.
-    shift: float = 0.0  # random translation of each training image, as a share of its size
-    flip: bool = False  # random horizontal flips
-    hide: float = 0.0  # hide-and-seek: the chance that each grid cell of a training image is hidden
-    hide_patch: int = 32  # the grid cell's side in pixels
-    # refinement only
-    method: str = "exbl"  # a name in exbl_core.methods.METHODS
-    lambda_expl: float | None = None  # the weight of the method's term; None: the method's default
-    margin: float = 1.0
-    distance: str = "euclidean"
-    explanation: str = "gray_cam"  # E = gray(x) * CAM (the paper's) or "cam"
-    tau: float = 5.0  # Activation Precision's top-k percentage, for validation AP
-    # Experiment setting (bench/refine_precision.py; bench/RESULTS.md, section 4): the forward passes
-    # under CPU bf16 autocast ("auto": where the CPU computes bf16 natively). A training step gained
-    # 1.02x on this project's AVX512-BF16 CPU, so the CLI and the app keep fp32. A config.json written
-    # before this setting existed has none, and so trained in fp32.
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        # Finite as well as in range: inf passes "> 0", and a run with it trains nothing.
-        checks = {
-            "epochs": self.epochs >= 1,
-            "lr": math.isfinite(self.lr) and self.lr > 0,
-            "batch_size": self.batch_size >= 1,
-            "patience": self.patience >= 1,
-            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-            "method": self.method in METHODS,
-            "lambda_expl": self.lambda_expl is None or (math.isfinite(self.lambda_expl) and self.lambda_expl >= 0),
-            "margin": math.isfinite(self.margin) and self.margin >= 0,
-            "shift": 0 <= self.shift < 0.5,
-            "hide": 0 <= self.hide < 1,
-            "hide_patch": self.hide_patch >= 1,
-            "distance": self.distance in DISTANCES,
-            "explanation": self.explanation in EXPLANATIONS,
-            "precision": self.precision in PRECISIONS,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid training setting(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
-
-    def to_dict(self) -> dict:
-        """The settings as config.json holds them; ``precision`` only when it is not fp32.
-
-        Every config.json, study and shipped-example manifest written before bf16 existed trained
-        in fp32 and has no such key: an fp32 run still writes exactly those settings, so they
-        keep matching (``assets.matches``), and one that asked for bf16 or "auto" says so.
-        """
-        settings = asdict(self)
-        if settings["precision"] == "fp32":
-            del settings["precision"]
-        return settings
-
-    def compute_dtype(self, device: torch.device) -> torch.dtype:
-        """The dtype the forward passes compute in: bf16 when asked, or on "auto" on a CPU with native bf16.
-
-        On a CPU without it bf16 is emulated and slower than fp32; on a GPU nothing was measured, so "auto" stays fp32.
-        """
-        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cpu" and bf16_native()):
-            return torch.bfloat16
-        return torch.float32
-
-    @property
-    def weight(self) -> float:
-        """The method's term weight: ``lambda_expl``, or the method's default when none was given."""
-        return METHODS[self.method].default_lambda if self.lambda_expl is None else self.lambda_expl
 
 
 @dataclass
@@ -166,12 +83,14 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
 
 
 def _batch_losses(model: nn.Module, batch: Batch, cfg: TrainConfig, objective: Objective | None, training: bool) -> dict:
-    """CE, and with a refinement objective its term, from one forward pass."""
+    """CE, and with a refinement objective its term, weighted by ``cfg`` (then a ``RefineConfig``), from one forward pass."""
     state = head_pass(model, batch.x)
     ce = F.cross_entropy(state.logits, batch.y)
     out = {"ce": ce, "logits": state.logits, "state": state, "loss": ce}
     if objective is None or objective.term is None:
         return out
+    if not isinstance(cfg, RefineConfig):
+        raise TypeError("a method's term is weighted by refinement settings: pass a RefineConfig")
     terms = objective.term(model, batch, state, training)
     out.update(expl=terms["expl"], loss=ce + cfg.weight * terms["expl"])
     if "active_triplets" in terms:
@@ -246,7 +165,7 @@ def fit(
     device: torch.device | None = None,
     phase: str = "unrefined",
 ) -> FitResult:
-    """Train ``model`` in place; with a method's ``objective`` this is refinement.
+    """Train ``model`` in place; with a method's ``objective`` this is refinement, and ``cfg`` its ``RefineConfig``.
 
     Returns when training ends, early-stops or is cancelled, with the best weights
     (lowest validation loss) loaded back into ``model``. A NaN or infinite loss

@@ -258,13 +258,12 @@ def example_preset():
     from dataclasses import replace
 
     from exbl_core import config
-    from exbl_core.training import TrainConfig
 
     return replace(
         config.DEMO,
         data=SyntheticConfig(size=32, n_train=2, n_val=2, n_test=3, viral_strength=2.0),
-        train=TrainConfig(epochs=1, lr=1e-3, batch_size=8),
-        refine=TrainConfig(epochs=1, batch_size=8),
+        train=config.TrainConfig(epochs=1, lr=1e-3, batch_size=8),
+        refine=config.RefineConfig(epochs=1, batch_size=8),
         methods=("exbl",),
     )
 

@@ -18,9 +18,9 @@ from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
 from exbl_core import checkpoints, config, files, picking, pipeline, run_data, run_models, runs
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig
 from exbl_core.verdict import Verdict, shortcut_verdict
 from studio import pages
 from studio.cache import RUNS_DIR_ENV
@@ -31,6 +31,7 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = {"explore": pages.EXPLORE, "refine": pages.REFINE, "compare": pages.COMPARE}
 TINY_DATA = SyntheticConfig(size=64, n_train=3, n_val=2, n_test=3)
 TINY_TRAIN = TrainConfig(epochs=1, lr=1e-3, batch_size=8)
+TINY_REFINE = RefineConfig(epochs=1, lr=1e-3, batch_size=8)
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run taken through every step once; tests copy it so they never share state."""
-    run = run_data.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_TRAIN)
+    run = run_data.new_run(tmp_path_factory.mktemp("template") / "tiny", TINY_DATA, TINY_TRAIN, TINY_REFINE)
     run_every_step(run)
     return run.path
 
@@ -579,7 +580,7 @@ def test_a_data_set_folder_starts_from_cached_imagenet_by_default(runs_dir: Path
 @pytest.mark.slow
 def test_compare_puts_the_papers_table1_beside_a_real_data_run(runs_dir: Path, make_database, weights_file: Path) -> None:
     spec = config.FolderSpec(str(make_database(per_class=4)), size=32, train=2, val=1, test=1)
-    run_every_step(run_data.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_TRAIN, start=str(weights_file)))
+    run_every_step(run_data.new_run(runs_dir / "real", spec, TINY_TRAIN, TINY_REFINE, start=str(weights_file)))
     at = open_page(PAGES["compare"])
     assert not at.exception
     table = at.dataframe[0].value

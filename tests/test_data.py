@@ -16,9 +16,9 @@ import torch
 from pydicom.data import get_testdata_file
 
 from exbl_core import config, files, run_data, runs
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import CLASSES, DataError, SplitSizes, load_entries, load_pair, make_split, read_gray, scan_dataset
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig
 from tests.conftest import lung_mask, save_png
 
 DICOM_FILE = Path(get_testdata_file("RG1_UNCR.dcm"))  # a real chest radiograph, MONOCHROME1, 15 bits stored
@@ -134,7 +134,7 @@ def test_a_dicom_image_takes_the_png_mask_of_the_same_name(make_database):
 def test_folder_data_set_goes_through_a_run_folder(make_database, tmp_path):
     root = make_database(per_class=4)
     spec = config.FolderSpec(path=str(root), size=32, train=2, val=1, test=1, seed=3)
-    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
+    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), RefineConfig(epochs=1))
     saved = files.read_json(run.file(runs.SPLIT))
     assert saved["source"] == "folder"
     assert len(saved["train"]) == 8 and len(saved["val"]) == 4 and len(saved["test"]) == 4
@@ -146,14 +146,14 @@ def test_folder_data_set_goes_through_a_run_folder(make_database, tmp_path):
 
 def test_folder_run_has_no_shortcut_test_split(make_database, tmp_path):
     spec = config.FolderSpec(path=str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
-    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
+    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), RefineConfig(epochs=1))
     with pytest.raises(DataError, match="shortcut_test"):
         run_data.load_split(run, "shortcut_test")
 
 
 def test_synthetic_run_records_its_labels_and_confounders_in_split_json(tmp_path):
     cfg = SyntheticConfig(size=16, n_train=2, n_val=1, n_test=1)
-    run = run_data.new_run(tmp_path / "run", cfg, TrainConfig(epochs=1), TrainConfig(epochs=1))
+    run = run_data.new_run(tmp_path / "run", cfg, TrainConfig(epochs=1), RefineConfig(epochs=1))
     saved = files.read_json(run.file(runs.SPLIT))
     assert saved["source"] == "synthetic"
     train = run_data.load_split(run, "train")

@@ -27,9 +27,9 @@ from PIL import Image, ImageFile
 
 from exbl_core import checkpoints, config, errors, files, run_data, runs
 from exbl_core import data as data_module
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import CLASSES, DataError, SplitSizes, load_entries, load_pair, make_split, read_gray, scan_dataset
 from exbl_core.model import build_model
-from exbl_core.training import TrainConfig
 from tests.conftest import huge_png, lung_mask, save_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_skip_bad_list_is_saved_in_the_run_split(make_database, tmp_path):
     root = make_database(per_class=4)
     (root / "Normal" / "masks" / "Normal-3.png").unlink()
     spec = config.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
-    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
+    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), RefineConfig(epochs=1))
     assert any("Normal-3.png" in s for s in files.read_json(run.file(runs.SPLIT))["skipped"])
 
 
@@ -234,7 +234,7 @@ def test_an_empty_mask_is_skipped_and_listed_in_split_json_with_skip_bad(make_da
     root = make_database(per_class=3)  # a split of 1 + 1 + 1 takes every image, the bad one too
     save_png(root / "Lung_Opacity" / "masks" / "Lung_Opacity-2.png", np.zeros((256, 256), np.uint8))
     spec = config.FolderSpec(path=str(root), size=32, train=1, val=1, test=1, skip_bad=True)
-    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), TrainConfig(epochs=1))
+    run = run_data.new_run(tmp_path / "run", spec, TrainConfig(epochs=1), RefineConfig(epochs=1))
     split = files.read_json(run.file(runs.SPLIT))
     listed = [s for s in split["skipped"] if "Lung_Opacity-2.png: lung mask is empty" in s]
     used = [rel for name in ("train", "val", "test") for _, rel in split[name]]
@@ -311,7 +311,7 @@ def test_data_set_smaller_than_the_split_is_refused_with_the_numbers(make_databa
 
 def test_new_run_on_a_bad_folder_writes_no_run(tmp_path):
     with pytest.raises(DataError):
-        run_data.new_run(tmp_path / "run", config.FolderSpec(path=str(tmp_path / "missing")), TrainConfig(), TrainConfig())
+        run_data.new_run(tmp_path / "run", config.FolderSpec(path=str(tmp_path / "missing")), TrainConfig(), RefineConfig())
     assert not (tmp_path / "run").exists()
 
 

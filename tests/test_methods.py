@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from exbl_core.augment import hide_patches
+from exbl_core.config import RefineConfig
 from exbl_core.data import Split
 from exbl_core.explainers.gradcam import analytic_cams, gradcam, head_pass
 from exbl_core.methods import METHODS, Batch, Pair, check_feedback, get_method
@@ -17,7 +18,7 @@ from exbl_core.methods.region import avoid_region, outside_share, region_term
 from exbl_core.methods.region_swap import swap_objective
 from exbl_core.methods.rrr import input_gradient_penalty
 from exbl_core.model import build_model
-from exbl_core.training import TrainConfig, _batch_losses, recalibrate_batchnorm
+from exbl_core.training import _batch_losses, recalibrate_batchnorm
 
 ALL = list(METHODS)
 
@@ -53,7 +54,7 @@ def test_an_unknown_method_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="unknown method 'rrr'; choose one of exbl, exbl-cam"):
         get_method("rrr")
     with pytest.raises(ValueError, match="method='nope'"):
-        TrainConfig(method="nope")
+        RefineConfig(method="nope")
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,7 @@ def test_an_unknown_method_is_refused_with_the_choices():
 )
 def test_settings_out_of_range_are_refused_naming_the_setting(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        TrainConfig(**bad)
+        RefineConfig(**bad)
 
 
 def test_a_masks_method_refuses_data_without_lung_masks(tiny_data):
@@ -79,7 +80,7 @@ def test_a_masks_method_refuses_data_without_lung_masks(tiny_data):
 @pytest.mark.parametrize("name", ALL)
 def test_each_method_runs_a_training_step_and_its_term_moves(name, fresh_model, tiny_data, monkeypatch):
     train = tiny_data["train"]
-    cfg = TrainConfig(method=name)
+    cfg = RefineConfig(method=name)
     # The region methods need the bad CAM to look where the good one does not; on random-ish
     # weights that is not guaranteed, so they get a fixed region for this contract test.
     region = torch.zeros(64, 64, dtype=torch.bool)

@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exbl_core import checkpoints, cli, files, pipeline, run_data, runs
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.model import build_model
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig, TrainingError
+from exbl_core.training import TrainingError
 from studio.jobs import JobRunner
 from tests.conftest import TINY_RUN, lung_mask, save_png
 
@@ -189,7 +190,7 @@ def test_figure_rows_out_of_range_are_refused_and_nothing_is_written(run_copy, c
 
 
 def test_a_command_line_setting_wins_over_config_json_on_a_retry(tmp_path, capsys):
-    run = run_data.new_run(tmp_path / "run", SyntheticConfig(size=64, n_train=2, n_val=2, n_test=2), TrainConfig(epochs=3), TrainConfig())
+    run = run_data.new_run(tmp_path / "run", SyntheticConfig(size=64, n_train=2, n_val=2, n_test=2), TrainConfig(epochs=3), RefineConfig())
     code, err = _main(capsys, "train", "--run", run.path, "--size", "32", "--seed", "7", "--epochs", "1")
     assert code == 0, err
     config = files.read_json(run.file(runs.CONFIG))
@@ -258,7 +259,7 @@ def test_infinity_in_config_json_is_refused_naming_it(run_copy, capsys):
 
 
 def test_evaluate_without_a_model_exits_2_and_writes_no_metrics(tmp_path, capsys):
-    run = run_data.new_run(tmp_path / "run", SyntheticConfig(size=32, n_train=2, n_val=2, n_test=2), TrainConfig(epochs=1), TrainConfig())
+    run = run_data.new_run(tmp_path / "run", SyntheticConfig(size=32, n_train=2, n_val=2, n_test=2), TrainConfig(epochs=1), RefineConfig())
     assert "nothing to evaluate yet (unrefined.pt is missing); run train first" in refused(capsys, "evaluate", "--run", run.path)
     assert not run.has(runs.METRICS)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from exbl_core import files, picking, pipeline, results, run_data, run_models, runs
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import VIRAL_PNEUMONIA, Split
 from exbl_core.synthetic import SyntheticConfig
-from exbl_core.training import TrainConfig
 
 
 def _split(labels: list[int]) -> Split:
@@ -47,7 +47,9 @@ def test_auto_pick_refuses_when_every_candidate_has_the_same_ap():
 
 def test_a_run_created_before_the_start_was_recorded_trains_from_the_default_and_notes_nothing(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=8)
-    run = run_data.new_run(tmp_path / "old", SyntheticConfig(size=32, n_train=2, n_val=1, n_test=1), cfg, cfg)
+    run = run_data.new_run(
+        tmp_path / "old", SyntheticConfig(size=32, n_train=2, n_val=1, n_test=1), cfg, RefineConfig(epochs=1, batch_size=8)
+    )
     config = run.config()
     del config["model"]  # as written before config.json recorded the weights
     files.write_json(run.file(runs.CONFIG), config)

@@ -9,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exbl_core import config, files, run_data, runs, training
+from exbl_core import config, files, run_data, runs
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import CLASSES
 from exbl_core.explainers.gradcam import INFERENCE_BATCH, analytic_cams, head_pass, predict_with_cams
 from exbl_core.losses import explanation, triplet_terms
 from exbl_core.methods.exbl import Exemplars, triplet_objective
 from exbl_core.metrics import evaluate_predictions
 from exbl_core.model import DepthwiseConv2d, build_model
-from exbl_core.training import TrainConfig, fit
+from exbl_core.training import fit
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 
@@ -80,7 +81,7 @@ def test_precision_is_checked_and_auto_is_bf16_only_on_a_cpu_that_computes_it(mo
         TrainConfig(precision="fp16")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
-        monkeypatch.setattr(training, "bf16_native", lambda native=native: native)
+        monkeypatch.setattr(config, "bf16_native", lambda native=native: native)
         assert TrainConfig(precision="auto").compute_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
         assert TrainConfig(precision="auto").compute_dtype(cuda) == torch.float32
         assert TrainConfig(precision="bf16").compute_dtype(cpu) == torch.bfloat16
@@ -108,7 +109,7 @@ def test_each_epoch_says_what_it_computed_in_and_a_bf16_refinement_trains(micro_
     size = micro_data["train"].images.shape[-1]
     objective = triplet_objective(Exemplars(torch.ones(size * size), torch.zeros(size * size)), "gray_cam", "euclidean", 1.0)
     events: list[dict] = []
-    cfg = replace(TrainConfig(epochs=1, lr=1e-3, batch_size=8), precision=precision)
+    cfg = replace(RefineConfig(epochs=1, lr=1e-3, batch_size=8), precision=precision)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = fit(model, micro_data["train"], micro_data["val"], cfg, objective, on_event=events.append)
     assert result.status == "done"

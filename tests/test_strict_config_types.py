@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exbl_core import cli, config, errors, files, run_data, runs
-from exbl_core.training import TrainConfig
+from exbl_core.config import RefineConfig, TrainConfig
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -57,14 +57,14 @@ def test_a_setting_of_the_wrong_type_is_refused_before_refining(run_copy, capsys
 def test_an_int_is_a_fine_float_and_null_a_fine_optional(run_copy):
     _set(run_copy, "refine", "lr", 1)
     _set(run_copy, "refine", "lambda_expl", None)
-    assert run_data.train_config(runs.open_run(run_copy), "refine") == TrainConfig(**files.read_json(run_copy / runs.CONFIG)["refine"])
+    assert run_data.train_config(runs.open_run(run_copy), "refine") == RefineConfig(**files.read_json(run_copy / runs.CONFIG)["refine"])
 
 
 @pytest.fixture
 def folder_run(make_database, tmp_path: Path) -> Path:
     """A real-data run with config.json and split.json written, not trained."""
     spec = config.FolderSpec(str(make_database(per_class=3)), size=32, train=1, val=1, test=1)
-    run = run_data.new_run(tmp_path / "real", spec, TrainConfig(epochs=1), TrainConfig(epochs=1), start="random")
+    run = run_data.new_run(tmp_path / "real", spec, TrainConfig(epochs=1), RefineConfig(epochs=1), start="random")
     return run.path
 
 

@@ -11,13 +11,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from exbl_core import checkpoints, training
+from exbl_core import checkpoints, config, training
+from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import CLASSES
 from exbl_core.methods.exbl import Exemplars, compute_exemplars, triplet_objective
 from exbl_core.model import build_model
-from exbl_core.training import TrainConfig, TrainingError, fit
+from exbl_core.training import TrainingError, fit
 
 CFG = TrainConfig(epochs=2, lr=1e-3, batch_size=8, seed=0)
+REFINE = RefineConfig(epochs=1, lr=1e-3, batch_size=8, seed=0)
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_refinement_reports_the_explanation_loss_and_active_triplets(model, micr
         model,
         train,
         micro_data["val"],
-        replace(CFG, epochs=1),
+        REFINE,
         triplet_objective(ex, "gray_cam", "euclidean", 1.0),
         on_event=rec,
         phase="refine",
@@ -105,7 +107,7 @@ def test_explanation_weight_zero_makes_refinement_plain_cross_entropy(model, mic
     ex = Exemplars(c_good=torch.ones(32 * 32), c_bad=torch.zeros(32 * 32))  # every E is far from good: l_i > 0
     rec = Recorder()
     objective = triplet_objective(ex, "gray_cam", "euclidean", 1.0)
-    fit(model, micro_data["train"], micro_data["val"], replace(CFG, epochs=1, lambda_expl=0.0), objective, on_event=rec)
+    fit(model, micro_data["train"], micro_data["val"], replace(REFINE, lambda_expl=0.0), objective, on_event=rec)
     end = next(e for e in rec.events if e["type"] == "epoch_end")
     assert end["loss"] == pytest.approx(end["ce"])
     assert end["expl"] > 0
@@ -253,8 +255,9 @@ def test_poisoned_weights_give_a_training_error_not_silent_nans(model, micro_dat
 )
 def test_invalid_settings_are_refused_naming_them(setting):
     name = next(iter(setting))
+    holder = RefineConfig if name in config.REFINEMENT_ONLY else TrainConfig  # the settings object that holds it
     with pytest.raises(ValueError, match=rf"invalid training setting.*{name}="):
-        TrainConfig(**setting)
+        holder(**setting)
 
 
 def test_device_is_chosen_once_and_is_cpu_here():

@@ -21,7 +21,7 @@ from exbl_core import assets, config, errors, pipeline, run_data, run_models, ru
 from exbl_core.cli.progress import ProgressPrinter, print_pick, print_results, say
 from exbl_core.figures import model_label
 from exbl_core.methods import METHODS
-from exbl_core.training import TrainConfig, choose_device
+from exbl_core.training import choose_device
 
 
 def _refine_overrides(args: argparse.Namespace) -> dict:
@@ -43,7 +43,7 @@ def _presets(args: argparse.Namespace) -> config.Preset:
     return config.preset(quick=getattr(args, "quick", False), real_data=args.data is not None)
 
 
-def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[config.DataSpec, TrainConfig, TrainConfig]:
+def _settings(args: argparse.Namespace, run: runs.Run | None) -> tuple[config.DataSpec, config.TrainConfig, config.RefineConfig]:
     """Data, training and refinement settings: the run's (the presets' for a new run or with
     --quick), with every option given on the command line applied on top: a given option wins."""
     preset = _presets(args)

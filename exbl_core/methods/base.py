@@ -19,8 +19,9 @@ Feedback = Literal["two-clicks", "masks"]
 class TermSettings(Protocol):
     """The refinement settings a method's ``build_objective`` may read.
 
-    A protocol rather than ``training.TrainConfig`` itself: the training loop imports the
-    methods, so the methods naming the loop's settings type would close an import cycle.
+    A protocol rather than ``config.RefineConfig`` itself: the settings module imports the
+    method registry (to check a method's name and read its default weight), so the methods
+    naming the settings type would close an import cycle.
     """
 
     explanation: str
