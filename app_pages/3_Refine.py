@@ -116,7 +116,7 @@ def pair_words(good: int, bad: int) -> str:
 
 # Curves and results belong to the pair they came from: only the running job's, or the chosen
 # method's model when its checkpoint says it came from the pair shown above. A model refined
-# before checkpoints recorded their pair is taken to be from exemplars.json, saved at each Start.
+# before checkpoints recorded their pair is taken to be from pair.json, saved at each Start.
 has_model = run.has(run_models.model_file(method))
 model_pair = cache.refined_pair(run, method) if has_model else None
 saved = state.saved_pair(run)

@@ -63,9 +63,9 @@ def validate_pick(good: int, bad: int, n: int) -> None:
 
 
 def pair_record(pick: dict) -> dict:
-    """What a refined checkpoint records of the pair it came from: exemplars.json as it was at the start.
+    """What a refined checkpoint records of the pair it came from: pair.json as it was at the start.
 
-    exemplars.json is rewritten at every new pick, so only the checkpoint can say later
+    pair.json is rewritten at every new pick, so only the checkpoint can say later
     which pair a model was refined with (Compare labels each model with it).
     """
     return {key: pick[key] for key in ("good", "bad", "rule", "explainer") if key in pick}

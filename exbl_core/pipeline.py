@@ -44,7 +44,7 @@ from exbl_core.verdict import shortcut_verdict
 # and the command line before it loads any data.
 NEEDS = {
     "pick": (runs.UNREFINED, "train"),
-    "refine": (runs.EXEMPLARS, "pick"),
+    "refine": (runs.PAIR, "pick"),
     "evaluate": (runs.UNREFINED, "train"),
     "figure": (runs.UNREFINED, "train"),
 }
@@ -241,7 +241,7 @@ def pick_step(
     explainer: str = "gradcam",
     rule: str = "user",
 ) -> dict:
-    """Choose the exemplars (automatically unless given) and write exemplars.json and .png.
+    """Choose the exemplars (automatically unless given) and write pair.json and .png.
 
     ``explainer`` names the maps the pair was judged on (recorded, so that a pick made on
     occlusion maps says so); ``rule`` says how a given pair was chosen. The automatic
@@ -277,14 +277,14 @@ def pick_step(
             "predicted": CLASSES[int(scores["preds"][i])],
             "ap": float(scores["ap"][i]),
         }
-    files.write_json(run.file(runs.EXEMPLARS), pick)
+    files.write_json(run.file(runs.PAIR), pick)
     idx = torch.tensor([good, bad])
     labels = [
         f"good #{good} {pick['good']['class']} AP {pick['good']['ap']:.2f}",
         f"bad #{bad} {pick['bad']['class']} AP {pick['bad']['ap']:.2f}",
     ]
     cams = scores["cams"][idx]
-    files.atomic_write_bytes(run.file(runs.EXEMPLARS_PNG), figure_png(cam_grid(train.float_images(idx), [cams], EXEMPLAR_COLUMNS, labels)))
+    files.atomic_write_bytes(run.file(runs.PAIR_PNG), figure_png(cam_grid(train.float_images(idx), [cams], EXEMPLAR_COLUMNS, labels)))
     return pick
 
 
@@ -307,7 +307,7 @@ def refine_step(
     method = get_method(cfg.method)
     train = data["train"]
     check_feedback(method, train)
-    pick = files.read_json(run.file(runs.EXEMPLARS))
+    pick = files.read_json(run.file(runs.PAIR))
     good, bad = pick["good"]["index"], pick["bad"]["index"]
     picking.validate_pick(good, bad, len(train))
     model = run_models.load_model(run, "unrefined", device)
@@ -357,9 +357,9 @@ def evaluate_step(run: runs.Run, data: dict[str, Split], device: torch.device) -
         metrics["verdicts"] = {
             name: shortcut_verdict(models["unrefined"], models[name], models.get("oracle")).to_dict() for name in run_models.refined(run)
         }
-    if run.has(runs.EXEMPLARS):
-        pick = files.read_json(run.file(runs.EXEMPLARS))
-        metrics["exemplars"] = {"good": pick["good"]["index"], "bad": pick["bad"]["index"], "rule": pick["rule"]}
+    if run.has(runs.PAIR):
+        pick = files.read_json(run.file(runs.PAIR))
+        metrics["pair"] = {"good": pick["good"]["index"], "bad": pick["bad"]["index"], "rule": pick["rule"]}
     files.write_json(run.file(runs.METRICS), metrics)
     return metrics
 

@@ -1,4 +1,4 @@
-"""A run folder on disk: config, split, checkpoints, exemplars, history, metrics, figures, and its lock.
+"""A run folder on disk: config, split, checkpoints, the pair, history, metrics, figures, and its lock.
 
 Its files are written atomically (``files``) and its models are checkpoints (``checkpoints``).
 The tool owns only the files it names below (``RUN_FILES``), in folders marked as runs
@@ -34,13 +34,17 @@ CONFIG = "config.json"
 SPLIT = "split.json"
 UNREFINED = "unrefined.pt"
 ORACLE = "oracle.pt"
-EXEMPLARS = "exemplars.json"
-EXEMPLARS_PNG = "exemplars.png"
+PAIR = "pair.json"  # the two clicks: the good and the bad exemplar, and how they were chosen
+PAIR_PNG = "pair.png"
 HISTORY = "history.jsonl"
 METRICS = "metrics.json"
 FIGURE3 = "figure3.png"
 TABLE1_CSV = "table1.csv"
 TABLE1_MD = "table1.md"
+
+
+# The pair's files had other names in runs made before; such a run keeps them (``Run.file``).
+FORMER_NAMES = {PAIR: "exemplars.json", PAIR_PNG: "exemplars.png"}
 
 
 def refined_file(method: str) -> str:
@@ -73,9 +77,9 @@ def _files(*names: str) -> re.Pattern:
 # keeps aside until the new model finishes; a first training keeps its best epoch in place.
 STAGED_FILES = re.compile(rf"(?:oracle|{_REFINED})\.pt")
 # Every file a run folder may hold that the tool wrote; nothing else is ever replaced or deleted.
-RUN_FILES = _files(CONFIG, SPLIT, EXEMPLARS, EXEMPLARS_PNG, HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+RUN_FILES = _files(CONFIG, SPLIT, PAIR, PAIR_PNG, *FORMER_NAMES.values(), HISTORY, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
 # What a trained model brings with it: set aside together when the model is replaced.
-MODEL_FILES = _files(EXEMPLARS, EXEMPLARS_PNG, METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
+MODEL_FILES = _files(PAIR, PAIR_PNG, *FORMER_NAMES.values(), METRICS, FIGURE3, TABLE1_CSV, TABLE1_MD)
 LOCK = ".lock"
 ASIDE = ".previous-run"
 # files.atomic_write_bytes's temporary files: ".<owned name>.<random>.tmp"
@@ -91,7 +95,13 @@ class Run:
     path: Path
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """``name``'s path in the run; for a file of the pair, its former name where only that exists
+        (a run made before the pair's files were named so is read and written under the names it has)."""
+        path = self.path / name
+        former = FORMER_NAMES.get(name)
+        if former is not None and not path.exists() and (self.path / former).exists():
+            return self.path / former
+        return path
 
     def has(self, name: str) -> bool:
         return self.file(name).is_file()
@@ -129,7 +139,7 @@ class Run:
             return "evaluated"
         if refined:
             return "refined"
-        for name, stage in ((EXEMPLARS, "picked"), (UNREFINED, "trained")):
+        for name, stage in ((PAIR, "picked"), (UNREFINED, "trained")):
             if self.has(name):
                 return stage
         return "new"

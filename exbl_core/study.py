@@ -167,7 +167,7 @@ def _seed_steps(run: runs.Run, seed: int, methods: list[str], device: torch.devi
         if not (run.has(run_models.model_file(role)) and _finished(run, role)):
             progress(f"seed {seed}: training the {role} model")
             pipeline.train_step(run, data, device, role=role)
-    if not run.has(runs.EXEMPLARS):
+    if not run.has(runs.PAIR):
         progress(f"seed {seed}: picking the pair on {pick_from} maps")
         pipeline.pick_step(run, data, device, explainer=pick_from)
     refused = {}

@@ -15,7 +15,7 @@ from studio import cache
 from studio.jobs import get_runner
 
 SIDES = ("good", "bad")
-USER_RULE = "user"  # exemplars.json's rule for a pair marked by hand
+USER_RULE = "user"  # pair.json's rule for a pair marked by hand
 SUGGEST_RULE = (
     "suggested from occlusion maps: among a seeded sample of correctly classified training images, the one with the "
     "least of its map on the lungs is bad; the one of the same class with the most is good"
@@ -41,25 +41,25 @@ def select_run(run: runs.Run) -> None:
 
 
 def pair(run: runs.Run) -> dict[str, int | None]:
-    """The marked pair for this run: starts from the saved exemplars.json when there is one."""
+    """The marked pair for this run: starts from the saved pair.json when there is one."""
     picks = st.session_state.setdefault("picks", {})
     key = str(run.path)
     if key not in picks:
-        saved = files.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
+        saved = files.read_json(run.file(runs.PAIR)) if run.has(runs.PAIR) else {}
         picks[key] = {side: saved[side]["index"] if side in saved else None for side in SIDES}
     return picks[key]
 
 
 def _how(run: runs.Run) -> dict:
-    """How the pair was marked: the explainer shown at each mark, and the rule that exemplars.json will record.
+    """How the pair was marked: the explainer shown at each mark, and the rule that pair.json will record.
 
     Kept beside ``pair`` rather than in it, so that ``pair`` stays side -> index for every
-    page. Starts from the saved exemplars.json, whose pair was judged on its "explainer".
+    page. Starts from the saved pair.json, whose pair was judged on its "explainer".
     """
     hows = st.session_state.setdefault("pick_how", {})
     key = str(run.path)
     if key not in hows:
-        saved = files.read_json(run.file(runs.EXEMPLARS)) if run.has(runs.EXEMPLARS) else {}
+        saved = files.read_json(run.file(runs.PAIR)) if run.has(runs.PAIR) else {}
         shown = saved.get("explainer", "gradcam")
         hows[key] = {"shown": {side: shown for side in SIDES if side in saved}, "rule": saved.get("rule", USER_RULE)}
     return hows[key]
@@ -96,7 +96,7 @@ def marked_on(run: runs.Run, side: str) -> str:
 
 
 def pair_explainer(run: runs.Run) -> str:
-    """The explainer exemplars.json records for the pair: the faithful one (occlusion) when either mark was made on it.
+    """The explainer pair.json records for the pair: the faithful one (occlusion) when either mark was made on it.
 
     The rule: one mark made on occlusion means the judgement used what the model uses, so
     the record says so; otherwise the pair was judged on GradCAM alone, the bad mark's maps.
@@ -180,11 +180,11 @@ def current_metrics(run: runs.Run) -> dict | None:
 
 
 def saved_pair(run: runs.Run) -> tuple[int, int, float] | None:
-    """``(good, bad, time)`` of the pair the latest refinement started with (exemplars.json), or None."""
-    if not run.has(runs.EXEMPLARS):
+    """``(good, bad, time)`` of the pair the latest refinement started with (pair.json), or None."""
+    if not run.has(runs.PAIR):
         return None
-    saved = files.read_json(run.file(runs.EXEMPLARS))
-    return saved["good"]["index"], saved["bad"]["index"], run.file(runs.EXEMPLARS).stat().st_mtime
+    saved = files.read_json(run.file(runs.PAIR))
+    return saved["good"]["index"], saved["bad"]["index"], run.file(runs.PAIR).stat().st_mtime
 
 
 def disagreement(run: runs.Run, metrics: dict | None = None) -> str | None:

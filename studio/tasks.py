@@ -115,7 +115,7 @@ def refine_work(
     """Save the pair, refine, then evaluate (skipped after Cancel, so that Cancel answers at once).
 
     ``explainer`` names the maps the pair was judged on and ``rule`` how it was chosen
-    (``state.pair_explainer`` and ``state.pair_rule``): exemplars.json records both.
+    (``state.pair_explainer`` and ``state.pair_rule``): pair.json records both.
     """
 
     def work(emit: Emit, cancel: threading.Event) -> str:

@@ -12,6 +12,8 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,7 +190,7 @@ def cached_imagenet(hub: Path, weights_file: Path, monkeypatch: pytest.MonkeyPat
 # --------------------------------------------------------------------------- the quick demo
 
 
-SLOW_FIXTURES = frozenset({"demo_run"})
+SLOW_FIXTURES = frozenset({"demo_run", "quick_study"})
 """Fixtures that cost more than the fast tests together: every test that uses one is ``slow``.
 
 Marking only the first user would not do: with it deselected, the next user pays instead.
@@ -229,6 +231,33 @@ def demo_copy(demo_run: DemoRun, tmp_path: Path) -> Path:
     """A private copy of the demo run folder that a test may change."""
     assert demo_run.exit_code == 0, demo_run.stderr[-2000:]
     return Path(shutil.copytree(demo_run.path, tmp_path / "run"))
+
+
+@dataclass
+class QuickStudy:
+    """The result of ``python -m exbl_core study --quick`` over seed 0 with ``methods``, run as a module."""
+
+    path: Path
+    methods: tuple[str, ...]
+    done: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory: pytest.TempPathFactory) -> QuickStudy:
+    """One finished quick study per session (about half a minute), run as ``python -m exbl_core`` in a
+    subprocess as a user runs it; the tests that resume it work on copies (``study_copy``)."""
+    out = tmp_path_factory.mktemp("study") / "study"
+    methods = ("exbl", "counterexamples")
+    argv = [sys.executable, "-m", "exbl_core", "study", "--out", str(out), "--seeds", "0", "--methods", *methods, "--quick"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=900)
+    return QuickStudy(out, methods, done)
+
+
+@pytest.fixture
+def study_copy(quick_study: QuickStudy, tmp_path: Path) -> Path:
+    """A private copy of the finished quick study (without lock files) that a test may resume."""
+    assert quick_study.done.returncode == 0, quick_study.done.stderr[-2000:]
+    return Path(shutil.copytree(quick_study.path, tmp_path / "study", ignore=shutil.ignore_patterns(".lock")))
 
 
 TINY_RUN = ("--quick", "--size", "32", "--per-class", "2", "2", "2")

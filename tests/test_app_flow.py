@@ -203,7 +203,7 @@ def test_explore_keeps_its_split_and_filters_across_page_switches(runs_dir: Path
 @pytest.mark.slow
 def test_a_shortcut_test_image_goes_into_figure_3_and_is_never_marked(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    exemplars = run.file(runs.EXEMPLARS).read_bytes()
+    exemplars = run.file(runs.PAIR).read_bytes()
     at = open_page(EXPLORE)
     at.sidebar.radio[0].set_value(SHORTCUT).run()
     explore_sidebar(at, "Sort").set_value("Image number").run()
@@ -216,12 +216,12 @@ def test_a_shortcut_test_image_goes_into_figure_3_and_is_never_marked(runs_dir: 
     figure_from.set_value("shortcut_test").run()
     assert not at.exception
     assert chosen in at.multiselect[0].value and len(at.image) == 1
-    assert run.file(runs.EXEMPLARS).read_bytes() == exemplars, "the pair stays on training images"
+    assert run.file(runs.PAIR).read_bytes() == exemplars, "the pair stays on training images"
     at.switch_page(EXPLORE).run()
     assert at.sidebar.radio[0].value == SHORTCUT and at.button(key=f"figure-shortcut_test-{chosen}").proto.type == "primary"
 
 
 def test_a_refined_checkpoint_records_the_pair_it_came_from(runs_dir: Path, finished_run: Path) -> None:
     run = finished_copy(finished_run, runs_dir)
-    pick = files.read_json(run.file(runs.EXEMPLARS))
+    pick = files.read_json(run.file(runs.PAIR))
     assert picking.refined_pair(run, "exbl") == {key: pick[key] for key in ("good", "bad", "rule", "explainer")}

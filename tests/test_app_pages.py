@@ -126,7 +126,7 @@ def test_refine_without_a_pair_links_to_explore(runs_dir: Path, finished_run: Pa
 
 
 def test_compare_without_a_refined_model_links_to_refine(runs_dir: Path, finished_run: Path) -> None:
-    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS))
+    copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.PAIR))
     at = open_page(PAGES["compare"])
     assert "No refined model yet" in infos(at)
     assert "Refine" in links(at)
@@ -157,7 +157,7 @@ def test_choosing_synthetic_data_creates_a_run_shows_it_and_trains(runs_dir: Pat
 def test_training_again_keeps_the_old_model_and_results_until_the_new_first_checkpoint(
     runs_dir: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.refined_file("exbl"), runs.METRICS))
+    run = copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.PAIR, runs.refined_file("exbl"), runs.METRICS))
     before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".lock"}
 
     def fails_at_once(*_args, **_kwargs):
@@ -247,7 +247,7 @@ def test_refinement_starts_in_the_background_and_cancels_quickly(runs_dir: Path,
     assert get_runner().wait(30)
     assert job.status == "cancelled", job.error
     assert time.monotonic() - started < 2.0
-    assert (runs_dir / "tiny" / runs.EXEMPLARS).is_file()
+    assert (runs_dir / "tiny" / runs.PAIR).is_file()
 
 
 def blocking_job(kind: str, run_path: str, events: tuple[dict, ...] = ()) -> threading.Event:
@@ -311,7 +311,7 @@ def test_while_training_runs_refine_says_so_and_links_to_it(runs_dir: Path, fini
 
 
 def finished_copy(finished_run: Path, runs_dir: Path) -> runs.Run:
-    return copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.EXEMPLARS, runs.refined_file("exbl"), runs.HISTORY, runs.METRICS))
+    return copy_run(finished_run, runs_dir, keep=(runs.UNREFINED, runs.PAIR, runs.refined_file("exbl"), runs.HISTORY, runs.METRICS))
 
 
 def expected_verdict(run: runs.Run) -> Verdict:
@@ -651,13 +651,13 @@ def test_suggest_reads_occlusion_maps_says_so_and_shows_them(runs_dir: Path, fin
 
 
 def saved_pick_after_start(at: AppTest) -> dict:
-    """Start refinement from Refine, cancel it at once, and read the exemplars.json it wrote first."""
+    """Start refinement from Refine, cancel it at once, and read the pair.json it wrote first."""
     at = at.switch_page(PAGES["refine"]).run()
     at.number_input[0].set_value(200)  # epochs: far more than the test will wait for
     next(b for b in at.button if b.label == "Start refinement").click().run()
     get_runner().cancel()
     assert get_runner().wait(60)
-    return files.read_json(Path(get_runner().job.run_path) / runs.EXEMPLARS)
+    return files.read_json(Path(get_runner().job.run_path) / runs.PAIR)
 
 
 @pytest.mark.slow

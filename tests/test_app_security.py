@@ -55,7 +55,7 @@ def test_a_run_folder_deleted_while_open_gives_an_empty_state_not_a_traceback(
     finished_run: Path,  # noqa: F811
     page: str,
 ) -> None:
-    run = copy_run(finished_run, runs_dir, (runs.UNREFINED, runs.EXEMPLARS, runs.refined_file("exbl"), runs.METRICS))
+    run = copy_run(finished_run, runs_dir, (runs.UNREFINED, runs.PAIR, runs.refined_file("exbl"), runs.METRICS))
     at = open_page(page)
     assert not at.exception
     for path in sorted(run.path.iterdir()):

@@ -30,8 +30,8 @@ DEMO_FILES = (
     "config.json",
     "split.json",
     "unrefined.pt",
-    "exemplars.json",
-    "exemplars.png",
+    "pair.json",
+    "pair.png",
     "refined-exbl.pt",
     "refined-region-swap.pt",
     "history.jsonl",
@@ -70,12 +70,12 @@ def test_quick_demo_metrics_json_has_the_documented_shape(demo_run):
     for verdict in metrics["verdicts"].values():
         assert verdict["label"] in ("shortcut reduced", "shortcut still used", "nothing to unlearn")
         assert "needs the oracle" in verdict["sentence"]
-    assert isinstance(metrics["exemplars"]["good"], int) and isinstance(metrics["exemplars"]["bad"], int)
-    assert metrics["exemplars"]["good"] != metrics["exemplars"]["bad"]
+    assert isinstance(metrics["pair"]["good"], int) and isinstance(metrics["pair"]["bad"], int)
+    assert metrics["pair"]["good"] != metrics["pair"]["bad"]
 
 
 def test_quick_demo_says_how_the_exemplars_were_picked(demo_run):
-    pick = json.loads((demo_run.path / "exemplars.json").read_text())
+    pick = json.loads((demo_run.path / "pair.json").read_text())
     assert pick["rule"] == picking.AUTO_PICK_RULE and picking.AUTO_PICK_RULE in demo_run.stdout
     assert pick["good"]["ap"] >= pick["bad"]["ap"]
     assert pick["good"]["class"] == pick["good"]["predicted"] and pick["bad"]["class"] == pick["bad"]["predicted"]
@@ -143,18 +143,17 @@ def test_step_on_a_missing_run_folder_exits_2(tmp_path, capsys):
 
 
 def test_step_commands_continue_a_run_folder(demo_copy, capsys):
-    before = json.loads((demo_copy / "exemplars.json").read_text())
+    before = json.loads((demo_copy / "pair.json").read_text())
     good, bad = before["bad"]["index"], before["good"]["index"]  # swapped by hand
     assert _main(capsys, "pick", "--run", str(demo_copy), "--good", str(good), "--bad", str(bad))[0] == 0
-    pick = json.loads((demo_copy / "exemplars.json").read_text())
+    pick = json.loads((demo_copy / "pair.json").read_text())
     assert (pick["good"]["index"], pick["bad"]["index"], pick["rule"]) == (good, bad, "user")
 
-    (demo_copy / "metrics.json").unlink()
     (demo_copy / "figure3.png").unlink()
     assert _main(capsys, "refine", "--run", str(demo_copy), "--epochs", "1", "--distance", "normalized")[0] == 0
     assert files.read_json(demo_copy / "config.json")["refine"]["distance"] == "normalized"
     assert _main(capsys, "evaluate", "--run", str(demo_copy))[0] == 0
-    assert files.read_json(demo_copy / "metrics.json")["exemplars"]["good"] == good
+    assert files.read_json(demo_copy / "metrics.json")["pair"]["good"] == good
     assert _main(capsys, "figure", "--run", str(demo_copy))[0] == 0
     assert (demo_copy / "figure3.png").stat().st_size > 0
 

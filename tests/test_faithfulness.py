@@ -68,9 +68,9 @@ def test_faithful_pick_takes_the_least_lung_map_as_bad_and_the_same_class_most_l
 
 
 def test_the_automatic_pick_on_occlusion_maps_records_what_it_read(run_copy, capsys):
-    """``pick --pick-from occlusion`` reads occlusion maps, and exemplars.json and the console say so."""
+    """``pick --pick-from occlusion`` reads occlusion maps, and pair.json and the console say so."""
     assert cli.main(["pick", "--run", str(run_copy), "--pick-from", "occlusion"]) == 0
-    pick = json.loads((run_copy / runs.EXEMPLARS).read_text())
+    pick = json.loads((run_copy / runs.PAIR).read_text())
     assert pick["explainer"] == "occlusion" and pick["rule"] == picking.FAITHFUL_PICK_RULE
     assert pick["found"]["bad_lung_share"] <= pick["found"]["good_lung_share"]
     assert pick["good"]["class"] == pick["bad"]["class"] and pick["good"]["index"] != pick["bad"]["index"]

@@ -251,5 +251,5 @@ def test_a_retraining_that_finishes_replaces_the_run_and_leaves_no_partial_file(
     assert result.status == "done"
     names = set(_files(run_copy))
     assert runs.UNREFINED in names and runs.partial_file(runs.UNREFINED) not in names
-    assert runs.refined_file("exbl") not in names and runs.EXEMPLARS not in names, "the replaced run's results stayed"
+    assert runs.refined_file("exbl") not in names and runs.PAIR not in names, "the replaced run's results stayed"
     assert not (run_copy / runs.ASIDE).exists()

@@ -37,7 +37,7 @@ USER_FILES = {  # a user's own folder, with names a run would use too
     "refined.pt": b"my other weights",
     "metrics.json": b'{"mine": 1}',
     "history.jsonl": b'{"my": "log"}\n',
-    "exemplars.json": b"{}",
+    "pair.json": b"{}",
     "figure3.png": b"my figure",
     "table1.csv": b"my,table\n",
 }

@@ -86,7 +86,7 @@ def test_stage_follows_the_files_present(tmp_path):
     assert run.stage() == "new"
     for name, stage in (
         (runs.UNREFINED, "trained"),
-        (runs.EXEMPLARS, "picked"),
+        (runs.PAIR, "picked"),
         (runs.refined_file("exbl"), "refined"),
         (runs.METRICS, "evaluated"),
     ):
@@ -296,3 +296,17 @@ def test_a_run_claims_the_refined_checkpoints_of_its_methods_only():
     for foreign in ("refined-mine.pt", "refined-exbl-v2.pt", "refined-.pt", "mine.pt"):
         assert not runs.RUN_FILES.fullmatch(foreign), foreign
         assert not runs.MODEL_FILES.fullmatch(foreign), foreign
+
+
+def test_a_run_made_before_the_pair_had_its_name_keeps_its_files_under_their_former_names(run_copy: Path) -> None:
+    from exbl_core import cli
+
+    for name, former in runs.FORMER_NAMES.items():
+        (run_copy / name).rename(run_copy / former)
+    run = runs.open_run(run_copy)
+    assert run.has(runs.PAIR) and run.stage() == "refined"
+    assert cli.main(["pick", "--run", str(run_copy), "--good", "2", "--bad", "3"]) == 0
+    assert cli.main(["refine", "--run", str(run_copy), "--epochs", "1"]) == 0  # reads the pair it just saved
+    assert not (run_copy / runs.PAIR).exists() and not (run_copy / runs.PAIR_PNG).exists()
+    pair = files.read_json(run_copy / runs.FORMER_NAMES[runs.PAIR])
+    assert (pair["good"]["index"], pair["bad"]["index"]) == (2, 3)

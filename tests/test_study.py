@@ -67,22 +67,18 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exbl_core", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
-@pytest.mark.slow
-def test_quick_study_writes_its_files_and_resumes_without_retraining(tmp_path):
+def test_quick_study_writes_its_files_and_resumes_without_retraining(quick_study, study_copy):
     repo = Path(__file__).resolve().parents[1]
-    out = tmp_path / "study"
-    first = _cli("study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "counterexamples", "--quick", cwd=repo)
-    assert first.returncode == 0, first.stderr[-2000:]
-    saved = json.loads((out / study.STUDY_JSON).read_text())
+    saved = json.loads((study_copy / study.STUDY_JSON).read_text())
     assert saved["seeds"] == [0]
-    assert [r["model"] for r in saved["rows"]] == ["unrefined", "oracle", "exbl", "counterexamples"]
+    assert [r["model"] for r in saved["rows"]] == ["unrefined", "oracle", *quick_study.methods]
     for row in saved["rows"]:
         assert set(row) >= {"seed", "model", "feedback", "test_accuracy", "shortcut_test_accuracy", "test_ap", "child_cp", "recovered"}
-    assert (out / study.STUDY_MD).read_text().startswith("Medians over seeds 0")
-    assert (out / study.STUDY_PNG).read_bytes()[:4] == b"\x89PNG"
-    checkpoint = out / "seed-0" / "unrefined.pt"
+    assert (study_copy / study.STUDY_MD).read_text().startswith("Medians over seeds 0")
+    assert (study_copy / study.STUDY_PNG).read_bytes()[:4] == b"\x89PNG"
+    checkpoint = study_copy / "seed-0" / "unrefined.pt"
     stamp = checkpoint.stat().st_mtime_ns
-    again = _cli("study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "counterexamples", "--quick", cwd=repo)
+    again = _cli("study", "--out", str(study_copy), "--seeds", "0", "--methods", *quick_study.methods, "--quick", cwd=repo)
     assert again.returncode == 0, again.stderr[-2000:]
     assert checkpoint.stat().st_mtime_ns == stamp, "a finished seed was trained again"
     assert "training" not in again.stdout

@@ -76,17 +76,14 @@ def test_a_study_json_from_before_settings_were_recorded_is_resumed(tmp_path):
     study.check_resume(out, study.study_settings("quick", config.QUICK, ["exbl"]))  # nothing to compare: no refusal
 
 
-@pytest.mark.slow
-def test_a_finished_quick_study_refuses_a_resume_without_quick_and_resumes_with_it(tmp_path, capsys):
-    out = tmp_path / "study"
-    assert cli.main(["study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "--quick"]) == 0
-    capsys.readouterr()
-    before = snapshot(out)
-    assert json.loads((out / study.STUDY_JSON).read_text())["settings"]["preset"] == "quick"
-    line = refused(capsys, "study", "--out", out, "--seeds", "0", "--methods", "exbl")
+def test_a_finished_quick_study_refuses_a_resume_without_quick_and_resumes_with_it(quick_study, study_copy, capsys):
+    methods = quick_study.methods
+    before = snapshot(study_copy)
+    assert json.loads((study_copy / study.STUDY_JSON).read_text())["settings"]["preset"] == "quick"
+    line = refused(capsys, "study", "--out", study_copy, "--seeds", "0", "--methods", *methods)
     assert "preset quick -> demo" in line and "data.size 96 -> 128" in line
-    assert snapshot(out) == before
-    assert cli.main(["study", "--out", str(out), "--seeds", "0", "--methods", "exbl", "--quick"]) == 0
+    assert snapshot(study_copy) == before
+    assert cli.main(["study", "--out", str(study_copy), "--seeds", "0", "--methods", *methods, "--quick"]) == 0
     assert "training" not in capsys.readouterr().out, "a finished seed was trained again"
 
 

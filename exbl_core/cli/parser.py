@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=list(explainers.NAMES),
             default="gradcam",
             help="the maps the pair is judged on: the automatic pick reads them (gradcam: lowest and highest AP; "
-            "occlusion: least and most of the map on the lungs), and exemplars.json records them (default gradcam)",
+            "occlusion: least and most of the map on the lungs), and pair.json records them (default gradcam)",
         )
 
     def refine_options(p: argparse.ArgumentParser) -> None:
