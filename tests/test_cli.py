@@ -216,7 +216,6 @@ def test_train_with_a_bad_weights_file_exits_2_in_one_line_naming_it_and_writes_
     assert not (out / "config.json").exists()
 
 
-@pytest.mark.slow
 def test_train_on_real_data_starts_from_cached_imagenet_by_default(make_database, cached_imagenet, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ("train", "--run", str(out), "--data", str(make_database(per_class=4)), "--per-class", "2", "1", "1", "--size", "32")
@@ -232,7 +231,8 @@ def test_train_on_real_data_starts_from_cached_imagenet_by_default(make_database
     # A run records one start: other weights for the same folder are refused; the same ones train it again with --overwrite.
     code, _, err = _main(capsys, "train", "--run", str(out), "--weights", "random")
     assert code == 2 and "was created to start from ImageNet weights" in err and "needs a new run folder" in err
-    assert _main(capsys, "train", "--run", str(out), "--weights", "imagenet", "--epochs", "1", "--overwrite")[0] == 0
+    assert _main(capsys, *argv, "--weights", "imagenet", "--epochs", "1", "--overwrite")[0] == 0
+    assert files.read_json(out / "config.json")["model"]["weights"] == "imagenet"
 
 
 def test_train_on_real_data_without_cached_imagenet_starts_random_and_names_the_download_command(
