@@ -75,7 +75,7 @@ def refine_once(out: Path, method: str, threads: int | None = None) -> None:
     import os
     import shutil
 
-    from exbl_core import assets, config, pipeline, run_data, runs, weights
+    from exbl_core import assets, pipeline, run_data, runs
     from exbl_core.training import choose_device
 
     if out.exists():
@@ -83,8 +83,7 @@ def refine_once(out: Path, method: str, threads: int | None = None) -> None:
         shutil.rmtree(out)
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     marks = [("start", time.perf_counter())]
-    demo = config.DEMO
-    run = run_data.new_run(out, demo.data, demo.train, demo.refine, weights.RANDOM)
+    run = assets.new_example_run(out)
     device = choose_device()
     with runs.locked(run.path):
         assets.install(run)

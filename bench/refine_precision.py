@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import CACHE, table
-from exbl_core import assets, config, faithfulness, files, pipeline, run_data, run_models, runs, weights
+from exbl_core import assets, config, faithfulness, files, pipeline, run_data, run_models, runs
 from exbl_core.explainers.gradcam import analytic_cams, head_pass
 from exbl_core.losses import explanation, triplet_terms
 
@@ -39,8 +39,7 @@ def cell(method: str, seed: int, precision: str) -> dict:
     if out.exists():
         runs.open_run(out)  # refuses a folder that is not a run
         shutil.rmtree(out)
-    demo = config.DEMO
-    run = run_data.new_run(out, demo.data, demo.train, demo.refine, weights.RANDOM)
+    run = assets.new_example_run(out)
     device = torch.device("cpu")
     with runs.locked(run.path):
         assets.install(run)

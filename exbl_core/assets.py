@@ -63,6 +63,12 @@ def settings_doc(data: SyntheticConfig, train: config.TrainConfig, start: weight
     return {"data": {"source": "synthetic", **data.to_dict()}, "train": train.to_dict(), "model": start.to_dict()}
 
 
+def new_example_run(path: Path) -> runs.Run:
+    """A new run with the shipped example's settings (the default demo's), ready for ``install``."""
+    demo = config.DEMO
+    return run_data.new_run(path, demo.data, demo.train, demo.refine, weights.RANDOM)
+
+
 def matches(run_config: dict) -> bool:
     """Would a run with this config.json train the shipped models? Data, training settings and start weights all equal.
 
@@ -173,11 +179,11 @@ def _check_metrics(directory: Path, manifest: dict, measured: dict[str, dict[str
     path = directory / runs.METRICS
     if "metrics" not in manifest:
         raise _measure_again(path, f"is not listed in {MANIFEST}, so a run opened from the example measures both models again")
-    shipped = files.read_json(path)
-    if shipped.get("evaluation_code") != evaluation.evaluation_code():
+    if manifest["metrics"].get("evaluation_code") != evaluation.evaluation_code():  # the file's, bound by its SHA-256
         raise _measure_again(
             path, "was measured by other evaluation code than this checkout's (metrics, faithfulness or an explainer changed)"
         )
+    shipped = files.read_json(path)
     for role, now in measured.items():
         entry = shipped.get("models", {}).get(role, {})
         recorded = {split: entry.get(split, {}).get("accuracy") for split in ("test", "shortcut_test")}
@@ -196,8 +202,7 @@ def evaluate(directory: Path | None = None, say: Callable[[str], None] = lambda 
     manifest = verify(directory)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
-        demo = config.DEMO
-        run = run_data.new_run(Path(tmp) / "run", demo.data, demo.train, demo.refine, weights.RANDOM)
+        run = new_example_run(Path(tmp) / "run")
         _install_models(run, directory, manifest)
         say(f"Measuring the {' and '.join(ROLES)} models (every metric, every explainer)")
         metrics = pipeline.evaluate_step(run, run_data.load_data(run), torch.device("cpu"))
@@ -257,7 +262,7 @@ def _build(directory: Path, on_event: EventCallback | None, say: Callable[[str],
     settings = shipped_settings()
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="exbl-assets-") as tmp:
-        run = run_data.new_run(Path(tmp) / "run", config.DEMO.data, config.DEMO.train, config.DEMO.refine, weights.RANDOM)
+        run = new_example_run(Path(tmp) / "run")
         data = run_data.load_data(run, ("train", "val"))
         for role in ROLES:
             say(f"Training the {role} model (up to {config.DEMO.train.epochs} epochs)")

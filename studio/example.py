@@ -15,7 +15,7 @@ import time
 
 import streamlit as st
 
-from exbl_core import assets, config, errors, run_data, runs, weights
+from exbl_core import assets, errors, runs
 from studio import cache, state
 
 OPEN_LABEL = "Open the shipped example"
@@ -47,9 +47,8 @@ def open_example() -> runs.Run:
     creates no run; an ``AssetError`` says which file and what to run.
     """
     manifest = assets.verify()
-    demo = config.DEMO
     path = cache.runs_dir() / f"example-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = run_data.new_run(path, demo.data, demo.train, demo.refine, weights.RANDOM)
+    run = assets.new_example_run(path)
     with runs.locked(run.path):
         assets.install(run)
     state.select_run(run)
