@@ -227,7 +227,7 @@ def _folder(directory: Path | None) -> Path:
 
 def check_target(directory: Path, overwrite: bool) -> None:
     """Refuse to replace a shipped example without ``overwrite``; writes nothing."""
-    ours = [n for n in (MANIFEST, *(run_models.model_file(r) for r in ROLES)) if (directory / n).exists()]
+    ours = [n for n in (MANIFEST, runs.METRICS, *(run_models.model_file(r) for r in ROLES)) if (directory / n).exists()]
     if ours and not overwrite:
         raise AssetError(f"{directory / ours[0]}: the shipped example is already there; pass --overwrite to make it again")
 

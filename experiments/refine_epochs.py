@@ -6,7 +6,8 @@ same), so one refinement of the full schedule, measured after every epoch, shows
 every shorter schedule would give. Each run folder given (one per phantom seed: a study's
 ``seed-N`` or a demo's run) is copied without its refinements, paired by the demo's rule
 and refined; the accuracies of the best-so-far checkpoint after each epoch go to
-``OUT/<name>.json`` as soon as the refinement ends, so seeds can run as separate processes.
+``OUT/<name>.json`` as soon as the refinement ends, so seeds can run as separate processes. Nothing
+already in OUT is replaced.
 
     OMP_NUM_THREADS=1 python -m experiments.refine_epochs --out DIR --runs RUN [RUN ...] [--method region-swap]
     python -m experiments.refine_epochs --out DIR --report
@@ -43,10 +44,10 @@ def accuracies(run: runs.Run, name: str, data: dict, partial: bool = False) -> d
 
 def curve(source: Path, out: Path, method: str) -> dict:
     """Refine a copy of ``source`` with ``method`` and measure its best-so-far checkpoint after each epoch."""
-    work = out / f"{source.name}-run"
-    if work.exists():
-        runs.open_run(work)  # refuses a folder that is not a run
-        shutil.rmtree(work)
+    work, result_file = out / f"{source.name}-run", out / f"{source.name}.json"
+    for path in (work, result_file):
+        if path.exists():  # never replaced: this script deletes and overwrites nothing
+            raise SystemExit(f"error: {path} already exists; choose a new --out")
     work.mkdir(parents=True)
     for name in KEPT:
         shutil.copy2(source / name, work / name)
@@ -67,7 +68,7 @@ def curve(source: Path, out: Path, method: str) -> dict:
     for e in epochs:
         e["recovered"] = (e["shortcut_test"] - base["unrefined"]["shortcut_test"]) / gap
     result = {"run": str(source), "method": method, "unrefined": base["unrefined"], "oracle": base["oracle"], "epochs": epochs}
-    files.write_json(out / f"{source.name}.json", result)
+    files.write_json(result_file, result)
     return result
 
 

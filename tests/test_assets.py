@@ -78,6 +78,15 @@ def test_build_refuses_to_replace_the_example_without_overwrite(shipped_example:
     assert hashes(shipped_example) == before
 
 
+def test_build_refuses_a_folder_holding_a_metrics_json_it_did_not_make(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"mine": true}')
+    code, out, err = run_cli("assets", "build", "--dir", str(folder))
+    assert code == 2 and "metrics.json" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (folder / "metrics.json").read_text() == '{"mine": true}'
+
+
 def test_a_changed_byte_fails_check(shipped_example: Path) -> None:
     data = bytearray((shipped_example / "oracle.pt").read_bytes())
     data[len(data) // 2] ^= 0xFF

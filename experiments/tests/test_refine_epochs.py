@@ -25,3 +25,5 @@ def test_the_last_point_of_the_curve_is_the_model_the_refinement_keeps(shipped_e
     best = [e for e in epochs if e["best"]][-1]
     assert {k: best[k] for k in kept} == kept
     assert (tmp_path / "out" / "seed-0.json").is_file() and "| 1 |" in refine_epochs.report(tmp_path / "out")
+    with pytest.raises(SystemExit, match="already exists"):  # a second curve into the same folder replaces nothing
+        refine_epochs.curve(source.path, tmp_path / "out", "region-swap")
