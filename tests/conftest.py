@@ -35,6 +35,12 @@ from exbl_core.training import recalibrate_batchnorm
 # One intra-op thread: on a shared 2-core machine, torch's default of one thread per
 # core oversubscribes the CPU and made a training step 30-60x slower in our measurements.
 torch.set_num_threads(int(os.environ.get("EXBL_TEST_THREADS", "1")))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers (``make test``) already use both cores, so the processes that tests start
+    # (the CLI, a study, the app's server and its job) get one thread too: a thread per core
+    # would oversubscribe them, as above.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("EXBL_THREADS", "1")
 
 TINY = SyntheticConfig(size=64, n_train=8, n_val=4, n_test=4, seed=3)
 # Smaller still for training loops: MobileNetV2 reduces 32 px to one 1x1 feature map.
@@ -198,10 +204,21 @@ Marking only the first user would not do: with it deselected, the next user pays
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the users of ``SLOW_FIXTURES`` (directly or through another fixture) slow, so ``make test-fast`` skips them."""
+    """Mark the users of ``SLOW_FIXTURES`` (directly or through another fixture) slow, so ``make test-fast`` skips them.
+
+    ``make test`` runs two pytest-xdist workers with ``--dist loadfile``, and a session
+    fixture is built once in every worker that uses it; so the users of each slow fixture
+    must sit in one file, or it is paid for twice. (``--dist loadgroup`` would say so with
+    marks, but pytest-xdist 3.8 cannot attach them to pytest 9's node ids.)
+    """
+    files: dict[str, set[str]] = {}
     for item in items:
-        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        for name in SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            files.setdefault(name, set()).add(item.nodeid.split("::")[0])
+    spread = {name: sorted(paths) for name, paths in files.items() if len(paths) > 1}
+    if spread:
+        raise pytest.UsageError(f"the users of a slow session fixture must sit in one file (see tests/conftest.py): {spread}")
 
 
 @dataclass
