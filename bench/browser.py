@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+PAST_FIRST_BATCH = re.compile(r"batch ([2-9]|\d\d+) of")
+"""A job's progress line once its first batch is done: the live view polls once a second, so it may never show batch 2."""
 
 
 @contextlib.contextmanager

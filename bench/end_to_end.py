@@ -69,19 +69,19 @@ def _measured(cmd: list[str], what: str, log: Path) -> dict:
 def refine_once(out: Path, method: str, threads: int | None = None) -> None:
     """The Refine page's job on a fresh copy of the example: the automatic pair, one method, evaluate, Figure 3.
 
-    On the app's torch threads (half the cores, ``studio.cache.device``) unless ``threads`` is
+    On the app job's torch threads (every core, ``studio.threads.for_job``) unless ``threads`` is
     given. Prints each step's seconds; ``out`` is replaced if it holds an earlier run of this benchmark.
     """
-    import os
     import shutil
 
     from exbl_core import assets, pipeline, run_data, runs
     from exbl_core.training import choose_device
+    from studio import threads as app_threads
 
     if out.exists():
         runs.open_run(out)  # refuses a folder that is not a run
         shutil.rmtree(out)
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(threads or app_threads.for_job())
     marks = [("start", time.perf_counter())]
     run = assets.new_example_run(out)
     device = choose_device()
@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--skip-demo", action="store_true", help="run only the quick demo")
     p.add_argument("--refine-once", type=Path, metavar="OUT", help="(internal) time one refinement from the example in OUT")
     p.add_argument("--method", default="exbl", help="with --refine-once: the refinement method")
-    p.add_argument("--threads", type=int, help="with --refine-once: torch threads (default: half the cores, as the app)")
+    p.add_argument("--threads", type=int, help="with --refine-once: torch threads (default: every core, as the app's job)")
     p.add_argument("--only", nargs="+", choices=[*DEMOS, *(f"refine-{m}" for m in REFINE_METHODS)], help="measure only these")
     args = p.parse_args()
     if args.threads is not None and args.threads < 1:

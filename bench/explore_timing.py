@@ -9,8 +9,8 @@ itself (``studio/example.py``). Playwright then opens Explore (GradCAM, the defa
 - the first page again (cached),
 - back to GradCAM (cached since the first view).
 
-The 24 images of the first two pages are the issue's "page of 24". The app runs its torch
-work on half the cores (``studio/cache.device``). Needs Debian's chromium at /usr/bin/chromium.
+The 24 images of the first two pages are the issue's "page of 24". The app's pages run torch
+on half the cores (``studio/threads.py``). Needs Debian's chromium at /usr/bin/chromium.
 
     python -m bench.explore_timing
 """

@@ -24,10 +24,10 @@ from exbl_core import explainers, faithfulness, picking, results, run_data, run_
 from exbl_core.data import Split
 from exbl_core.figures import figure3, figure_png
 from exbl_core.training import choose_device
+from studio import threads
 from studio.jobs import get_runner
 
 RUNS_DIR_ENV = "EXBL_RUNS_DIR"
-THREADS_ENV = "EXBL_THREADS"
 
 
 def runs_dir() -> Path:
@@ -37,14 +37,9 @@ def runs_dir() -> Path:
 
 @st.cache_resource
 def device() -> torch.device:
-    """Chosen once per process (cuda, then mps, then cpu), with torch's CPU threads set first.
-
-    The worker trains while the page thread computes GradCAM, and each would start one
-    torch thread per core. On 2 shared cores that oversubscription made a training batch
-    take anywhere from 0.3 to 10 s, so Cancel could not answer in time; with half the
-    cores each (1 on 2 cores) a batch took a steady 0.6 s. $EXBL_THREADS overrides it.
-    """
-    torch.set_num_threads(int(os.environ.get(THREADS_ENV, max(1, (os.cpu_count() or 2) // 2))))
+    """Chosen once per process (cuda, then mps, then cpu), with the pages' torch CPU threads set first
+    (``studio.threads``: the background job sets its own)."""
+    threads.use(threads.for_pages())
     return choose_device()
 
 

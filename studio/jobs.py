@@ -21,6 +21,7 @@ import streamlit as st
 
 from exbl_core import runs
 from exbl_core.events import Event
+from studio import threads
 
 
 class Plan(TypedDict):
@@ -87,11 +88,16 @@ class JobRunner:
                 return None
             job = Job(kind=kind, run_path=run_path)
             self.job = job
-        threading.Thread(target=self._run, args=(job, work), name=f"exbl-{kind}", daemon=True).start()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(job, work, ready), name=f"exbl-{kind}", daemon=True).start()
+        ready.wait()
+        threads.use(threads.for_pages())  # the job's count became the default for new threads: put the pages' back
         return job
 
     @staticmethod
-    def _run(job: Job, work: Work) -> None:
+    def _run(job: Job, work: Work, ready: threading.Event) -> None:
+        threads.use(threads.for_job())
+        ready.set()
         try:
             # The run folder's lock, as the command line takes it: a CLI step on the same run
             # refuses while this job runs, and this job refuses while one is running there.
