@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from playwright.sync_api import expect, sync_playwright
 
-from bench.browser import CHROMIUM, CHROMIUM_ARGS, PAST_FIRST_BATCH, app_server
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, PAST_FIRST_BATCH, app_server, page_switches
 from exbl_core import pipeline, run_data
 from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.synthetic import SyntheticConfig
@@ -113,14 +113,7 @@ with sync_playwright() as pw:
             raise
         expect(main.get_by_role("button", name="Cancel")).to_be_visible(timeout=60000)
         expect(main.get_by_text(PAST_FIRST_BATCH)).to_be_visible(timeout=120000)  # a poll may skip batch 2
-        times = []
-        for _ in range(4):
-            for name, marker in (("Data and model", "Unrefined model"), ("Refine", "Change the pair on Explore")):
-                t = time.perf_counter()
-                page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
-                expect(main.get_by_text(marker)).to_be_visible(timeout=30000)
-                times.append(time.perf_counter() - t)
-                page.wait_for_timeout(700)
+        times = page_switches(page)
         print(
             "page switch during refinement: "
             + ", ".join(f"{x:.2f}" for x in times)

@@ -62,3 +62,23 @@ def app_server(runs_dir: Path, log: Path, timeout: float = 60) -> Iterator[tuple
     finally:
         srv.terminate()
         srv.wait(timeout=20)
+
+
+def page_switches(page, rounds: int = 4) -> list[float]:
+    """Seconds for each click from Refine to "Data and model" and back, ``rounds`` times, while a job runs.
+
+    Each switch waits for a text of the new page, then 0.7 s as a person would, so that the
+    live view's polls run between the clicks as they do in class.
+    """
+    from playwright.sync_api import expect
+
+    main = page.get_by_test_id("stMain")
+    times = []
+    for _ in range(rounds):
+        for name, marker in (("Data and model", "Unrefined model"), ("Refine", "Change the pair on Explore")):
+            t = time.perf_counter()
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+            expect(main.get_by_text(marker).first).to_be_visible(timeout=30_000)
+            times.append(time.perf_counter() - t)
+            page.wait_for_timeout(700)
+    return times

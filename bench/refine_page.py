@@ -21,9 +21,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from bench.browser import CHROMIUM, CHROMIUM_ARGS, PAST_FIRST_BATCH, app_server
-
-NAV = "stSidebarNav"
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, PAST_FIRST_BATCH, app_server, page_switches
 
 
 def one_server(browser, threads: int, folder: Path) -> dict[str, float | list[float]]:
@@ -48,14 +46,7 @@ def one_server(browser, threads: int, folder: Path) -> dict[str, float | list[fl
         main.get_by_role("button", name="Start refinement").click(timeout=60_000)
         expect(main.get_by_role("button", name="Cancel")).to_be_visible(timeout=60_000)
         expect(main.get_by_text(PAST_FIRST_BATCH)).to_be_visible(timeout=120_000)  # a poll may skip batch 2
-        switches = []
-        for _ in range(4):
-            for name, marker in (("Data and model", "Unrefined model"), ("Refine", "Change the pair on Explore")):
-                t = time.perf_counter()
-                page.get_by_test_id(NAV).get_by_role("link", name=name).click()
-                expect(main.get_by_text(marker).first).to_be_visible(timeout=30_000)
-                switches.append(time.perf_counter() - t)
-                page.wait_for_timeout(700)
+        switches = page_switches(page)
         t = time.perf_counter()
         main.get_by_role("button", name="Cancel").click()
         expect(main.get_by_text("was cancelled").first).to_be_visible(timeout=60_000)
