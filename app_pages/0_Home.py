@@ -39,7 +39,7 @@ def steps(run: runs.Run) -> None:
     @st.fragment(run_every=live.POLL_SECONDS if live.job_on(run) else None)
     def draw() -> None:
         job = live.job_on(run)
-        has = [run.has(runs.UNREFINED), run.has(runs.PAIR), bool(run_models.refined(run)), state.current_metrics(run) is not None]
+        has = steps_done(run)
         for label, page, status in zip(
             progress.STEPS, STEP_PAGES, progress.step_states(has, job and progress.current_step(job.events)), strict=True
         ):
@@ -48,13 +48,18 @@ def steps(run: runs.Run) -> None:
     draw()
 
 
+def steps_done(run: runs.Run) -> list[bool]:
+    """Whether each workflow step (``progress.STEPS``) has its result in the run: model, pair, refinement, evaluation."""
+    return [run.has(runs.UNREFINED), run.has(runs.PAIR), bool(run_models.refined(run)), state.current_metrics(run) is not None]
+
+
 def first_click(run: runs.Run | None) -> str:
     """The one sentence on what to click first: the first step of the workflow not done yet."""
     if run is None:  # the example's offer is shown above this sentence
         return "**Click first:** *Open the shipped example* above, to see a trained model's explanations at once."
     if live.job_on(run):
         return "**While the job runs:** its progress and time left are below; *Explore* works meanwhile."
-    has = [run.has(runs.UNREFINED), run.has(runs.PAIR), bool(run_models.refined(run)), state.current_metrics(run) is not None]
+    has = steps_done(run)
     return FIRST_CLICK[has.index(False) if False in has else len(has)]
 
 

@@ -14,6 +14,7 @@ and the median one is the noisier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -21,8 +22,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 DEFAULT_RUN = CACHE / "quick-run"
+
+
+@contextlib.contextmanager
+def scratch_run(prefix: str) -> Iterator[Path]:
+    """A path for one measurement's run, in a new folder under the cache that is removed afterwards.
+
+    A new folder rather than a fixed name cleared first: only what this measurement wrote is
+    ever deleted, never a folder that someone else's files may sit in.
+    """
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=CACHE) as folder:
+        yield Path(folder) / "run"
 
 
 # --------------------------------------------------------------------------- timing

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import CACHE, DEFAULT_RUN, Section, run_command_measured, table
+from bench.common import CACHE, DEFAULT_RUN, Section, run_command_measured, scratch_run, table
 
 DEMOS = {"quick": ["--quick"], "default": [], "scratch": ["--from-scratch"], "seed7": ["--seed", "7"]}
 LABELS = {"default": "from the shipped example", "scratch": "trains its models", "seed7": "trains its models (other settings)"}
@@ -48,9 +48,8 @@ def measure(which: str, quick_out: Path = DEFAULT_RUN) -> dict:
 
 def measure_refinement(method: str) -> dict:
     """One refinement from the shipped example in a fresh run, as the Refine page runs it."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"refine-{method}-run"
-    return _measured(refine_command(method, out), f"refinement {method} -> {out}", CACHE / f"refine-{method}.log")
+    with scratch_run(f"refine-{method}-") as out:
+        return _measured(refine_command(method, out), f"refinement {method} -> {out}", CACHE / f"refine-{method}.log")
 
 
 def measure_one(name: str) -> dict:
@@ -70,17 +69,12 @@ def refine_once(out: Path, method: str, threads: int | None = None) -> None:
     """The Refine page's job on a fresh copy of the example: the automatic pair, one method, evaluate, Figure 3.
 
     On the app job's torch threads (every core, ``studio.threads.for_job``) unless ``threads`` is
-    given. Prints each step's seconds; ``out`` is replaced if it holds an earlier run of this benchmark.
+    given. Prints each step's seconds; ``out`` must not exist yet (``new_example_run`` refuses it).
     """
-    import shutil
-
     from exbl_core import assets, pipeline, run_data, runs
     from exbl_core.training import choose_device
     from studio import threads as app_threads
 
-    if out.exists():
-        runs.open_run(out)  # refuses a folder that is not a run
-        shutil.rmtree(out)
     torch.set_num_threads(threads or app_threads.for_job())
     marks = [("start", time.perf_counter())]
     run = assets.new_example_run(out)

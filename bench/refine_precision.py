@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import CACHE, table
+from bench.common import CACHE, scratch_run, table
 from exbl_core import assets, config, faithfulness, files, pipeline, run_data, run_models, runs
 from exbl_core.explainers.gradcam import analytic_cams, head_pass
 from exbl_core.losses import explanation, triplet_terms
@@ -35,10 +35,12 @@ METHODS = ("exbl", "region-swap")
 
 def cell(method: str, seed: int, precision: str) -> dict:
     """One refinement from the example; its seconds, epochs and both test accuracies (and ``recovered``)."""
-    out = OUT / f"run-{method}-{seed}-{precision}"
-    if out.exists():
-        runs.open_run(out)  # refuses a folder that is not a run
-        shutil.rmtree(out)
+    with scratch_run(f"refine-precision-{method}-{seed}-{precision}-") as out:
+        return _cell(out, method, seed, precision)
+
+
+def _cell(out: Path, method: str, seed: int, precision: str) -> dict:
+    """``cell`` with its run at ``out``."""
     run = assets.new_example_run(out)
     device = torch.device("cpu")
     with runs.locked(run.path):

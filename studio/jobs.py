@@ -78,25 +78,27 @@ class JobRunner:
         self.job: Job | None = None
 
     def start(self, kind: str, run_path: str, work: Work) -> Job | None:
-        """Run ``work(emit, cancel)`` in a new thread; None when another job is still running.
+        """Run ``work(emit, cancel)`` in a new thread; None when another job is still running,
+        ValueError when ``$EXBL_THREADS`` is not a thread count (``studio.threads.for_job``).
 
         ``work`` returns the final status ("done" or "cancelled"); an exception marks the
         job "failed" with its message, so a page can show it instead of a traceback.
         """
+        count = threads.for_job()  # a bad $EXBL_THREADS is refused here, before any job exists
         with self._lock:
             if self.job is not None and self.job.running:
                 return None
             job = Job(kind=kind, run_path=run_path)
             self.job = job
         ready = threading.Event()
-        threading.Thread(target=self._run, args=(job, work, ready), name=f"exbl-{kind}", daemon=True).start()
+        threading.Thread(target=self._run, args=(job, work, count, ready), name=f"exbl-{kind}", daemon=True).start()
         ready.wait()
         threads.use(threads.for_pages())  # the job's count became the default for new threads: put the pages' back
         return job
 
     @staticmethod
-    def _run(job: Job, work: Work, ready: threading.Event) -> None:
-        threads.use(threads.for_job())
+    def _run(job: Job, work: Work, count: int, ready: threading.Event) -> None:
+        threads.use(count)
         ready.set()
         try:
             # The run folder's lock, as the command line takes it: a CLI step on the same run

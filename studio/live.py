@@ -47,7 +47,11 @@ def refused() -> bool:
 
 def start(kind: str, run: runs.Run, work: Work) -> None:
     """Start a job and redraw the page, or say briefly why not (another session started one first)."""
-    job = get_runner().start(kind, str(run.path), work)
+    try:
+        job = get_runner().start(kind, str(run.path), work)
+    except ValueError as exc:  # $EXBL_THREADS: the page says what to fix, and nothing starts
+        st.error(str(exc))
+        return
     if job is None:
         refused()
         return

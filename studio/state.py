@@ -40,12 +40,17 @@ def select_run(run: runs.Run) -> None:
     st.session_state["run_path"] = str(run.path)
 
 
+def _saved(run: runs.Run) -> dict:
+    """The run's pair.json, or nothing when no pair was saved yet."""
+    return files.read_json(run.file(runs.PAIR)) if run.has(runs.PAIR) else {}
+
+
 def pair(run: runs.Run) -> dict[str, int | None]:
     """The marked pair for this run: starts from the saved pair.json when there is one."""
     picks = st.session_state.setdefault("picks", {})
     key = str(run.path)
     if key not in picks:
-        saved = files.read_json(run.file(runs.PAIR)) if run.has(runs.PAIR) else {}
+        saved = _saved(run)
         picks[key] = {side: saved[side]["index"] if side in saved else None for side in SIDES}
     return picks[key]
 
@@ -59,7 +64,7 @@ def _how(run: runs.Run) -> dict:
     hows = st.session_state.setdefault("pick_how", {})
     key = str(run.path)
     if key not in hows:
-        saved = files.read_json(run.file(runs.PAIR)) if run.has(runs.PAIR) else {}
+        saved = _saved(run)
         shown = saved.get("explainer", "gradcam")
         hows[key] = {"shown": {side: shown for side in SIDES if side in saved}, "rule": saved.get("rule", USER_RULE)}
     return hows[key]

@@ -23,8 +23,13 @@ def for_pages() -> int:
 
 
 def for_job() -> int:
-    """Every core, or ``$EXBL_THREADS``."""
-    return int(os.environ.get(THREADS_ENV, os.cpu_count() or 1))
+    """Every core, or ``$EXBL_THREADS``; ValueError naming the variable when it is not a whole number of 1 or more."""
+    value = os.environ.get(THREADS_ENV)
+    if value is None:
+        return os.cpu_count() or 1
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"${THREADS_ENV} must be a whole number of torch threads, 1 or more (it is {value!r})")
+    return int(value)
 
 
 def use(count: int) -> None:

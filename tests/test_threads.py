@@ -75,3 +75,12 @@ def test_a_count_set_before_the_first_parallel_operation_survives_a_later_defaul
     worker.join()
     threads.use(before)
     assert seen == [3]
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ""])
+def test_a_bad_exbl_threads_is_refused_before_any_job_starts(value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(threads.THREADS_ENV, value)
+    runner, ran = JobRunner(), threading.Event()
+    with pytest.raises(ValueError, match=r"\$EXBL_THREADS must be a whole number"):
+        runner.start("evaluate", str(tmp_path), lambda emit, cancel: ran.set() or "done")
+    assert runner.job is None and not ran.is_set()
