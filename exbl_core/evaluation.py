@@ -78,5 +78,6 @@ def measure(model: torch.nn.Module, data: dict[str, Split], samples: dict[str, t
         entry[split] = metrics_module.evaluate_predictions(s.labels, probs.argmax(1), cams, s.masks, tau, s.regions, s.child)
         if split in samples:
             usable = explainers.usable(int(s.images.shape[-1]))
-            entry[split]["by_explainer"] = faithfulness.score_explainers(model, s, samples[split], usable, tau)
+            idx = samples[split]
+            entry[split]["by_explainer"] = faithfulness.score_explainers(model, s, idx, usable, tau, (probs[idx], cams[idx]))
     return entry

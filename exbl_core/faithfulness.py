@@ -15,8 +15,10 @@ from torch import nn
 from exbl_core import explainers
 from exbl_core.data import Split
 from exbl_core.explainers.deletion import deletion_scores
+from exbl_core.explainers.gradcam import INFERENCE_BATCH
 from exbl_core.explainers.occlusion import INFILL
 from exbl_core.metrics import activation_precision_scores, child_confounder_precision
+from exbl_core.model import fold_batchnorm
 
 SAMPLE = 64  # at most this many images per split are explained, and at most a quarter of a small split
 SPLITS = ("test", "shortcut_test")  # where the explainers are scored: the split Table 1 reports, and where the shortcut shows
@@ -34,10 +36,11 @@ def sample_indices(n: int, seed: int, size: int = SAMPLE) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Softmax probabilities [N,C] of every image, in batches, on the CPU."""
+def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
+    """Softmax probabilities [N,C] of every image, on the CPU: through the BatchNorm-folded copy, in inference's batches."""
     device = next(model.parameters()).device
-    return torch.cat([model(images[s : s + batch_size].to(device)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
+    folded = fold_batchnorm(model)
+    return torch.cat([folded(images[s : s + batch_size].to(device)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
 
 
 def predicted(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -46,22 +49,32 @@ def predicted(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def score_explainers(
-    model: nn.Module, split: Split, idx: torch.Tensor, names: tuple[str, ...] = explainers.NAMES, tau: float = 5.0
+    model: nn.Module,
+    split: Split,
+    idx: torch.Tensor,
+    names: tuple[str, ...] = explainers.NAMES,
+    tau: float = 5.0,
+    seen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, dict]:
     """Per explainer: AP, deletion and (phantom data) child CP of its maps of the predicted class on ``split[idx]``.
 
     ``deletion`` hides each map's top ``tau``% with occlusion's infill, the same for
     every explainer, so a larger drop means the map found more of what the model uses.
+    ``seen`` is what inference over the split already gave for these images (probabilities
+    and GradCAMs of the predicted class, as ``predict_with_cams`` returns them), so that
+    evaluation does not compute them again.
     """
     x = split.float_images(idx)
-    preds = predicted(model, x)
+    probs, gradcams = seen if seen is not None else (probabilities(model, x), None)
+    preds = probs.argmax(1)
+    before = probs.gather(1, preds[:, None])[:, 0]
     out: dict[str, dict] = {}
     for name in names:
-        maps = explainers.get(name).maps(model, x, preds)
+        maps = gradcams if name == "gradcam" and gradcams is not None else explainers.get(name).maps(model, x, preds)
         scores = {
             "n": len(idx),
             "activation_precision": float(activation_precision_scores(maps, split.masks[idx], tau).mean()) if len(idx) else None,
-            "deletion": float(deletion_scores(model, x, maps, preds, INFILL, tau).mean()) if len(idx) else None,
+            "deletion": float(deletion_scores(model, x, maps, preds, INFILL, tau, before).mean()) if len(idx) else None,
         }
         if split.regions is not None and split.child is not None:
             scores["child_cp"], scores["n_child_vp"] = child_confounder_precision(maps, split.regions[idx], split.child[idx], preds, tau)

@@ -27,9 +27,10 @@ from exbl_core.augment import hide_patches, random_shift
 from exbl_core.config import RefineConfig, TrainConfig
 from exbl_core.data import Split
 from exbl_core.events import Event, EventCallback
-from exbl_core.explainers.gradcam import analytic_cams, head_pass
+from exbl_core.explainers.gradcam import INFERENCE_BATCH, analytic_cams, head_pass
 from exbl_core.methods import Batch, Objective
 from exbl_core.metrics import activation_precision_scores
+from exbl_core.model import fold_batchnorm
 
 CheckpointCallback = Callable[[dict, int, dict], None]
 
@@ -66,7 +67,7 @@ def choose_device() -> torch.device:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, batch_size: int = 64, limit: int = 256) -> None:
+def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, batch_size: int = 32, limit: int = 256) -> None:
     """Re-estimate BatchNorm running statistics as exact averages over up to ``limit`` training images.
 
     From random weights at a demo learning rate the weights move faster than the
@@ -75,6 +76,9 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
     the final weights, for about the cost of one forward pass over the images; it
     gave the same statistics (largest difference 0.0) in the same time as a
     hand-written loop over ``features`` alone, and it needs ``no_grad`` around it.
+    ``fit`` averages over batches of the training batch's size, the statistics training
+    itself normalised with (and on CPU 1.5x faster than batches of 64, whose activations
+    no longer stay in the cache).
     """
     count = min(len(split), limit)
     batches = (split.float_images(slice(s, min(s + batch_size, count))) for s in range(0, count, batch_size))
@@ -105,21 +109,24 @@ def evaluate_loss(
 
     A method that rewrites batches (counterexamples) sees the validation images the
     same way, with a fixed seed, so that early stopping judges the data the method
-    trains on rather than the confounded originals.
+    trains on rather than the confounded originals. In eval mode the network is the
+    BatchNorm-folded copy, in inference's small batches: the same numbers up to float
+    rounding, in under half the time on CPU.
     """
-    model.eval()
+    folded = fold_batchnorm(model)
     sums = {"loss": 0.0, "ce": 0.0, "expl": 0.0, "correct": 0.0}
     ap = []
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad(), _autocast(cfg, device):
-        for start in range(0, len(split), 128):
-            batch = _batch(split, slice(start, start + 128), needs_masks, device)
+        for start in range(0, len(split), INFERENCE_BATCH):
+            batch = _batch(split, slice(start, start + INFERENCE_BATCH), needs_masks, device)
             if objective is not None and objective.batch is not None:
                 batch = objective.batch(batch, gen)
-            out = _batch_losses(model, batch, cfg, objective, training=False)
+            out = _batch_losses(folded, batch, cfg, objective, training=False)
             preds = out["logits"].argmax(1)
-            cams = analytic_cams(model, out["state"], preds, batch.x.shape[-2:])
-            ap.append(activation_precision_scores(cams.float(), split.masks[start : start + 128].to(device), cfg.tau).cpu())
+            cams = analytic_cams(folded, out["state"], preds, batch.x.shape[-2:])
+            masks = split.masks[start : start + INFERENCE_BATCH].to(device)
+            ap.append(activation_precision_scores(cams.float(), masks, cfg.tau).cpu())
             n = len(batch.y)
             sums["loss"] += float(out["loss"].detach()) * n
             sums["ce"] += float(out["ce"].detach()) * n
@@ -228,7 +235,7 @@ def fit(
                 publish({"type": "batch_end", "epoch": epoch, "batch": b + 1, "batches": n_batches, "loss": float(out["loss"].detach())})
             if cancel.is_set():
                 raise Cancelled
-            recalibrate_batchnorm(model, train, device)
+            recalibrate_batchnorm(model, train, device, cfg.batch_size)
             scores = evaluate_loss(model, val, cfg, objective, device, needs_masks)
             sched.step(scores["val_loss"])
             n = len(train)

@@ -128,6 +128,25 @@ def test_the_folded_inference_copy_predicts_what_the_model_does():
         assert torch.allclose(fold_batchnorm(model)(x), model(x), atol=1e-4)
 
 
+def test_the_folded_copy_shares_no_tensor_and_leaves_the_model_as_it_was():
+    # The copy is built without deepcopy, reusing modules' structure: it must still be a copy.
+    model = build_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    mine = {id(t) for t in (*model.parameters(), *model.buffers())}
+    assert not mine & {id(t) for t in (*folded.parameters(), *folded.buffers())}
+    assert model.training and not folded.training
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 52
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        out = folded(x)
+        for p in model.parameters():  # training the model afterwards leaves the copy as it was
+            p.add_(1.0)
+        assert torch.equal(folded(x), out)
+
+
 def test_the_depthwise_swap_leaves_initial_weights_and_gradients_as_torchs(monkeypatch):
     # A seed must give the same model as before the swap existed: the swap draws no random numbers.
     torch.manual_seed(0)

@@ -14,7 +14,9 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from exbl_core import errors
+from tqdm import tqdm
+
+from exbl_core import allocator, errors
 from exbl_core.cli.parser import build_parser
 from exbl_core.data import DataError
 from exbl_core.training import Interrupted, TrainingError
@@ -55,16 +57,19 @@ def _printable_anywhere() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _printable_anywhere()
+    allocator.keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
         with _sigterm_interrupts():
             return args.func(args)
+    # Through tqdm: a signal or a fault can come while an epoch's bar is still drawn, and tqdm
+    # clears it first, so that the line does not continue the bar's.
     except (DataError, errors.RunError, errors.CheckpointError, TrainingError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        tqdm.write(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         # A training step's Interrupted says what it kept; elsewhere nothing was being written.
         said = str(exc) if isinstance(exc, Interrupted) else "the files written before it are kept"
-        print(f"interrupted: {said}", file=sys.stderr)
+        tqdm.write(f"interrupted: {said}", file=sys.stderr)
         return 130

@@ -28,12 +28,22 @@ def top_pixels(maps: torch.Tensor, tau: float = 5.0) -> torch.Tensor:
 
 @torch.no_grad()
 def deletion_scores(
-    model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, infill: Infill = "mean", tau: float = 5.0
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    infill: Infill = "mean",
+    tau: float = 5.0,
+    before: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per image [N]: the target's probability minus its probability with the map's top ``tau``% pixels hidden."""
+    """Per image [N]: the target's probability minus its probability with the map's top ``tau``% pixels hidden.
+
+    ``before``, the target's probability on the unchanged images [N], is computed here unless given.
+    """
     device = next(model.parameters()).device
     folded = fold_batchnorm(model)
     x, t = images.to(device), targets.to(device).long()
     hidden = top_pixels(maps.to(device), tau)[:, None].to(x.dtype)
     deleted = x * (1 - hidden) + infill_values(x, infill) * hidden
-    return (target_probs(folded, x, t) - target_probs(folded, deleted, t)).cpu()
+    base = target_probs(folded, x, t) if before is None else before.to(device)
+    return (base - target_probs(folded, deleted, t)).cpu()
