@@ -5,7 +5,7 @@ glibc returns freed memory at the top of its heap to the kernel as soon as more 
 128 KiB are free there, and maps larger blocks afresh: the next step then takes a page
 fault on every page it touches again, and the kernel zeroes each one. A training step
 at 128 px (batch 32, 2 threads) spent 0.04-0.06 s of its 0.30-0.32 s in the kernel that
-way; with the settings here 0.005-0.011 s, and the step took 0.28-0.29 s
+way; with the settings here 0.005-0.018 s, and the step took 0.28-0.29 s
 (bench/RESULTS.md, section 4). The cost is memory that stays with the process after a
 peak, for the next step to reuse.
 """
